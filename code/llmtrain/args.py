@@ -1,0 +1,59 @@
+"""6.1.5: the scripts' own flags; every TrainingArguments flag is accepted beside them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a config to start from scratch, or pretrained weights."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Folder of pretrained weights (continued pretraining, SFT)."}
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Folder (or config.json) to build a fresh model from (pretraining)."}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder; defaults to config_name or model_name_or_path."}
+    )
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype to load the model in; bfloat16 is the usual choice on GPUs.",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run Python code shipped in the model folder. Off unless you trust the folder."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data is and how it is cut."""
+
+    train_files: list[str] = field(default_factory=list, metadata={"help": "One or more JSON-lines files."})
+    block_size: int | None = field(
+        default=None, metadata={"help": "Tokens per training block (default: min(1024, max positions))."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for datasets.map tokenization and grouping."}
+    )
+    validation_split_percentage: int = field(
+        default=0, metadata={"help": "Hold out this % of blocks for eval loss and perplexity (0: none)."}
+    )
+
+
+@dataclass
+class RunArguments:
+    """Run-level switches the chapter used that TrainingArguments no longer carries, plus MFU input."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh in a non-empty output_dir: ignore and delete its checkpoint-* folders."},
+    )
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={"help": "Per-device peak TFLOP/s for the MFU estimate (default: GPU table, or a CPU matmul)."},
+    )

@@ -1,0 +1,117 @@
+"""6.1.2: build a causal LM from a config (pretraining from scratch) or from pretrained weights."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, Qwen2Config
+
+from llmtrain.errors import LlmtrainError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
+
+
+def toy_config(vocab_size: int, eos_token_id: int) -> Qwen2Config:
+    """6.1.2: a tiny Qwen2 config (GQA, tied embeddings, sdpa) that trains on a laptop CPU in minutes.
+
+    Same architecture family as Qwen2.5-1.5B, only narrower and shallower; see `qwen2_5_1_5b_config`.
+    """
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=1_000_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        attn_implementation="sdpa",
+    )
+
+
+def qwen2_5_1_5b_config() -> Qwen2Config:
+    """6.1.2: the values of Qwen2.5-1.5B's config.json (figure 6.4), for comparison and meta-device counts."""
+    return Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """6.1.5: number of distinct parameters; tied embeddings count once (works on the meta device too)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check_folder(path: str, flag: str) -> None:
+    """The course loads models from local folders only (offline-safe); a missing one is named early."""
+    if not os.path.isdir(path):
+        raise LlmtrainError(
+            f"{flag} {path}: no such folder. Download the model first, e.g. "
+            f"`python code/download_model.py --repo_id Qwen/Qwen2.5-1.5B --local_dir {path}`, "
+            "or build the toy assets with `make toy` (artifacts/toy)."
+        )
+
+
+def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """6.1.2: `AutoConfig.from_pretrained` with a clear error when the folder is missing or unusable."""
+    _check_folder(name_or_path, "--config_name")
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise LlmtrainError(
+            f"--config_name {name_or_path}: cannot load a model config ({err}). "
+            "Point it at a folder holding config.json (a downloaded model or artifacts/toy)."
+        ) from err
+
+
+def load_model(
+    config_name: str | None,
+    model_name_or_path: str | None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """6.1.2 / 6.1.5: a fresh model from `config_name`, else pretrained weights from `model_name_or_path`.
+
+    `trust_remote_code` stays off unless asked for: it runs Python code shipped in the model folder.
+    """
+    torch_dtype = DTYPES[dtype] if dtype else None
+    if config_name is not None:
+        config = load_config(config_name, trust_remote_code)
+        logger.warning("Initialising a new model from scratch (config %s)", config_name)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        what = "New model to pretrain"
+    elif model_name_or_path is not None:
+        _check_folder(model_name_or_path, "--model_name_or_path")
+        logger.warning("Loading a pretrained model from %s", model_name_or_path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            raise LlmtrainError(
+                f"--model_name_or_path {model_name_or_path}: cannot load a causal LM ({err})."
+            ) from err
+        what = "Pretrained model to continue training"
+    else:
+        raise LlmtrainError("Pass --config_name (train from scratch) or --model_name_or_path (start from weights).")
+    n_params = count_parameters(model)
+    logger.info("%s - Total size=%.2fM params", what, n_params / 2**20)
+    return model

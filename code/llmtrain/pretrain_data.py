@@ -1,0 +1,150 @@
+"""6.1.3: pretraining data: JSON lines `{"text": ...}` -> tokens (+EOS per document) -> fixed-size blocks.
+
+Two fixes over the chapter's code: every document ends with the tokenizer's EOS, so the model
+sees where one text stops and the next begins inside a block; and a corpus too small for one
+block is an error instead of a silently odd-sized or empty dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from itertools import chain
+from typing import Any
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from llmtrain.errors import LlmtrainError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_HINT = 'each line must be one JSON object with a string field "text", e.g. {"text": "..."}'
+
+
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise LlmtrainError(f"{path}: no such file. Pass --train_files with existing JSON-lines files.")
+    if os.path.getsize(path) == 0:
+        raise LlmtrainError(f"{path} is empty: {FORMAT_HINT}.")
+
+
+def read_jsonl_texts(path: str) -> Iterator[str]:
+    """6.1.3: yield the "text" of every line of a JSON-lines file, failing on the first bad line.
+
+    Errors name the file and the 1-based line number, so the line can be found and fixed.
+    """
+    _check_file(path)
+    found = False
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LlmtrainError(f"{path} line {lineno}: not valid JSON ({err.msg}); {FORMAT_HINT}.") from err
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                shown = line.strip()[:80]
+                raise LlmtrainError(f'{path} line {lineno}: no string "text" field in {shown!r}; {FORMAT_HINT}.')
+            found = True
+            yield record["text"]
+    if not found:
+        raise LlmtrainError(f"{path} has no data lines (only blank lines): {FORMAT_HINT}.")
+
+
+def load_text_dataset(train_files: list[str], cache_dir: str | None = None) -> datasets.Dataset:
+    """6.1.3: load JSON-lines files with `datasets` (Arrow, memory-mapped), validated.
+
+    The fast Arrow loader does the work; when it rejects a file, or a line lacks a string
+    "text", a plain scan of the files finds the first offending line for the error message.
+    """
+    for path in train_files:
+        _check_file(path)
+    try:
+        ds = datasets.load_dataset("json", data_files=list(train_files), split="train", cache_dir=cache_dir)
+    except Exception as err:  # the Arrow reader's errors name neither line nor reason a user can act on
+        _raise_first_bad_line(train_files)
+        raise LlmtrainError(f"Cannot read {', '.join(train_files)} as JSON lines ({err}); {FORMAT_HINT}.") from err
+    text = ds.features.get("text")
+    if text is None or getattr(text, "dtype", None) not in ("string", "large_string") or ds.data.column("text").null_count:
+        _raise_first_bad_line(train_files)
+    return ds.select_columns(["text"])
+
+
+def _raise_first_bad_line(train_files: list[str]) -> None:
+    for path in train_files:
+        for _ in read_jsonl_texts(path):
+            pass
+
+
+def tokenize_with_eos(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
+    """6.1.3: tokenize a batch of documents and end each one with the tokenizer's EOS token."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return {"input_ids": [doc + [tokenizer.eos_token_id] for doc in ids]}
+
+
+def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
+    """6.1.3: concatenate token lists and cut them into blocks of exactly `block_size` (remainder dropped).
+
+    For causal LM pretraining the labels are the inputs; the model shifts them by one internally.
+    """
+    concatenated = list(chain.from_iterable(examples["input_ids"]))
+    total = (len(concatenated) // block_size) * block_size
+    blocks = [concatenated[i : i + block_size] for i in range(0, total, block_size)]
+    return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+
+def build_pretrain_dataset(
+    raw: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    num_proc: int | None = None,
+    map_batch_size: int = 1000,
+) -> datasets.Dataset:
+    """6.1.3: tokenize (+EOS) and group a text dataset into `block_size` blocks ready for Trainer.
+
+    Grouping happens per `map_batch_size` documents, so at most one partial block per batch is
+    dropped. Raises when the corpus cannot fill a single block, saying how many tokens it has.
+    """
+    if tokenizer.eos_token_id is None:
+        raise LlmtrainError("The tokenizer has no EOS token; set tokenizer.eos_token (Qwen2.5: <|endoftext|>).")
+    tokenized = raw.map(
+        lambda batch: tokenize_with_eos(batch["text"], tokenizer),
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=raw.column_names,
+        desc="Tokenizing (+EOS per document)",
+    )
+    blocks = tokenized.map(
+        group_texts,
+        fn_kwargs={"block_size": block_size},
+        batched=True,
+        batch_size=map_batch_size,
+        num_proc=num_proc,
+        desc=f"Grouping into blocks of {block_size}",
+    )
+    if len(blocks) == 0:
+        n_tokens = sum(len(ids) for ids in tokenized["input_ids"])
+        raise LlmtrainError(
+            f"The corpus has {n_tokens} tokens (EOS included) but one block needs {block_size}: "
+            "add more text or lower --block_size."
+        )
+    n_docs, n_blocks = len(raw), len(blocks)
+    logger.info("%d documents -> %d blocks of %d tokens", n_docs, n_blocks, block_size)
+    return blocks
+
+
+def split_for_eval(blocks: datasets.Dataset, percentage: int, seed: int) -> dict[str, Any]:
+    """6.1.4: hold out `percentage`% of the blocks (at least one) for evaluation loss and perplexity."""
+    if percentage <= 0:
+        return {"train": blocks, "validation": None}
+    if not 0 < percentage < 100 or len(blocks) < 2:
+        raise LlmtrainError(
+            f"--validation_split_percentage {percentage} needs 0 < p < 100 and at least 2 blocks (have {len(blocks)})."
+        )
+    n_eval = max(1, len(blocks) * percentage // 100)
+    parts = blocks.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+    return {"train": parts["train"], "validation": parts["test"]}

@@ -1,0 +1,65 @@
+"""6.1.2 / 6.2.2: a toy byte-level BPE tokenizer with Qwen's special tokens and ChatML template.
+
+The course has no model hub, so the tokenizer the chapter downloads with Qwen2.5 is replaced by
+one trained here on the sample corpus. It is saved in the same layout as a downloaded Qwen2.5
+folder, so `AutoTokenizer.from_pretrained(folder)` treats both alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+EOS_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [EOS_TOKEN, IM_START, IM_END]
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
+
+# Qwen2.5's ChatML layout; the assistant reply and its closing <|im_end|> sit inside
+# {% generation %} so that apply_chat_template(..., return_assistant_tokens_mask=True) can mark
+# exactly the tokens SFT trains on (6.2.2).
+CHATML_TEMPLATE = (
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_MESSAGE + "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """6.1.2: train a byte-level BPE tokenizer (Qwen's special tokens, ChatML template) on `texts`.
+
+    Byte-level BPE covers any string, so the tokenizer never produces an unknown token; the
+    special tokens get the first ids, and `<|endoftext|>` is both EOS and PAD as in Qwen2.5.
+    """
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        additional_special_tokens=[IM_START, IM_END],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )

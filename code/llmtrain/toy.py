@@ -1,0 +1,65 @@
+"""6.1.2: build the toy assets (tokenizer + tiny Qwen2 config) in one folder, like a downloaded model.
+
+    python -m llmtrain.toy --output_dir artifacts/toy --train_file data/sample/pretrain.jsonl
+
+The folder then loads with AutoTokenizer/AutoConfig exactly as a Qwen2.5 folder does. Same
+sample data, same assets: BPE training and the config are deterministic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+from llmtrain.errors import LlmtrainError
+from llmtrain.modeling import toy_config
+from llmtrain.pretrain_data import read_jsonl_texts
+from llmtrain.tokenizer import train_toy_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def build_toy_assets(output_dir: str, train_files: list[str], vocab_size: int = 2048) -> None:
+    """6.1.2: train the toy tokenizer on `train_files` and save it with a tiny Qwen2 config in `output_dir`.
+
+    Written to a temporary folder first and moved into place, so a failure leaves nothing behind.
+    """
+    texts = [text for path in train_files for text in read_jsonl_texts(path)]
+    tokenizer = train_toy_tokenizer(texts, vocab_size=vocab_size)
+    config = toy_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".toy-")
+    try:
+        tokenizer.save_pretrained(tmp)
+        config.save_pretrained(tmp)
+        if os.path.isdir(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Toy assets in %s: vocab %d, %d layers, hidden %d", output_dir, len(tokenizer),
+                config.num_hidden_layers, config.hidden_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="artifacts/toy")
+    parser.add_argument("--train_file", nargs="+", default=["data/sample/pretrain.jsonl"])
+    parser.add_argument("--vocab_size", type=int, default=2048)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
+    try:
+        build_toy_assets(args.output_dir, args.train_file, args.vocab_size)
+    except LlmtrainError as err:
+        logger.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""6.1.4-6.1.5: what the chapter's scripts do around Trainer: logging, resume, DeepSpeed on CPU, throughput.
+
+The scripts stay thin: parse flags, load data and model, then `build_trainer` and `train_and_save`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+
+from llmtrain.errors import LlmtrainError
+from llmtrain.plotting import plot_loss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+
+# bf16/fp16 dense tensor-core peak per device, TFLOP/s (vendor datasheets). Longest key matched first.
+GPU_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "H200": 989.0,
+    "H20": 148.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
+
+
+def parse_args(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """6.1.5: parse the script's flags; under the deepspeed launcher without a GPU, set up gloo first.
+
+    transformers 5 leaves the world size at 1 when DeepSpeed runs on CPU, so every process would
+    train on all the data alone. Creating the distributed state over gloo before TrainingArguments
+    and telling the Trainer to use it (`use_configured_state`) gives real data-parallel ZeRO-2.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    uses_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in args)
+    if uses_deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        from accelerate import PartialState
+
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        if not any(a.startswith("--accelerator_config") for a in args):
+            args += ["--accelerator_config", json.dumps({"use_configured_state": True})]
+    return parser.parse_args_into_dataclasses(args=args)
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """6.1.5: the chapter's logging setup: one format for our, transformers' and datasets' messages."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    # Our messages at INFO on the main process; transformers and datasets stay at WARNING unless
+    # --log_level / --log_level_replica ask for more (the chapter's INFO dumps every config).
+    ours = logging.INFO if training_args.should_log else logging.WARNING
+    if training_args.log_level != "passive":
+        ours = training_args.get_process_log_level()
+        datasets.utils.logging.set_verbosity(ours)
+        transformers.utils.logging.set_verbosity(ours)
+    logging.getLogger("llmtrain").setLevel(ours)
+    logging.getLogger("__main__").setLevel(ours)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(
+        "Process rank: %s, device: %s, world size: %s, distributed: %s, bf16: %s",
+        training_args.process_index, training_args.device, training_args.world_size,
+        training_args.parallel_mode.value, training_args.bf16,
+    )
+
+
+def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    found = []
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT_RE.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    return sorted(found)
+
+
+def find_resume_checkpoint(training_args: TrainingArguments, overwrite_output_dir: bool = False) -> str | None:
+    """6.1.5: the checkpoint to resume from: the user's, else the newest complete one in output_dir.
+
+    A checkpoint is complete once Trainer has written its trainer_state.json (the last file it
+    writes), so a run killed while saving resumes from the previous checkpoint. A non-empty
+    output_dir without any checkpoint is an error, unless --overwrite_output_dir says to start over.
+    """
+    if training_args.resume_from_checkpoint:
+        if not os.path.isfile(os.path.join(training_args.resume_from_checkpoint, TRAINER_STATE)):
+            raise LlmtrainError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint}: not a complete checkpoint "
+                f"(no {TRAINER_STATE}). Pass a checkpoint-N folder written by Trainer."
+            )
+        return training_args.resume_from_checkpoint
+    output_dir = training_args.output_dir
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return None
+    if overwrite_output_dir:
+        with training_args.main_process_first(desc="clearing old checkpoints"):
+            if training_args.process_index == 0:
+                for _, path in _checkpoints(output_dir):
+                    logger.warning("--overwrite_output_dir: deleting %s", path)
+                    shutil.rmtree(path)
+        return None
+    checkpoints = _checkpoints(output_dir)
+    complete = [path for _, path in checkpoints if os.path.isfile(os.path.join(path, TRAINER_STATE))]
+    for _, path in checkpoints:
+        if path not in complete:
+            logger.warning("Ignoring incomplete checkpoint %s (no %s)", path, TRAINER_STATE)
+    if complete:
+        logger.info("Resuming training from %s", complete[-1])
+        return complete[-1]
+    raise LlmtrainError(
+        f"Output directory {output_dir} is not empty and holds no checkpoint to resume from. "
+        "Pass --overwrite_output_dir to train into it anyway, or choose another --output_dir."
+    )
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    """6.1.5: per-device peak FLOP/s for MFU: a datasheet table for GPUs, a measured matmul on CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):
+            if key in name:
+                return GPU_PEAK_TFLOPS[key] * 1e12
+        logger.warning("No peak FLOP/s known for %s: pass --peak_tflops to get an MFU estimate", name)
+        return None
+    if device.type == "cpu":
+        return measure_cpu_matmul_flops()
+    return None
+
+
+def measure_cpu_matmul_flops(size: int = 512, seconds: float = 0.3) -> float:
+    """6.1.5: FLOP/s of a float32 matmul on this CPU with this process's threads: the CPU's practical peak."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+class ThroughputCallback(TrainerCallback):
+    """6.1.5: adds tokens/s and MFU (6·N·tokens/s ÷ peak FLOP/s of all devices) to each training log.
+
+    Tokens are the Trainer's own count of input tokens seen over all processes (including padding).
+    """
+
+    def __init__(self, n_params: int, peak_flops_per_device: float | None) -> None:
+        self.n_params = n_params
+        self.peak = peak_flops_per_device
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or self._last is None:
+            return
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        seconds, new_tokens = now - self._last[0], tokens - self._last[1]
+        self._last = (now, tokens)
+        if seconds <= 0 or new_tokens <= 0:
+            return
+        metrics = {"tokens_per_second": round(new_tokens / seconds, 1)}
+        if self.peak:
+            metrics["mfu"] = round(6 * self.n_params * new_tokens / seconds / (self.peak * args.world_size), 4)
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+
+
+def build_trainer(
+    model: torch.nn.Module,
+    training_args: TrainingArguments,
+    tokenizer: Any,
+    train_dataset: Any,
+    eval_dataset: Any = None,
+    data_collator: Any = None,
+    peak_tflops: float | None = None,
+) -> Trainer:
+    """6.1.4: the chapter's Trainer, updated for transformers 5 (processing_class, a real Dataset).
+
+    The dataset goes in as a `datasets.Dataset`, not the chapter's IterableWrapper, so the
+    Trainer builds a distributed, shuffling sampler. Throughput and MFU are added to the logs.
+    """
+    if training_args.include_num_input_tokens_seen == "no":
+        training_args.include_num_input_tokens_seen = "all"
+    peak = peak_tflops * 1e12 if peak_tflops else device_peak_flops(training_args.device)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=data_collator,
+    )
+    # First in line, so trackers (tensorboard, wandb, swanlab) see the added metrics too.
+    n_params = sum(p.numel() for p in model.parameters())
+    trainer.callback_handler.callbacks.insert(0, ThroughputCallback(n_params, peak))
+    return trainer
+
+
+def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
+    """6.1.5: train (resuming from `checkpoint`), save model, metrics, state and the loss plot.
+
+    With an eval set, also reports eval loss and perplexity = exp(eval loss).
+    """
+    logger.info("Starting training%s", f" from {checkpoint}" if checkpoint else "")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    metrics = dict(result.metrics)
+    if trainer.eval_dataset is not None:
+        eval_metrics = trainer.evaluate()
+        eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        out = os.path.join(trainer.args.output_dir, "loss.png")
+        plot_loss(trainer.state.log_history, out)
+        logger.info("Loss curve saved to %s", out)
+    return metrics

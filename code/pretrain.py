@@ -1,0 +1,64 @@
+"""6.1.5: pretrain a causal LM with Trainer (+ DeepSpeed when launched by `deepspeed`).
+
+The chapter's script, modernised: same flags (plus every TrainingArguments flag), EOS between
+documents, a shuffled map-style dataset, opt-in trackers, resume from the last complete
+checkpoint, and clear errors for bad input. Run it through code/pretrain.sh, or directly:
+
+    python code/pretrain.py --config_name artifacts/toy --tokenizer_name artifacts/toy \
+        --train_files data/sample/pretrain.jsonl --block_size 128 --output_dir output/try --max_steps 20
+"""
+
+import logging
+import sys
+
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+
+from llmtrain.args import DataArguments, ModelArguments, RunArguments
+from llmtrain.errors import LlmtrainError
+from llmtrain.modeling import load_model
+from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset, split_for_eval
+from llmtrain.training import build_trainer, find_resume_checkpoint, parse_args, setup_logging, train_and_save
+
+logger = logging.getLogger(__name__)
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    model_args, data_args, run_args, training_args = parse_args(parser)
+    setup_logging(training_args)
+    logger.info("Training arguments: %s", training_args)
+    if not data_args.train_files:
+        raise LlmtrainError("Pass --train_files with one or more JSON-lines files of {\"text\": ...} records.")
+    checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
+    set_seed(training_args.seed)
+
+    tokenizer_path = model_args.tokenizer_name or model_args.config_name or model_args.model_name_or_path
+    model = load_model(model_args.config_name, model_args.model_name_or_path, model_args.torch_dtype,
+                       model_args.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        raise LlmtrainError(f"--tokenizer_name {tokenizer_path}: cannot load a tokenizer ({err}).") from err
+
+    max_positions = getattr(model.config, "max_position_embeddings", None) or 1024
+    block_size = data_args.block_size or min(1024, max_positions)
+    if block_size > max_positions:
+        raise LlmtrainError(f"--block_size {block_size} exceeds the model's max_position_embeddings {max_positions}.")
+
+    with training_args.main_process_first(desc="tokenizing and grouping"):
+        raw = load_text_dataset(data_args.train_files)
+        logger.info("Training files: %s (%d documents, columns %s)", data_args.train_files, len(raw), raw.column_names)
+        blocks = build_pretrain_dataset(raw, tokenizer, block_size, data_args.preprocessing_num_workers)
+    splits = split_for_eval(blocks, data_args.validation_split_percentage, training_args.seed)
+
+    trainer = build_trainer(model, training_args, tokenizer, splits["train"], splits["validation"],
+                            peak_tflops=run_args.peak_tflops)
+    train_and_save(trainer, checkpoint)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LlmtrainError as err:
+        logger.error("%s", err)
+        sys.exit(1)

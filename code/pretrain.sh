@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# 6.1.5: launch code/pretrain.py with the deepspeed launcher (ZeRO-2, code/ds_config_zero2.json).
+#
+#   bash code/pretrain.sh                 the chapter's job: Qwen2.5-1.5B architecture, block 2048, bf16
+#   PRESET=toy bash code/pretrain.sh      the same script on the toy assets: 2 CPU processes, fp32, ~1 min
+#
+# Every variable below can be set from the environment (e.g. OUTPUT_DIR=... NUM_GPUS=8);
+# extra arguments are passed on to pretrain.py (e.g. --resume_from_checkpoint DIR).
+# Multi-node: HOSTFILE=hostfile (the deepspeed launcher's format). ZeRO-3 + optimizer offload:
+# DS_CONFIG=code/ds_config_zero3.json. Trackers: REPORT_TO=wandb|swanlab|tensorboard.
+set -euo pipefail
+
+CODE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$CODE_DIR")
+PRESET=${PRESET:-chapter}
+
+case "$PRESET" in
+  chapter)
+    MODEL_DIR=${MODEL_DIR:-autodl-tmp/qwen-1.5b}
+    TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/pretrain_data/mobvoi_seq_monkey_general_open_corpus_small.jsonl}
+    OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/pretrain}
+    NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
+    BATCH_SIZE=${BATCH_SIZE:-16}
+    GRAD_ACC=${GRAD_ACC:-4}
+    LR=${LR:-1e-4}
+    EPOCHS=${EPOCHS:-1}
+    MAX_STEPS=${MAX_STEPS:--1}
+    WARMUP_STEPS=${WARMUP_STEPS:-200}
+    BLOCK_SIZE=${BLOCK_SIZE:-2048}
+    LOGGING_STEPS=${LOGGING_STEPS:-5}
+    SAVE_STEPS=${SAVE_STEPS:-100}
+    WORKERS=${WORKERS:-10}
+    PRECISION=${PRECISION:---bf16}
+    CHECKPOINTING=${CHECKPOINTING:---gradient_checkpointing}
+    ;;
+  toy)
+    MODEL_DIR=${MODEL_DIR:-$ROOT/artifacts/toy}
+    TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/pretrain.jsonl}
+    OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/pretrain}
+    NUM_GPUS=${NUM_GPUS:-2}             # on a CPU-only machine: 2 processes over gloo
+    BATCH_SIZE=${BATCH_SIZE:-4}
+    GRAD_ACC=${GRAD_ACC:-1}
+    LR=${LR:-2e-3}
+    EPOCHS=${EPOCHS:-20}
+    MAX_STEPS=${MAX_STEPS:--1}
+    WARMUP_STEPS=${WARMUP_STEPS:-10}
+    BLOCK_SIZE=${BLOCK_SIZE:-128}
+    LOGGING_STEPS=${LOGGING_STEPS:-5}
+    SAVE_STEPS=${SAVE_STEPS:-50}
+    WORKERS=${WORKERS:-1}
+    PRECISION=${PRECISION:-}            # fp32 on CPU
+    CHECKPOINTING=${CHECKPOINTING:-}
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per process
+    if [ ! -f "$MODEL_DIR/config.json" ]; then
+      echo "Building the toy assets in $MODEL_DIR"
+      (cd "$ROOT" && "${PYTHON:-python}" -m llmtrain.toy --output_dir "$MODEL_DIR")
+    fi
+    ;;
+  *)
+    echo "Unknown PRESET=$PRESET: use 'chapter' (default) or 'toy'." >&2
+    exit 2
+    ;;
+esac
+
+DS_CONFIG=${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}
+REPORT_TO=${REPORT_TO:-none}
+SEED=${SEED:-12}
+
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+  cat >&2 <<EOF
+No model config in $MODEL_DIR.
+Download the Qwen2.5-1.5B folder (config + tokenizer) first, for example:
+  python code/download_model.py --repo_id Qwen/Qwen2.5-1.5B --local_dir $MODEL_DIR
+or point MODEL_DIR at an existing model folder, or run the toy job: PRESET=toy bash code/pretrain.sh
+EOF
+  exit 1
+fi
+
+launcher=(deepspeed)
+[ -n "$NUM_GPUS" ] && launcher+=(--num_gpus "$NUM_GPUS")
+[ -n "${HOSTFILE:-}" ] && launcher+=(--hostfile "$HOSTFILE")
+[ -n "${MASTER_PORT:-}" ] && launcher+=(--master_port "$MASTER_PORT")
+
+set -x
+"${launcher[@]}" "$CODE_DIR/pretrain.py" \
+  --config_name "$MODEL_DIR" \
+  --tokenizer_name "$MODEL_DIR" \
+  --train_files $TRAIN_FILES \
+  --per_device_train_batch_size "$BATCH_SIZE" \
+  --gradient_accumulation_steps "$GRAD_ACC" \
+  --do_train \
+  --output_dir "$OUTPUT_DIR" \
+  --eval_strategy no \
+  --learning_rate "$LR" \
+  --num_train_epochs "$EPOCHS" \
+  --max_steps "$MAX_STEPS" \
+  --warmup_steps "$WARMUP_STEPS" \
+  --logging_strategy steps \
+  --logging_steps "$LOGGING_STEPS" \
+  --save_strategy steps \
+  --save_steps "$SAVE_STEPS" \
+  --preprocessing_num_workers "$WORKERS" \
+  --save_total_limit 1 \
+  --seed "$SEED" \
+  --block_size "$BLOCK_SIZE" \
+  $PRECISION \
+  $CHECKPOINTING \
+  --deepspeed "$DS_CONFIG" \
+  --report_to "$REPORT_TO" \
+  "$@"
