@@ -16,7 +16,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def toy_config(vocab_size: int, eos_token_id: int) -> Qwen2Config:
-    """6.1.2: a tiny Qwen2 config (GQA, tied embeddings, sdpa) that trains on a laptop CPU in minutes.
+    """6.1.2: a tiny Qwen2 config (GQA, tied embeddings; sdpa attention by default) that trains on a CPU in minutes.
 
     Same architecture family as Qwen2.5-1.5B, only narrower and shallower; see `qwen2_5_1_5b_config`.
     """
@@ -33,7 +33,6 @@ def toy_config(vocab_size: int, eos_token_id: int) -> Qwen2Config:
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=eos_token_id,
-        attn_implementation="sdpa",
     )
 
 
