@@ -132,3 +132,17 @@ def test_toy_deepspeed_launch_runs_two_processes_that_split_the_data(tmp_path, t
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()
     assert loss < math.log(len(tokenizer))  # better than uniform guessing
+
+
+def test_download_model_offline_fails_clearly_and_writes_nothing(tmp_path):
+    target = tmp_path / "qwen"
+    result = run_script(["python", "code/download_model.py", "--local_dir", str(target)])
+    assert result.returncode == 1
+    assert "Could not download Qwen/Qwen2.5-1.5B" in result.stdout
+    assert not target.exists()
+
+
+def test_chapter_preset_without_the_model_folder_says_how_to_get_it(tmp_path):
+    result = run_script(["bash", "code/pretrain.sh"], MODEL_DIR=str(tmp_path / "qwen-1.5b"))
+    assert result.returncode == 1
+    assert "No model config in" in result.stdout and "code/download_model.py" in result.stdout
