@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 STAMP := $(VENV)/.installed
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-notebooks sync lab clean
+.PHONY: setup toy run test test-notebooks notebooks sync lab clean
 
 setup: $(STAMP)  ## create .venv and install requirements.txt + llmtrain (editable)
 
@@ -31,8 +31,25 @@ run: toy  ## the whole toy pipeline: pretraining with DeepSpeed (2 CPU processes
 	@echo "  loss plot:         output/toy/pretrain/loss.png"
 	@echo "  logs and metrics:  output/toy/pretrain/trainer_state.json, train_results.json"
 
-test: toy  ## every test
-	$(PY) -m pytest tests
+# Notebook checks write their figures here, not into images/ (the committed ones).
+NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
+
+test: toy  ## every test: unit, scripts, and the notebooks (pair sync, papermill, nbval)
+	$(NB_ENV) $(PY) -m pytest tests $(NBVAL)
+
+test-notebooks: toy  ## notebooks only: pairs in sync, papermill on toy parameters, nbval on the committed outputs
+	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py $(NBVAL)
+
+sync: $(STAMP)  ## re-pair notebooks/*.ipynb and *.py after editing either side
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+
+notebooks: toy sync  ## re-execute the notebooks in place (outputs and images/ to commit)
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
+
+lab: toy  ## JupyterLab on notebooks/, in this environment
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean:  ## remove generated outputs (keeps .venv)
 	rm -rf output artifacts .pytest_cache

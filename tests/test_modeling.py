@@ -7,16 +7,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.modeling import count_parameters, load_model, qwen2_5_1_5b_config
+from llmtrain.modeling import count_parameters, load_model, qwen2_5_1_5b_config, qwen2_parameter_formula
 from llmtrain.tokenizer import IM_END, IM_START
-
-
-def qwen2_param_formula(c) -> int:
-    """Embedding (tied with the LM head) + per layer (q/k/v with bias, o, SwiGLU MLP, 2 RMSNorms) + final norm."""
-    d, kv = c.hidden_size, c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
-    attention = (d * d + d) + 2 * (d * kv + kv) + d * d
-    mlp = 3 * d * c.intermediate_size
-    return c.vocab_size * d + c.num_hidden_layers * (attention + mlp + 2 * d) + d
 
 
 def test_toy_folder_loads_like_a_qwen_folder(toy_dir, toy_tokenizer):
@@ -44,8 +36,17 @@ def test_chat_template_marks_exactly_the_assistant_reply(toy_tokenizer):
 
 def test_toy_model_parameter_count_matches_formula(toy_dir):
     model = load_model(str(toy_dir), None)
-    assert count_parameters(model) == qwen2_param_formula(model.config)
+    assert count_parameters(model) == qwen2_parameter_formula(model.config)
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_formula_counts_an_untied_head():
+    config = qwen2_5_1_5b_config()
+    config.tie_word_embeddings = False
+    config.num_hidden_layers = 1
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert count_parameters(model) == qwen2_parameter_formula(config)
 
 
 def test_qwen2_5_1_5b_counted_on_meta_device():
@@ -53,7 +54,7 @@ def test_qwen2_5_1_5b_counted_on_meta_device():
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     n = count_parameters(model)
-    assert n == qwen2_param_formula(config)
+    assert n == qwen2_parameter_formula(config)
     assert 1.5e9 < n < 1.6e9  # "1.5B", as the model card says
 
 

@@ -3,6 +3,12 @@
 One module per concern; each public function names the chapter section that teaches it.
 """
 
+from pathlib import Path
+
 from llmtrain.errors import LlmtrainError
 
-__all__ = ["LlmtrainError"]
+# The repository root (llmtrain is installed editable from code/llmtrain), so notebooks and tests
+# find data/ and artifacts/ however they are started.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+__all__ = ["PROJECT_ROOT", "LlmtrainError"]

@@ -28,7 +28,7 @@ def toy_config(vocab_size: int, eos_token_id: int) -> Qwen2Config:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        rope_theta=1_000_000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=True,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
@@ -46,12 +46,26 @@ def qwen2_5_1_5b_config() -> Qwen2Config:
         num_attention_heads=12,
         num_key_value_heads=2,
         max_position_embeddings=131072,
-        rope_theta=1_000_000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,
         bos_token_id=151643,
         eos_token_id=151643,
     )
+
+
+def qwen2_parameter_formula(config: PretrainedConfig) -> int:
+    """6.1.2: Qwen2 parameter count from its config alone, no weights allocated.
+
+    Tied embedding V·d, then per layer: q (d·d + d), k and v (d·kv + kv each, kv = KV heads × head
+    size: GQA makes them narrow), o (d·d), the SwiGLU MLP (3·d·ffn) and two RMSNorms (2·d); plus the final norm d.
+    """
+    d = config.hidden_size
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    attention = (d * d + d) + 2 * (d * kv + kv) + d * d
+    mlp = 3 * d * config.intermediate_size
+    head = 0 if config.tie_word_embeddings else config.vocab_size * d
+    return config.vocab_size * d + head + config.num_hidden_layers * (attention + mlp + 2 * d) + d
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -18,17 +18,15 @@ def read_log_history(trainer_state_json: str) -> list[dict[str, Any]]:
         return json.load(f)["log_history"]
 
 
-def plot_loss(log_history: list[dict[str, Any]], out_png: str, title: str = "Training loss") -> str:
-    """6.1.4: plot train (and eval, if any) loss against the step; save a PNG and return its path."""
-    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+def plot_series(
+    series: dict[str, tuple[list[float], list[float]]], out_png: str, xlabel: str, ylabel: str, title: str
+) -> str:
+    """6.1.4: draw named (x, y) curves on one axis, save a PNG and return its path."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy loss")
+    for name, (x, y) in series.items():
+        ax.plot(x, y, "o-" if len(x) < 12 else "-", label=name, markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -37,3 +35,13 @@ def plot_loss(log_history: list[dict[str, Any]], out_png: str, title: str = "Tra
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return out_png
+
+
+def plot_loss(log_history: list[dict[str, Any]], out_png: str, title: str = "Training loss") -> str:
+    """6.1.4: plot train (and eval, if any) loss against the step from a Trainer log history."""
+    series = {}
+    for key, name in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(e["step"], e[key]) for e in log_history if key in e]
+        if points:
+            series[name] = tuple(map(list, zip(*points)))
+    return plot_series(series, out_png, "step", "cross-entropy loss", title)
