@@ -7,9 +7,7 @@ block is an error instead of a silently odd-sized or empty dataset.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any
@@ -18,17 +16,16 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
+from llmtrain.jsonl import iter_jsonl, load_jsonl, shown
 
 logger = logging.getLogger(__name__)
 
 FORMAT_HINT = 'each line must be one JSON object with a string field "text", e.g. {"text": "..."}'
 
 
-def _check_file(path: str) -> None:
-    if not os.path.isfile(path):
-        raise LlmtrainError(f"{path}: no such file. Pass --train_files with existing JSON-lines files.")
-    if os.path.getsize(path) == 0:
-        raise LlmtrainError(f"{path} is empty: {FORMAT_HINT}.")
+def _check_text_record(record: Any, path: str, lineno: int) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise LlmtrainError(f'{path} line {lineno}: no string "text" field in {shown(record)}; {FORMAT_HINT}.')
 
 
 def read_jsonl_texts(path: str) -> Iterator[str]:
@@ -36,48 +33,22 @@ def read_jsonl_texts(path: str) -> Iterator[str]:
 
     Errors name the file and the 1-based line number, so the line can be found and fixed.
     """
-    _check_file(path)
-    found = False
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LlmtrainError(f"{path} line {lineno}: not valid JSON ({err.msg}); {FORMAT_HINT}.") from err
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                shown = line.strip()[:80]
-                raise LlmtrainError(f'{path} line {lineno}: no string "text" field in {shown!r}; {FORMAT_HINT}.')
-            found = True
-            yield record["text"]
-    if not found:
-        raise LlmtrainError(f"{path} has no data lines (only blank lines): {FORMAT_HINT}.")
+    for lineno, record in iter_jsonl(path, FORMAT_HINT):
+        _check_text_record(record, path, lineno)
+        yield record["text"]
 
 
-def load_text_dataset(train_files: list[str], cache_dir: str | None = None) -> datasets.Dataset:
-    """6.1.3: load JSON-lines files with `datasets` (Arrow, memory-mapped), validated.
+def load_text_dataset(train_files: list[str]) -> datasets.Dataset:
+    """6.1.3: load pretraining JSON lines with `datasets` (Arrow, memory-mapped), validated.
 
-    The fast Arrow loader does the work; when it rejects a file, or a line lacks a string
-    "text", a plain scan of the files finds the first offending line for the error message.
+    A bad line (invalid JSON, no string "text") is reported with its file and line number.
     """
-    for path in train_files:
-        _check_file(path)
-    try:
-        ds = datasets.load_dataset("json", data_files=list(train_files), split="train", cache_dir=cache_dir)
-    except Exception as err:  # the Arrow reader's errors name neither line nor reason a user can act on
-        _raise_first_bad_line(train_files)
-        raise LlmtrainError(f"Cannot read {', '.join(train_files)} as JSON lines ({err}); {FORMAT_HINT}.") from err
-    text = ds.features.get("text")
-    if text is None or getattr(text, "dtype", None) not in ("string", "large_string") or ds.data.column("text").null_count:
-        _raise_first_bad_line(train_files)
+    ds = load_jsonl(train_files, "text", _check_text_record, FORMAT_HINT)
+    if getattr(ds.features["text"], "dtype", None) not in ("string", "large_string"):
+        for path in train_files:
+            for _ in read_jsonl_texts(path):
+                pass
     return ds.select_columns(["text"])
-
-
-def _raise_first_bad_line(train_files: list[str]) -> None:
-    for path in train_files:
-        for _ in read_jsonl_texts(path):
-            pass
 
 
 def tokenize_with_eos(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
@@ -132,8 +103,7 @@ def build_pretrain_dataset(
             f"The corpus has {n_tokens} tokens (EOS included) but one block needs {block_size}: "
             "add more text or lower --block_size."
         )
-    n_docs, n_blocks = len(raw), len(blocks)
-    logger.info("%d documents -> %d blocks of %d tokens", n_docs, n_blocks, block_size)
+    logger.info("%d documents -> %d blocks of %d tokens", len(raw), len(blocks), block_size)
     return blocks
 
 

@@ -208,6 +208,10 @@ def build_trainer(
     """
     if training_args.include_num_input_tokens_seen == "no":
         training_args.include_num_input_tokens_seen = "all"
+    # Training never reuses a KV cache, and with a cache object in the forward pass the model
+    # cannot derive per-conversation attention from position_ids: packed SFT batches would attend
+    # across conversations. `train_and_save` turns the cache back on for the saved model.
+    model.config.use_cache = False
     peak = peak_tflops * 1e12 if peak_tflops else device_peak_flops(training_args.device)
     trainer = Trainer(
         model=model,
@@ -230,6 +234,7 @@ def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]
     """
     logger.info("Starting training%s", f" from {checkpoint}" if checkpoint else "")
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.model.config.use_cache = True  # for generation with the saved model
     trainer.save_model()
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:

@@ -1,0 +1,76 @@
+"""6.1.3 / 6.2.2: JSON-lines files, loaded fast with `datasets` and validated with precise errors.
+
+Both of the chapter's formats are JSON lines: `{"text": ...}` for pretraining and
+`{"conversations": [...], "id": ...}` for SFT. The Arrow loader is fast but its errors name
+neither the line nor the fix; when it fails, a plain scan finds the first bad line instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import datasets
+
+from llmtrain.errors import LlmtrainError
+
+RecordCheck = Callable[[Any, str, int], None]
+
+
+def check_file(path: str, hint: str) -> None:
+    """Fail early, naming the file, when it is missing or empty."""
+    if not os.path.isfile(path):
+        raise LlmtrainError(f"{path}: no such file. Pass --train_files with existing JSON-lines files.")
+    if os.path.getsize(path) == 0:
+        raise LlmtrainError(f"{path} is empty: {hint}.")
+
+
+def iter_jsonl(path: str, hint: str) -> Iterator[tuple[int, Any]]:
+    """Yield (1-based line number, parsed record) for every non-blank line; the first bad line is an error."""
+    check_file(path, hint)
+    found = False
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise LlmtrainError(f"{path} line {lineno}: not valid JSON ({err.msg}); {hint}.") from err
+            found = True
+            yield lineno, record
+    if not found:
+        raise LlmtrainError(f"{path} has no data lines (only blank lines): {hint}.")
+
+
+def load_jsonl(files: list[str], column: str, check_record: RecordCheck, hint: str) -> datasets.Dataset:
+    """Load JSON-lines `files` into one Dataset that has a non-null `column` on every row.
+
+    `check_record(record, path, lineno)` raises for a record that lacks a usable `column`; it is
+    only run (by a scan of the files) when the fast loader fails or the column has gaps.
+    """
+    for path in files:
+        check_file(path, hint)
+
+    def scan() -> None:
+        for path in files:
+            for lineno, record in iter_jsonl(path, hint):
+                check_record(record, path, lineno)
+
+    try:
+        ds = datasets.load_dataset("json", data_files=list(files), split="train")
+    except Exception as err:  # the Arrow reader's message names neither line nor fix
+        scan()
+        raise LlmtrainError(f"Cannot read {', '.join(files)} as JSON lines ({err}); {hint}.") from err
+    if column not in ds.column_names or ds.data.column(column).null_count:
+        scan()
+        raise LlmtrainError(f"Some records of {', '.join(files)} have no usable {column!r} field; {hint}.")
+    return ds
+
+
+def shown(record: Any) -> str:
+    """A short rendering of a record for error messages."""
+    text = json.dumps(record, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
