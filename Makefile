@@ -22,14 +22,15 @@ toy: $(TOY)/config.json  ## build the toy tokenizer + tiny Qwen2 config (artifac
 $(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
 	$(PY) -m llmtrain.toy --output_dir $(TOY) --train_file data/sample/pretrain.jsonl
 
-run: toy  ## the whole toy pipeline: pretraining with DeepSpeed (2 CPU processes)
+run: toy  ## the whole toy pipeline: pretraining, then SFT (DeepSpeed, 2 CPU processes each), then a chat
 	rm -rf output/toy
 	PRESET=toy bash code/pretrain.sh
+	PRESET=toy bash code/finetune.sh
 	@echo
-	@echo "Toy pretraining done:"
-	@echo "  model + tokenizer: output/toy/pretrain/"
-	@echo "  loss plot:         output/toy/pretrain/loss.png"
-	@echo "  logs and metrics:  output/toy/pretrain/trainer_state.json, train_results.json"
+	$(PY) code/chat.py --model output/toy/sft "3加5等于几?" "“快”的反义词是什么?" "星期三的后一天是星期几?" "什么是过拟合?"
+	@echo "Toy pipeline done:"
+	@echo "  pretrained model: output/toy/pretrain/  (loss plot: loss.png, logs: trainer_state.json)"
+	@echo "  SFT model:        output/toy/sft/       (loss plot: loss.png, logs: trainer_state.json)"
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)

@@ -11,13 +11,15 @@ checkpoint, and clear errors for bad input. Run it through code/pretrain.sh, or 
 import logging
 import sys
 
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from llmtrain.args import DataArguments, ModelArguments, RunArguments
 from llmtrain.errors import LlmtrainError
-from llmtrain.modeling import load_model
-from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset, split_for_eval
-from llmtrain.training import build_trainer, find_resume_checkpoint, parse_args, setup_logging, train_and_save
+from llmtrain.modeling import load_model, load_tokenizer, max_length
+from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset
+from llmtrain.training import (
+    build_trainer, find_resume_checkpoint, parse_args, setup_logging, split_for_eval, train_and_save,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +34,19 @@ def main() -> None:
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
-    tokenizer_path = model_args.tokenizer_name or model_args.config_name or model_args.model_name_or_path
     model = load_model(model_args.config_name, model_args.model_name_or_path, model_args.torch_dtype,
                        model_args.trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=model_args.trust_remote_code)
-    except (OSError, ValueError, TypeError) as err:
-        raise LlmtrainError(f"--tokenizer_name {tokenizer_path}: cannot load a tokenizer ({err}).") from err
-
-    max_positions = getattr(model.config, "max_position_embeddings", None) or 1024
-    block_size = data_args.block_size or min(1024, max_positions)
-    if block_size > max_positions:
-        raise LlmtrainError(f"--block_size {block_size} exceeds the model's max_position_embeddings {max_positions}.")
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.config_name or model_args.model_name_or_path,
+                               model_args.trust_remote_code)
+    block_size = max_length(model, data_args.block_size, default=1024)
 
     with training_args.main_process_first(desc="tokenizing and grouping"):
         raw = load_text_dataset(data_args.train_files)
         logger.info("Training files: %s (%d documents, columns %s)", data_args.train_files, len(raw), raw.column_names)
         blocks = build_pretrain_dataset(raw, tokenizer, block_size, data_args.preprocessing_num_workers)
-    splits = split_for_eval(blocks, data_args.validation_split_percentage, training_args.seed)
+    train, validation = split_for_eval(blocks, data_args.validation_split_percentage, training_args.seed)
 
-    trainer = build_trainer(model, training_args, tokenizer, splits["train"], splits["validation"],
-                            peak_tflops=run_args.peak_tflops)
+    trainer = build_trainer(model, training_args, tokenizer, train, validation, peak_tflops=run_args.peak_tflops)
     train_and_save(trainer, checkpoint)
 
 

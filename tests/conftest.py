@@ -46,3 +46,11 @@ def run_script(args: list[str], timeout: int = 600, **env: str) -> subprocess.Co
         args, cwd=ROOT, env=script_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def toy_pretrained(toy_dir) -> Path:
+    """output/toy/pretrain as `make run` leaves it; pretrained once (DeepSpeed, 2 processes) when missing."""
+    from llmtrain.toy import ensure_toy_pretrained
+
+    return ensure_toy_pretrained()

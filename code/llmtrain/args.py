@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
+
 
 @dataclass
 class ModelArguments:
@@ -56,4 +58,20 @@ class RunArguments:
     peak_tflops: float | None = field(
         default=None,
         metadata={"help": "Per-device peak TFLOP/s for the MFU estimate (default: GPU table, or a CPU matmul)."},
+    )
+
+
+@dataclass
+class SFTArguments:
+    """6.2: supervised fine-tuning switches."""
+
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Padding-free packing of each batch into one row (false: pad to the longest sample)."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N conversations (the chapter hard-coded 10,000)."}
+    )
+    system_message: str = field(
+        default=DEFAULT_SYSTEM_MESSAGE, metadata={"help": "System prompt for conversations that bring none."}
     )

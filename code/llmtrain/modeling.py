@@ -6,7 +6,10 @@ import logging
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, Qwen2Config
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase,
+    Qwen2Config,
+)
 
 from llmtrain.errors import LlmtrainError
 
@@ -128,3 +131,22 @@ def load_model(
     n_params = count_parameters(model)
     logger.info("%s - Total size=%.2fM params", what, n_params / 2**20)
     return model
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """6.1.2: `AutoTokenizer.from_pretrained` from a local folder, with a clear error when it cannot load."""
+    _check_folder(path, "--tokenizer_name")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        raise LlmtrainError(f"--tokenizer_name {path}: cannot load a tokenizer ({err}).") from err
+
+
+def max_length(model: PreTrainedModel, requested: int | None, default: int) -> int:
+    """6.1.3 / 6.2.2: the --block_size to use: the requested one (checked), else min(default, max positions)."""
+    max_positions = getattr(model.config, "max_position_embeddings", None) or default
+    if requested is None:
+        return min(default, max_positions)
+    if requested > max_positions:
+        raise LlmtrainError(f"--block_size {requested} exceeds the model's max_position_embeddings {max_positions}.")
+    return requested

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from typing import Any
@@ -45,3 +46,38 @@ def plot_loss(log_history: list[dict[str, Any]], out_png: str, title: str = "Tra
         if points:
             series[name] = tuple(map(list, zip(*points)))
     return plot_series(series, out_png, "step", "cross-entropy loss", title)
+
+
+def label_mask_svg(tokens: list[str], supervised: list[bool], out_svg: str, width: int = 860) -> str:
+    """6.2.2: draw a tokenized conversation as boxes, green where the token is supervised (label != -100).
+
+    A row ends after each token holding a newline, so the picture keeps ChatML's line structure.
+    SVG text uses the viewer's fonts, which display Chinese where matplotlib's default font cannot.
+    """
+    def box_width(text: str) -> int:
+        return 10 + sum(15 if ord(ch) > 0x2E80 else 8 for ch in text)
+
+    shapes, x, y, row_h = [], 10, 40, 30
+    for token, sup in zip(tokens, supervised):
+        label = token.replace("\n", "↵")
+        w = box_width(label)
+        if x + w > width - 10:
+            x, y = 10, y + row_h
+        fill, stroke = ("#b9e4bd", "#2e7d32") if sup else ("#eeeeee", "#9e9e9e")
+        shapes.append(f'<rect x="{x}" y="{y}" width="{w - 2}" height="{row_h - 6}" rx="3" fill="{fill}" '
+                      f'stroke="{stroke}"/><text x="{x + 5}" y="{y + 17}">{html.escape(label)}</text>')
+        x += w
+        if "\n" in token:
+            x, y = 10, y + row_h
+    legend = ('<rect x="10" y="8" width="16" height="16" fill="#b9e4bd" stroke="#2e7d32"/>'
+              '<text x="32" y="21">supervised (label = token id)</text>'
+              '<rect x="260" y="8" width="16" height="16" fill="#eeeeee" stroke="#9e9e9e"/>'
+              '<text x="282" y="21">ignored (label = -100)</text>')
+    height = y + row_h + 10
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="Noto Sans CJK SC, PingFang SC, Microsoft YaHei, sans-serif" font-size="13">'
+           f'<rect width="100%" height="100%" fill="white"/>{legend}{"".join(shapes)}</svg>')
+    os.makedirs(os.path.dirname(os.path.abspath(out_svg)), exist_ok=True)
+    with open(out_svg, "w", encoding="utf-8") as f:
+        f.write(svg)
+    return out_svg

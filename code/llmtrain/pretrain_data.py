@@ -105,16 +105,3 @@ def build_pretrain_dataset(
         )
     logger.info("%d documents -> %d blocks of %d tokens", len(raw), len(blocks), block_size)
     return blocks
-
-
-def split_for_eval(blocks: datasets.Dataset, percentage: int, seed: int) -> dict[str, Any]:
-    """6.1.4: hold out `percentage`% of the blocks (at least one) for evaluation loss and perplexity."""
-    if percentage <= 0:
-        return {"train": blocks, "validation": None}
-    if not 0 < percentage < 100 or len(blocks) < 2:
-        raise LlmtrainError(
-            f"--validation_split_percentage {percentage} needs 0 < p < 100 and at least 2 blocks (have {len(blocks)})."
-        )
-    n_eval = max(1, len(blocks) * percentage // 100)
-    parts = blocks.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
-    return {"train": parts["train"], "validation": parts["test"]}

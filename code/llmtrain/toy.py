@@ -12,9 +12,12 @@ import argparse
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
+from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError
 from llmtrain.modeling import toy_config
 from llmtrain.pretrain_data import read_jsonl_texts
@@ -44,6 +47,27 @@ def build_toy_assets(output_dir: str, train_files: list[str], vocab_size: int = 
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Toy assets in %s: vocab %d, %d layers, hidden %d", output_dir, len(tokenizer),
                 config.num_hidden_layers, config.hidden_size)
+
+
+def ensure_toy_pretrained(root: Path = PROJECT_ROOT) -> Path:
+    """6.2: the toy pretrained model that SFT and LoRA start from (`output/toy/pretrain`, as `make run` leaves it).
+
+    When it is missing or older than the toy assets, it is pretrained here the same way:
+    `PRESET=toy bash code/pretrain.sh` (DeepSpeed, 2 CPU processes, about half a minute).
+    """
+    toy, out = root / "artifacts" / "toy", root / "output" / "toy" / "pretrain"
+    if not (toy / "config.json").is_file():
+        build_toy_assets(str(toy), [str(root / "data" / "sample" / "pretrain.jsonl")])
+    weights = out / "model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= (toy / "config.json").stat().st_mtime:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, PRESET="toy", OUTPUT_DIR=str(out),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    run = subprocess.run(["bash", str(root / "code" / "pretrain.sh")], env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise LlmtrainError(f"Toy pretraining failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

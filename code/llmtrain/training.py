@@ -137,6 +137,22 @@ def find_resume_checkpoint(training_args: TrainingArguments, overwrite_output_di
     )
 
 
+def split_for_eval(
+    samples: datasets.Dataset, percentage: int, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """6.1.4: hold out `percentage`% of the samples (at least one) for evaluation loss and perplexity."""
+    if percentage <= 0:
+        return samples, None
+    if not 0 < percentage < 100 or len(samples) < 2:
+        raise LlmtrainError(
+            f"--validation_split_percentage {percentage} needs 0 < p < 100 and at least 2 samples "
+            f"(have {len(samples)})."
+        )
+    n_eval = max(1, len(samples) * percentage // 100)
+    parts = samples.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
 def device_peak_flops(device: torch.device) -> float | None:
     """6.1.5: per-device peak FLOP/s for MFU: a datasheet table for GPUs, a measured matmul on CPU."""
     if device.type == "cuda":

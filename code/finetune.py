@@ -1,0 +1,63 @@
+"""6.2: supervised fine-tuning (SFT) of a pretrained causal LM with Trainer (+ DeepSpeed via `deepspeed`).
+
+The chapter's finetune.py, modernised: ChatML rendering with loss only on assistant replies (ignore
+id -100, not the pad id), no padding to 2048 (padding-free packing by default, `--packing false`
+pads each batch to its longest sample), `--max_train_samples` instead of a hard-coded 10,000
+lines, and the same resume, logging, tracker and error behaviour as code/pretrain.py.
+
+    python code/finetune.py --model_name_or_path output/toy/pretrain \
+        --train_files data/sample/sft.jsonl --block_size 512 --output_dir output/try-sft --max_steps 20
+"""
+
+import logging
+import sys
+
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from llmtrain.args import DataArguments, ModelArguments, RunArguments, SFTArguments
+from llmtrain.errors import LlmtrainError
+from llmtrain.modeling import load_model, load_tokenizer, max_length
+from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
+from llmtrain.training import (
+    build_trainer, find_resume_checkpoint, parse_args, setup_logging, split_for_eval, train_and_save,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, SFTArguments, RunArguments, TrainingArguments))
+    model_args, data_args, sft_args, run_args, training_args = parse_args(parser)
+    setup_logging(training_args)
+    logger.info("Training arguments: %s", training_args)
+    if not data_args.train_files:
+        raise LlmtrainError("Pass --train_files with one or more JSON-lines files of {\"conversations\": ...} records.")
+    if not model_args.model_name_or_path:
+        raise LlmtrainError("SFT starts from a pretrained model: pass --model_name_or_path (a model folder).")
+    checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
+    set_seed(training_args.seed)
+
+    model = load_model(None, model_args.model_name_or_path, model_args.torch_dtype, model_args.trust_remote_code)
+    tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
+                               model_args.trust_remote_code)
+    max_len = max_length(model, data_args.block_size, default=2048)
+
+    with training_args.main_process_first(desc="rendering conversations"):
+        raw = load_sft_dataset(data_args.train_files, sft_args.max_train_samples)
+        logger.info("Training files: %s (%d conversations)", data_args.train_files, len(raw))
+        samples = build_sft_dataset(raw, tokenizer, max_len, data_args.preprocessing_num_workers,
+                                    sft_args.system_message)
+    train, validation = split_for_eval(samples, data_args.validation_split_percentage, training_args.seed)
+
+    logger.info("Batching: %s", "padding-free packing" if sft_args.packing else "padding to the longest sample")
+    trainer = build_trainer(model, training_args, tokenizer, train, validation,
+                            data_collator=make_collator(tokenizer, sft_args.packing), peak_tflops=run_args.peak_tflops)
+    train_and_save(trainer, checkpoint)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LlmtrainError as err:
+        logger.error("%s", err)
+        sys.exit(1)

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# 6.2: launch code/finetune.py (SFT) with the deepspeed launcher (ZeRO-2, code/ds_config_zero2.json).
+#
+#   bash code/finetune.sh                 the chapter's job: Qwen2.5-1.5B on BelleGroup, 3 epochs, bf16
+#   PRESET=toy bash code/finetune.sh      the toy pretrained model on data/sample/sft.jsonl, 2 CPU processes
+#
+# Every variable below can be set from the environment; extra arguments go to finetune.py
+# (e.g. --packing false). HOSTFILE, DS_CONFIG, REPORT_TO, MASTER_PORT work as in pretrain.sh.
+set -euo pipefail
+
+CODE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$CODE_DIR")
+PRESET=${PRESET:-chapter}
+
+case "$PRESET" in
+  chapter)
+    MODEL_DIR=${MODEL_DIR:-autodl-tmp/qwen-1.5b}
+    TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/sft_data/BelleGroup/train_3.5M_CN.json}
+    OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/sft}
+    NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
+    MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-10000}   # the chapter's first 10,000 conversations; empty: all
+    BATCH_SIZE=${BATCH_SIZE:-16}
+    GRAD_ACC=${GRAD_ACC:-4}
+    LR=${LR:-1e-4}
+    EPOCHS=${EPOCHS:-3}
+    WARMUP_STEPS=${WARMUP_STEPS:-200}
+    BLOCK_SIZE=${BLOCK_SIZE:-2048}
+    LOGGING_STEPS=${LOGGING_STEPS:-5}
+    SAVE_STEPS=${SAVE_STEPS:-100}
+    WORKERS=${WORKERS:-10}
+    PRECISION=${PRECISION:---bf16}
+    CHECKPOINTING=${CHECKPOINTING:---gradient_checkpointing}
+    ;;
+  toy)
+    MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/pretrain}
+    TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/sft.jsonl}
+    OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/sft}
+    NUM_GPUS=${NUM_GPUS:-2}             # on a CPU-only machine: 2 processes over gloo
+    MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-}
+    BATCH_SIZE=${BATCH_SIZE:-8}
+    GRAD_ACC=${GRAD_ACC:-1}
+    LR=${LR:-1e-3}
+    EPOCHS=${EPOCHS:-12}
+    WARMUP_STEPS=${WARMUP_STEPS:-10}
+    BLOCK_SIZE=${BLOCK_SIZE:-512}
+    LOGGING_STEPS=${LOGGING_STEPS:-5}
+    SAVE_STEPS=${SAVE_STEPS:-100}
+    WORKERS=${WORKERS:-1}
+    PRECISION=${PRECISION:-}            # fp32 on CPU
+    CHECKPOINTING=${CHECKPOINTING:-}
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per process
+    if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
+      echo "No pretrained toy model in $MODEL_DIR: pretraining it first"
+      PRESET=toy OUTPUT_DIR="$MODEL_DIR" bash "$CODE_DIR/pretrain.sh"
+    fi
+    ;;
+  *)
+    echo "Unknown PRESET=$PRESET: use 'chapter' (default) or 'toy'." >&2
+    exit 2
+    ;;
+esac
+
+DS_CONFIG=${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}
+REPORT_TO=${REPORT_TO:-none}
+SEED=${SEED:-12}
+
+if [ ! -f "$MODEL_DIR/config.json" ]; then
+  cat >&2 <<EOF
+No model in $MODEL_DIR.
+Download Qwen2.5-1.5B (or use your own pretrained output) first, for example:
+  python code/download_model.py --repo_id Qwen/Qwen2.5-1.5B --local_dir $MODEL_DIR
+and the SFT data: python code/download_dataset.py sft --local_dir autodl-tmp/dataset/sft_data/BelleGroup
+EOF
+  exit 1
+fi
+
+launcher=(deepspeed)
+[ -n "$NUM_GPUS" ] && launcher+=(--num_gpus "$NUM_GPUS")
+[ -n "${HOSTFILE:-}" ] && launcher+=(--hostfile "$HOSTFILE")
+[ -n "${MASTER_PORT:-}" ] && launcher+=(--master_port "$MASTER_PORT")
+extra=()
+[ -n "$MAX_TRAIN_SAMPLES" ] && extra+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
+
+set -x
+"${launcher[@]}" "$CODE_DIR/finetune.py" \
+  --model_name_or_path "$MODEL_DIR" \
+  --train_files $TRAIN_FILES \
+  --per_device_train_batch_size "$BATCH_SIZE" \
+  --gradient_accumulation_steps "$GRAD_ACC" \
+  --do_train \
+  --output_dir "$OUTPUT_DIR" \
+  --eval_strategy no \
+  --learning_rate "$LR" \
+  --num_train_epochs "$EPOCHS" \
+  --warmup_steps "$WARMUP_STEPS" \
+  --logging_strategy steps \
+  --logging_steps "$LOGGING_STEPS" \
+  --save_strategy steps \
+  --save_steps "$SAVE_STEPS" \
+  --preprocessing_num_workers "$WORKERS" \
+  --save_total_limit 1 \
+  --seed "$SEED" \
+  --block_size "$BLOCK_SIZE" \
+  $PRECISION \
+  $CHECKPOINTING \
+  --deepspeed "$DS_CONFIG" \
+  --report_to "$REPORT_TO" \
+  "${extra[@]}" \
+  "$@"
