@@ -18,6 +18,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Smaller than the notebooks' own defaults: papermill checks the parameters path, nbval the defaults.
 TOY_PARAMETERS = {
     "6.1_pretrain": {"MAX_STEPS": 150, "RUN_DEEPSPEED": False},
+    "6.2_sft": {"EPOCHS": 4, "BENCH_STEPS": 1},
 }
 
 
@@ -39,7 +40,7 @@ def test_py_pair_is_in_sync(ipynb):
 
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monkeypatch, toy_dir):
+def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monkeypatch, toy_pretrained):
     monkeypatch.setenv("COURSE_IMAGES_DIR", str(tmp_path / "images"))
     out = papermill.execute_notebook(
         str(ipynb), str(tmp_path / ipynb.name), parameters=TOY_PARAMETERS[ipynb.stem],
@@ -47,8 +48,11 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
     )
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in out.cells)
     text = "\n".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
+    first, last = map(float, re.search(r"第一次记录的 loss ([\d.]+),最后一次 ([\d.]+)", text).groups())
+    assert last < first - 0.5
     if ipynb.stem == "6.1_pretrain":
-        first, last = map(float, re.search(r"第一次记录的 loss ([\d.]+),最后一次 ([\d.]+)", text).groups())
-        assert last < first - 0.5
         assert "150 步" in text
+    if ipynb.stem == "6.2_sft":
+        n = len((ROOT / "data" / "sample" / "sft.jsonl").read_text(encoding="utf-8").splitlines())
+        assert f"{n} 条对话:token 完全一致 {n} 条,监督掩码完全一致 {n} 条" in text
     assert list((tmp_path / "images").glob("*.png"))
