@@ -201,8 +201,10 @@ table.round(2)
 
 # %% [markdown]
 # 补齐到 2048 时,真实 token 不到 5%;动态 padding 和打包都把每秒训练的回答 token 数提高了几十倍。
-# 这份样例里对话长度相近,动态 padding 只浪费了约一成,在 CPU 上和打包差不多快;
-# 样本长度越参差(真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多,而打包始终没有 padding。
+# 这份样例里对话长度相近,动态 padding 只浪费了约一成。打包在这里反而稍慢:CPU 上的 sdpa 注意力对打包的整行
+# 用块对角掩码计算,注意力的计算量随整行长度的平方增长;GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,
+# 只计算每条对话内部的注意力,这部分开销就没有了。样本长度越参差(真实的 BelleGroup 数据就是这样),
+# 动态 padding 浪费得越多,而打包始终没有 padding。
 #
 # ### 打包的一个陷阱:KV cache
 #
