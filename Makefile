@@ -22,15 +22,20 @@ toy: $(TOY)/config.json  ## build the toy tokenizer + tiny Qwen2 config (artifac
 $(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
 	$(PY) -m llmtrain.toy --output_dir $(TOY) --train_file data/sample/pretrain.jsonl
 
-run: toy  ## the whole toy pipeline: pretraining, then SFT (DeepSpeed, 2 CPU processes each), then a chat
+run: toy  ## the whole toy pipeline: pretraining, full SFT, LoRA SFT (DeepSpeed, 2 CPU processes each), a chat
 	rm -rf output/toy
 	PRESET=toy bash code/pretrain.sh
 	PRESET=toy bash code/finetune.sh
+	PRESET=toy USE_LORA=1 bash code/finetune.sh
 	@echo
-	$(PY) code/chat.py --model output/toy/sft "3加5等于几?" "“快”的反义词是什么?" "星期三的后一天是星期几?" "什么是过拟合?"
-	@echo "Toy pipeline done:"
-	@echo "  pretrained model: output/toy/pretrain/  (loss plot: loss.png, logs: trainer_state.json)"
-	@echo "  SFT model:        output/toy/sft/       (loss plot: loss.png, logs: trainer_state.json)"
+	$(PY) code/chat.py --model output/toy/sft "3加5等于几?" "“快”的反义词是什么?" "星期三的后一天是星期几?" "你好"
+	@echo "Full SFT vs LoRA SFT (q_proj,v_proj, r=8) on the same toy model and data:"
+	$(PY) code/compare_runs.py output/toy/sft output/toy/sft-lora
+	@echo
+	@echo "Toy pipeline done (each folder: model or adapter, loss.png, trainer_state.json):"
+	@echo "  pretrained model: output/toy/pretrain/"
+	@echo "  full SFT model:   output/toy/sft/"
+	@echo "  LoRA adapter:     output/toy/sft-lora/  (merged plain model: output/toy/sft-lora/merged/)"
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)

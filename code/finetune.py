@@ -4,6 +4,7 @@ The chapter's finetune.py, modernised: ChatML rendering with loss only on assist
 id -100, not the pad id), no padding to 2048 (padding-free packing by default, `--packing false`
 pads each batch to its longest sample), `--max_train_samples` instead of a hard-coded 10,000
 lines, and the same resume, logging, tracker and error behaviour as code/pretrain.py.
+`--use_lora` trains peft LoRA adapters instead (6.3.5); `--merge_lora` also writes a merged model.
 
     python code/finetune.py --model_name_or_path output/toy/pretrain \
         --train_files data/sample/sft.jsonl --block_size 512 --output_dir output/try-sft --max_steps 20
@@ -14,8 +15,9 @@ import sys
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-from llmtrain.args import DataArguments, ModelArguments, RunArguments, SFTArguments
+from llmtrain.args import DataArguments, LoraArguments, ModelArguments, RunArguments, SFTArguments
 from llmtrain.errors import LlmtrainError
+from llmtrain.lora import add_peft_lora, parameter_summary
 from llmtrain.modeling import load_model, load_tokenizer, max_length
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 from llmtrain.training import (
@@ -26,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 def main() -> None:
-    parser = HfArgumentParser((ModelArguments, DataArguments, SFTArguments, RunArguments, TrainingArguments))
-    model_args, data_args, sft_args, run_args, training_args = parse_args(parser)
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, SFTArguments, LoraArguments, RunArguments, TrainingArguments)
+    )
+    model_args, data_args, sft_args, lora_args, run_args, training_args = parse_args(parser)
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
@@ -41,6 +45,10 @@ def main() -> None:
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                model_args.trust_remote_code)
     max_len = max_length(model, data_args.block_size, default=2048)
+    if lora_args.use_lora:
+        model = add_peft_lora(model, lora_args.lora_target_modules.split(","), lora_args.lora_r,
+                              lora_args.lora_alpha, lora_args.lora_dropout, training_args.gradient_checkpointing)
+    logger.info("%s", parameter_summary(model))
 
     with training_args.main_process_first(desc="rendering conversations"):
         raw = load_sft_dataset(data_args.train_files, sft_args.max_train_samples)
@@ -53,6 +61,11 @@ def main() -> None:
     trainer = build_trainer(model, training_args, tokenizer, train, validation,
                             data_collator=make_collator(tokenizer, sft_args.packing), peak_tflops=run_args.peak_tflops)
     train_and_save(trainer, checkpoint)
+    if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
+        merged_dir = f"{training_args.output_dir}/merged"
+        trainer.model.merge_and_unload().save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+        logger.info("Base model + LoRA adapter merged into a plain model: %s", merged_dir)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 #
 #   bash code/finetune.sh                 the chapter's job: Qwen2.5-1.5B on BelleGroup, 3 epochs, bf16
 #   PRESET=toy bash code/finetune.sh      the toy pretrained model on data/sample/sft.jsonl, 2 CPU processes
+#   USE_LORA=1 ...                        6.3.5: LoRA adapters through peft (r=8, alpha=32, dropout=0.1 on
+#                                         q_proj,v_proj), plus the merged model in $OUTPUT_DIR/merged
 #
 # Every variable below can be set from the environment; extra arguments go to finetune.py
 # (e.g. --packing false). HOSTFILE, DS_CONFIG, REPORT_TO, MASTER_PORT work as in pretrain.sh.
@@ -11,12 +13,14 @@ set -euo pipefail
 CODE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$CODE_DIR")
 PRESET=${PRESET:-chapter}
+USE_LORA=${USE_LORA:-0}
+LORA_SUFFIX=$([ "$USE_LORA" = 1 ] && echo "-lora" || true)
 
 case "$PRESET" in
   chapter)
     MODEL_DIR=${MODEL_DIR:-autodl-tmp/qwen-1.5b}
     TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/sft_data/BelleGroup/train_3.5M_CN.json}
-    OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/sft}
+    OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/sft$LORA_SUFFIX}
     NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-10000}   # the chapter's first 10,000 conversations; empty: all
     BATCH_SIZE=${BATCH_SIZE:-16}
@@ -34,12 +38,12 @@ case "$PRESET" in
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/pretrain}
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/sft.jsonl}
-    OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/sft}
+    OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/sft$LORA_SUFFIX}
     NUM_GPUS=${NUM_GPUS:-2}             # on a CPU-only machine: 2 processes over gloo
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-}
     BATCH_SIZE=${BATCH_SIZE:-8}
     GRAD_ACC=${GRAD_ACC:-1}
-    LR=${LR:-1e-3}
+    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo 5e-3 || echo 1e-3)}   # adapters start at zero: a larger step
     EPOCHS=${EPOCHS:-12}
     WARMUP_STEPS=${WARMUP_STEPS:-10}
     BLOCK_SIZE=${BLOCK_SIZE:-512}
@@ -80,6 +84,10 @@ launcher=(deepspeed)
 [ -n "${MASTER_PORT:-}" ] && launcher+=(--master_port "$MASTER_PORT")
 extra=()
 [ -n "$MAX_TRAIN_SAMPLES" ] && extra+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
+if [ "$USE_LORA" = 1 ]; then
+  extra+=(--use_lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-32}" --lora_dropout "${LORA_DROPOUT:-0.1}"
+          --lora_target_modules "${LORA_TARGETS:-q_proj,v_proj}" --merge_lora)
+fi
 
 set -x
 "${launcher[@]}" "$CODE_DIR/finetune.py" \

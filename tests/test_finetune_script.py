@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, run_script
+from llmtrain.lora import load_adapter, lora_parameter_count
 from llmtrain.tokenizer import IM_END
 
 SAMPLE_SFT = ROOT / "data" / "sample" / "sft.jsonl"
@@ -60,3 +61,23 @@ def test_padded_batches_and_sft_errors(tmp_path, toy_pretrained):
     result = run_script(["python", "code/finetune.py", "--train_files", str(SAMPLE_SFT), "--output_dir",
                          str(tmp_path / "o2"), "--use_cpu"])
     assert result.returncode == 1 and "SFT starts from a pretrained model" in result.stdout
+
+
+def test_toy_lora_launch_saves_an_adapter_that_reloads_and_a_matching_merged_model(tmp_path, toy_pretrained):
+    out = tmp_path / "lora"
+    result = run_script(["bash", "code/finetune.sh"], PRESET="toy", USE_LORA="1", MODEL_DIR=str(toy_pretrained),
+                        OUTPUT_DIR=str(out), EPOCHS="2", MASTER_PORT="29519")
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "Process rank: 1, device: cpu, world size: 2" in result.stdout
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in out.iterdir()}
+
+    base = AutoModelForCausalLM.from_pretrained(toy_pretrained)
+    expected = lora_parameter_count(base, ["q_proj", "v_proj"], 8)
+    assert json.loads((out / "train_results.json").read_text())["trainable_params"] == expected
+    ids = AutoTokenizer.from_pretrained(out)("3加5等于几?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain = base(ids).logits
+        adapted = load_adapter(base, str(out)).eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()(ids).logits
+    assert (adapted - plain).abs().max().item() > 1e-3  # training moved the adapter away from B = 0
+    assert (merged - adapted).abs().max().item() <= 1e-5

@@ -75,3 +75,19 @@ class SFTArguments:
     system_message: str = field(
         default=DEFAULT_SYSTEM_MESSAGE, metadata={"help": "System prompt for conversations that bring none."}
     )
+
+
+@dataclass
+class LoraArguments:
+    """6.3.5: LoRA fine-tuning through peft (the chapter's LoraConfig: r=8, alpha=32, dropout=0.1)."""
+
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: str = field(
+        default="q_proj,v_proj", metadata={"help": "Comma-separated module names to adapt (the chapter: W_q, W_v)."}
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Also save base + adapter merged into a plain model in <output_dir>/merged."}
+    )

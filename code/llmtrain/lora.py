@@ -79,14 +79,8 @@ def _matches(name: str, target_modules: str | list[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in target_modules)
 
 
-def inject_lora(
-    model: nn.Module, target_modules: str | list[str], r: int = 8, alpha: float = 32, dropout: float = 0.0
-) -> nn.Module:
-    """6.3.4: replace every targeted `nn.Linear` with a `LoraLinear` and freeze everything else (in place).
-
-    `target_modules` is a list of names (e.g. ["q_proj", "v_proj"], matching name endings) or a
-    regex matched against full module names, as the chapter describes.
-    """
+def check_targets(model: nn.Module, target_modules: str | list[str], r: int) -> list[tuple[str, nn.Linear]]:
+    """6.3.4: the (name, layer) pairs LoRA would wrap; errors name what exists when the targets are wrong."""
     if r <= 0:
         raise LlmtrainError(f"LoRA rank r must be a positive integer, got {r}")
     targets = [(name, module) for name, module in model.named_modules() if name and _matches(name, target_modules)]
@@ -98,6 +92,18 @@ def inject_lora(
         if not isinstance(module, nn.Linear):
             raise LlmtrainError(f"target {name} is {type(module).__name__}, not nn.Linear: LoRA here wraps "
                                 "linear layers only; choose linear targets such as q_proj, v_proj")
+    return targets
+
+
+def inject_lora(
+    model: nn.Module, target_modules: str | list[str], r: int = 8, alpha: float = 32, dropout: float = 0.0
+) -> nn.Module:
+    """6.3.4: replace every targeted `nn.Linear` with a `LoraLinear` and freeze everything else (in place).
+
+    `target_modules` is a list of names (e.g. ["q_proj", "v_proj"], matching name endings) or a
+    regex matched against full module names, as the chapter describes.
+    """
+    targets = check_targets(model, target_modules, r)
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in targets:
@@ -126,6 +132,26 @@ def lora_parameter_count(model: nn.Module, target_modules: str | list[str], r: i
     """
     return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
                if name and _matches(name, target_modules) and isinstance(m, nn.Linear))
+
+
+def add_peft_lora(
+    model: nn.Module, target_modules: list[str], r: int, alpha: float, dropout: float,
+    gradient_checkpointing: bool = False,
+):
+    """6.3.5: wrap `model` with peft's LoRA (the path the fine-tuning script uses), targets checked first.
+
+    With gradient checkpointing the embeddings' output must require grad, or the checkpointed
+    blocks see no tensor to differentiate ("element 0 of tensors does not require grad").
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    check_targets(model, target_modules, r)
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=target_modules)
+    peft_model = get_peft_model(model, config)
+    if gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    return peft_model
 
 
 def load_adapter(model: nn.Module, adapter_dir: str):

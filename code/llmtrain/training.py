@@ -252,6 +252,7 @@ def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.model.config.use_cache = True  # for generation with the saved model
     trainer.save_model()
+    result.metrics["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:
         eval_metrics = trainer.evaluate()
