@@ -19,6 +19,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TOY_PARAMETERS = {
     "6.1_pretrain": {"MAX_STEPS": 150, "RUN_DEEPSPEED": False},
     "6.2_sft": {"EPOCHS": 4, "BENCH_STEPS": 1},
+    "6.3_lora": {"EPOCHS": 3},
 }
 
 
