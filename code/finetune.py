@@ -11,7 +11,6 @@ lines, and the same resume, logging, tracker and error behaviour as code/pretrai
 """
 
 import logging
-import sys
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -21,7 +20,7 @@ from llmtrain.lora import add_peft_lora, parameter_summary
 from llmtrain.modeling import load_model, load_tokenizer, max_length
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 from llmtrain.training import (
-    build_trainer, find_resume_checkpoint, parse_args, setup_logging, split_for_eval, train_and_save,
+    build_trainer, find_resume_checkpoint, parse_args, run_cli, setup_logging, split_for_eval, train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ def main() -> None:
     max_len = max_length(model, data_args.block_size, default=2048)
     if lora_args.use_lora:
         model = add_peft_lora(model, lora_args.lora_target_modules.split(","), lora_args.lora_r,
-                              lora_args.lora_alpha, lora_args.lora_dropout, training_args.gradient_checkpointing)
+                              lora_args.lora_alpha, lora_args.lora_dropout, training_args.activation_checkpointing)
     logger.info("%s", parameter_summary(model))
 
     with training_args.main_process_first(desc="rendering conversations"):
@@ -69,8 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LlmtrainError as err:
-        logger.error("%s", err)
-        sys.exit(1)
+    run_cli(main)

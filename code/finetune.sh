@@ -33,7 +33,7 @@ case "$PRESET" in
     SAVE_STEPS=${SAVE_STEPS:-100}
     WORKERS=${WORKERS:-10}
     PRECISION=${PRECISION:---bf16}
-    CHECKPOINTING=${CHECKPOINTING:---gradient_checkpointing}
+    CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}   # the chapter's --gradient_checkpointing, renamed in transformers 5
     ;;
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/pretrain}
@@ -64,10 +64,6 @@ case "$PRESET" in
     ;;
 esac
 
-DS_CONFIG=${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}
-REPORT_TO=${REPORT_TO:-none}
-SEED=${SEED:-12}
-
 if [ ! -f "$MODEL_DIR/config.json" ]; then
   cat >&2 <<EOF
 No model in $MODEL_DIR.
@@ -78,40 +74,11 @@ EOF
   exit 1
 fi
 
-launcher=(deepspeed)
-[ -n "$NUM_GPUS" ] && launcher+=(--num_gpus "$NUM_GPUS")
-[ -n "${HOSTFILE:-}" ] && launcher+=(--hostfile "$HOSTFILE")
-[ -n "${MASTER_PORT:-}" ] && launcher+=(--master_port "$MASTER_PORT")
 extra=()
 [ -n "$MAX_TRAIN_SAMPLES" ] && extra+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
 if [ "$USE_LORA" = 1 ]; then
   extra+=(--use_lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-32}" --lora_dropout "${LORA_DROPOUT:-0.1}"
           --lora_target_modules "${LORA_TARGETS:-q_proj,v_proj}" --merge_lora)
 fi
-
-set -x
-"${launcher[@]}" "$CODE_DIR/finetune.py" \
-  --model_name_or_path "$MODEL_DIR" \
-  --train_files $TRAIN_FILES \
-  --per_device_train_batch_size "$BATCH_SIZE" \
-  --gradient_accumulation_steps "$GRAD_ACC" \
-  --do_train \
-  --output_dir "$OUTPUT_DIR" \
-  --eval_strategy no \
-  --learning_rate "$LR" \
-  --num_train_epochs "$EPOCHS" \
-  --warmup_steps "$WARMUP_STEPS" \
-  --logging_strategy steps \
-  --logging_steps "$LOGGING_STEPS" \
-  --save_strategy steps \
-  --save_steps "$SAVE_STEPS" \
-  --preprocessing_num_workers "$WORKERS" \
-  --save_total_limit 1 \
-  --seed "$SEED" \
-  --block_size "$BLOCK_SIZE" \
-  $PRECISION \
-  $CHECKPOINTING \
-  --deepspeed "$DS_CONFIG" \
-  --report_to "$REPORT_TO" \
-  "${extra[@]}" \
-  "$@"
+source "$CODE_DIR/launch_common.sh"
+launch "$CODE_DIR/finetune.py" --model_name_or_path "$MODEL_DIR" "${extra[@]}" "$@"

@@ -9,7 +9,6 @@ checkpoint, and clear errors for bad input. Run it through code/pretrain.sh, or 
 """
 
 import logging
-import sys
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -18,7 +17,7 @@ from llmtrain.errors import LlmtrainError
 from llmtrain.modeling import load_model, load_tokenizer, max_length
 from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset
 from llmtrain.training import (
-    build_trainer, find_resume_checkpoint, parse_args, setup_logging, split_for_eval, train_and_save,
+    build_trainer, find_resume_checkpoint, parse_args, run_cli, setup_logging, split_for_eval, train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,8 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LlmtrainError as err:
-        logger.error("%s", err)
-        sys.exit(1)
+    run_cli(main)

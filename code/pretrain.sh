@@ -4,8 +4,9 @@
 #   bash code/pretrain.sh                 the chapter's job: Qwen2.5-1.5B architecture, block 2048, bf16
 #   PRESET=toy bash code/pretrain.sh      the same script on the toy assets: 2 CPU processes, fp32, ~1 min
 #
-# Every variable below can be set from the environment (e.g. OUTPUT_DIR=... NUM_GPUS=8);
+# Every variable below can be set from the environment (e.g. OUTPUT_DIR=... NUM_GPUS=8 MAX_STEPS=50 SEED=1);
 # extra arguments are passed on to pretrain.py (e.g. --resume_from_checkpoint DIR).
+# The launcher and the shared TrainingArguments flags live in code/launch_common.sh.
 # Multi-node: HOSTFILE=hostfile (the deepspeed launcher's format). ZeRO-3 + optimizer offload:
 # DS_CONFIG=code/ds_config_zero3.json. Trackers: REPORT_TO=wandb|swanlab|tensorboard.
 set -euo pipefail
@@ -24,14 +25,13 @@ case "$PRESET" in
     GRAD_ACC=${GRAD_ACC:-4}
     LR=${LR:-1e-4}
     EPOCHS=${EPOCHS:-1}
-    MAX_STEPS=${MAX_STEPS:--1}
     WARMUP_STEPS=${WARMUP_STEPS:-200}
     BLOCK_SIZE=${BLOCK_SIZE:-2048}
     LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
     WORKERS=${WORKERS:-10}
     PRECISION=${PRECISION:---bf16}
-    CHECKPOINTING=${CHECKPOINTING:---gradient_checkpointing}
+    CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}   # the chapter's --gradient_checkpointing, renamed in transformers 5
     ;;
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/artifacts/toy}
@@ -42,7 +42,6 @@ case "$PRESET" in
     GRAD_ACC=${GRAD_ACC:-1}
     LR=${LR:-2e-3}
     EPOCHS=${EPOCHS:-30}
-    MAX_STEPS=${MAX_STEPS:--1}
     WARMUP_STEPS=${WARMUP_STEPS:-10}
     BLOCK_SIZE=${BLOCK_SIZE:-128}
     LOGGING_STEPS=${LOGGING_STEPS:-5}
@@ -62,10 +61,6 @@ case "$PRESET" in
     ;;
 esac
 
-DS_CONFIG=${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}
-REPORT_TO=${REPORT_TO:-none}
-SEED=${SEED:-12}
-
 if [ ! -f "$MODEL_DIR/config.json" ]; then
   cat >&2 <<EOF
 No model config in $MODEL_DIR.
@@ -76,35 +71,5 @@ EOF
   exit 1
 fi
 
-launcher=(deepspeed)
-[ -n "$NUM_GPUS" ] && launcher+=(--num_gpus "$NUM_GPUS")
-[ -n "${HOSTFILE:-}" ] && launcher+=(--hostfile "$HOSTFILE")
-[ -n "${MASTER_PORT:-}" ] && launcher+=(--master_port "$MASTER_PORT")
-
-set -x
-"${launcher[@]}" "$CODE_DIR/pretrain.py" \
-  --config_name "$MODEL_DIR" \
-  --tokenizer_name "$MODEL_DIR" \
-  --train_files $TRAIN_FILES \
-  --per_device_train_batch_size "$BATCH_SIZE" \
-  --gradient_accumulation_steps "$GRAD_ACC" \
-  --do_train \
-  --output_dir "$OUTPUT_DIR" \
-  --eval_strategy no \
-  --learning_rate "$LR" \
-  --num_train_epochs "$EPOCHS" \
-  --max_steps "$MAX_STEPS" \
-  --warmup_steps "$WARMUP_STEPS" \
-  --logging_strategy steps \
-  --logging_steps "$LOGGING_STEPS" \
-  --save_strategy steps \
-  --save_steps "$SAVE_STEPS" \
-  --preprocessing_num_workers "$WORKERS" \
-  --save_total_limit 1 \
-  --seed "$SEED" \
-  --block_size "$BLOCK_SIZE" \
-  $PRECISION \
-  $CHECKPOINTING \
-  --deepspeed "$DS_CONFIG" \
-  --report_to "$REPORT_TO" \
-  "$@"
+source "$CODE_DIR/launch_common.sh"
+launch "$CODE_DIR/pretrain.py" --config_name "$MODEL_DIR" --tokenizer_name "$MODEL_DIR" "$@"

@@ -40,8 +40,6 @@ DS_EPOCHS = 3
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -50,7 +48,7 @@ import torch
 from IPython.display import Image, display
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.toy import build_toy_assets
+from llmtrain.toy import build_toy_assets, run_bash_script
 
 TOY_DIR = ROOT / "artifacts" / "toy"  # 玩具分词器 + 配置,结构与下载的 Qwen2.5 目录相同
 DATA = ROOT / "data" / "sample" / "pretrain.jsonl"
@@ -347,15 +345,11 @@ display(Image(plot_series(
 # %%
 if RUN_DEEPSPEED:
     ds_out = OUTPUT_DIR / "deepspeed"
-    venv_bin = os.path.dirname(sys.executable)  # the deepspeed launcher of this kernel's environment
-    env = dict(os.environ, PRESET="toy", OUTPUT_DIR=str(ds_out), EPOCHS=str(DS_EPOCHS), SAVE_STEPS="1000",
-               PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
     shutil.rmtree(ds_out, ignore_errors=True)
-    run = subprocess.run(["bash", "code/pretrain.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"pretrain.sh failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
+    log = run_bash_script(ROOT / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(ds_out),
+                          EPOCHS=str(DS_EPOCHS), SAVE_STEPS="1000")
     print("PRESET=toy bash code/pretrain.sh -> 成功")
-    for line in (run.stdout + run.stderr).splitlines():
+    for line in log.splitlines():
         if "world size" in line or "documents ->" in line:
             print(line.split(" - ", 2)[-1])
     state = json.loads((ds_out / "trainer_state.json").read_text())

@@ -45,6 +45,7 @@ def load_text_dataset(train_files: list[str]) -> datasets.Dataset:
     """
     ds = load_jsonl(train_files, "text", _check_text_record, FORMAT_HINT)
     if getattr(ds.features["text"], "dtype", None) not in ("string", "large_string"):
+        # e.g. every "text" is a number: Arrow loaded it fine, the scan names the first such line
         for path in train_files:
             for _ in read_jsonl_texts(path):
                 pass

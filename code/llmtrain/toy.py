@@ -62,12 +62,21 @@ def ensure_toy_pretrained(root: Path = PROJECT_ROOT) -> Path:
     if weights.is_file() and weights.stat().st_mtime >= (toy / "config.json").stat().st_mtime:
         return out
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PRESET="toy", OUTPUT_DIR=str(out),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    run = subprocess.run(["bash", str(root / "code" / "pretrain.sh")], env=env, capture_output=True, text=True)
-    if run.returncode != 0:
-        raise LlmtrainError(f"Toy pretraining failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
+    run_bash_script(root / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(out))
     return out
+
+
+def run_bash_script(script: Path, **env: str) -> str:
+    """Run one of the course's code/*.sh launchers with this interpreter's environment first on PATH.
+
+    Returns the combined output; a failure raises with the output's tail, so a notebook shows why.
+    """
+    full_env = dict(os.environ, **env)
+    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
+    run = subprocess.run(["bash", str(script)], env=full_env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise LlmtrainError(f"{script.name} failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
+    return run.stdout + run.stderr
 
 
 def main(argv: list[str] | None = None) -> int:

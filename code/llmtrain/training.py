@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import datasets
@@ -63,6 +63,15 @@ def parse_args(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> t
         if not any(a.startswith("--accelerator_config") for a in args):
             args += ["--accelerator_config", json.dumps({"use_configured_state": True})]
     return parser.parse_args_into_dataclasses(args=args)
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """6.1.5: run a script's `main`; bad input (LlmtrainError) ends as one clear log line and exit code 1."""
+    try:
+        main()
+    except LlmtrainError as err:
+        logger.error("%s", err)
+        sys.exit(1)
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -182,6 +191,7 @@ class ThroughputCallback(TrainerCallback):
     """6.1.5: adds tokens/s and MFU (6·N·tokens/s ÷ peak FLOP/s of all devices) to each training log.
 
     Tokens are the Trainer's own count of input tokens seen over all processes (including padding).
+    With LoRA, frozen weights skip their weight gradients, so 6·N somewhat overstates the work done.
     """
 
     def __init__(self, n_params: int, peak_flops_per_device: float | None) -> None:
@@ -250,16 +260,16 @@ def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]
     """
     logger.info("Starting training%s", f" from {checkpoint}" if checkpoint else "")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.model.config.use_cache = True  # for generation with the saved model
-    trainer.save_model()
     result.metrics["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics = dict(result.metrics)
-    if trainer.eval_dataset is not None:
+    if trainer.eval_dataset is not None:  # still without KV cache: packed eval batches stay isolated
         eval_metrics = trainer.evaluate()
         eval_metrics["perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50.0))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
+    trainer.model.config.use_cache = True  # for generation with the saved model
+    trainer.save_model()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
