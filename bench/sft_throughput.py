@@ -36,7 +36,7 @@ def main() -> int:
 
     print(f"{len(features)} conversations, batch {args.batch_size}, {args.steps} steps each, "
           f"{torch.get_num_threads()} CPU threads\n")
-    print(f"| batching | real-token fraction | positions per step | supervised tokens/s | vs textbook |")
+    print("| batching | real-token fraction | positions per step | supervised tokens/s | vs textbook |")
     print("| --- | ---: | ---: | ---: | ---: |")
     base = next(iter(results.values()))["supervised_tokens_per_s"]
     for name, r in results.items():

@@ -11,7 +11,7 @@ from llmtrain.plotting import read_log_history
 
 
 def main(run_dirs: list[str]) -> int:
-    print(f"| run | trainable params | first logged loss | last logged loss | train time (s) | tokens/s |")
+    print("| run | trainable params | first logged loss | last logged loss | train time (s) | tokens/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for run in map(Path, run_dirs):
         try:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
