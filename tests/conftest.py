@@ -16,12 +16,9 @@ SAMPLE_PRETRAIN = ROOT / "data" / "sample" / "pretrain.jsonl"
 @pytest.fixture(scope="session")
 def toy_dir() -> Path:
     """artifacts/toy as `make toy` builds it; built here when a test run starts without it."""
-    path = ROOT / "artifacts" / "toy"
-    if not (path / "config.json").is_file():
-        from llmtrain.toy import build_toy_assets
+    from llmtrain.toy import ensure_toy_assets
 
-        build_toy_assets(str(path), [str(SAMPLE_PRETRAIN)])
-    return path
+    return ensure_toy_assets()
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import datasets
+import pyarrow
 
 from llmtrain.errors import LlmtrainError
 
@@ -31,8 +32,15 @@ def iter_jsonl(path: str, hint: str) -> Iterator[tuple[int, Any]]:
     """Yield (1-based line number, parsed record) for every non-blank line; the first bad line is an error."""
     check_file(path, hint)
     found = False
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise LlmtrainError(
+                    f"{path} line {lineno}: not valid UTF-8 (byte {err.start + 1} of the line); "
+                    "save the file as UTF-8 (e.g. `iconv -f GBK -t UTF-8`)."
+                ) from err
             if not line.strip():
                 continue
             try:
@@ -67,10 +75,15 @@ def load_jsonl(files: list[str], column: str, check_record: RecordCheck, hint: s
     if column not in ds.column_names or ds.data.column(column).null_count:
         scan()
         raise LlmtrainError(f"Some records of {', '.join(files)} have no usable {column!r} field; {hint}.")
+    try:  # the Arrow reader keeps invalid UTF-8 bytes as they are; a full validation finds them
+        ds.data.table.validate(full=True)
+    except pyarrow.ArrowInvalid as err:
+        scan()
+        raise LlmtrainError(f"{', '.join(files)}: not valid UTF-8 ({err}); save the files as UTF-8.") from err
     return ds
 
 
-def shown(record: Any) -> str:
+def preview(record: Any) -> str:
     """A short rendering of a record for error messages."""
     text = json.dumps(record, ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "..."

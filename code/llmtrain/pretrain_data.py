@@ -16,7 +16,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.jsonl import iter_jsonl, load_jsonl, shown
+from llmtrain.jsonl import iter_jsonl, load_jsonl, preview
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ FORMAT_HINT = 'each line must be one JSON object with a string field "text", e.g
 
 def _check_text_record(record: Any, path: str, lineno: int) -> None:
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise LlmtrainError(f'{path} line {lineno}: no string "text" field in {shown(record)}; {FORMAT_HINT}.')
+        raise LlmtrainError(f'{path} line {lineno}: no string "text" field in {preview(record)}; {FORMAT_HINT}.')
 
 
 def read_jsonl_texts(path: str) -> Iterator[str]:

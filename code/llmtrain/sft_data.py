@@ -16,7 +16,7 @@ import datasets
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.jsonl import load_jsonl, shown
+from llmtrain.jsonl import load_jsonl, preview
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END, IM_START
 
 logger = logging.getLogger(__name__)
@@ -38,17 +38,17 @@ def normalize_conversation(
     assistant turns are dropped, as the chapter does, so the conversation opens with the user.
     """
     if not isinstance(conversations, list) or not conversations:
-        raise LlmtrainError(f"'conversations' must be a non-empty list of turns, got {shown(conversations)}")
+        raise LlmtrainError(f"'conversations' must be a non-empty list of turns, got {preview(conversations)}")
     messages = []
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict):
-            raise LlmtrainError(f"turn {i} is not an object: {shown(turn)}")
+            raise LlmtrainError(f"turn {i} is not an object: {preview(turn)}")
         role = turn.get("from", turn.get("role"))
         content = turn.get("value", turn.get("content"))
         if role not in ROLES:
             raise LlmtrainError(f"turn {i} has unknown role {role!r}; expected one of {sorted(ROLES)}")
         if not isinstance(content, str):
-            raise LlmtrainError(f"turn {i} ({role}) has a non-string value {shown(content)}")
+            raise LlmtrainError(f"turn {i} ({role}) has a non-string value {preview(content)}")
         messages.append({"role": ROLES[role], "content": content})
     if messages[0]["role"] == "system":
         system_message = messages.pop(0)["content"]
@@ -126,7 +126,7 @@ def load_sft_dataset(train_files: list[str], max_train_samples: int | None = Non
 
     def check(record: Any, path: str, lineno: int) -> None:
         if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-            raise LlmtrainError(f"{path} line {lineno}: no 'conversations' list in {shown(record)}; {FORMAT_HINT}.")
+            raise LlmtrainError(f"{path} line {lineno}: no 'conversations' list in {preview(record)}; {FORMAT_HINT}.")
 
     ds = load_jsonl(train_files, "conversations", check, FORMAT_HINT)
     if max_train_samples is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 EOS_TOKEN = "<|endoftext|>"
@@ -38,14 +38,21 @@ CHATML_TEMPLATE = (
 )
 
 
-def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """6.1.2: train a byte-level BPE tokenizer (Qwen's special tokens, ChatML template) on `texts`.
 
     Byte-level BPE covers any string, so the tokenizer never produces an unknown token; the
     special tokens get the first ids, and `<|endoftext|>` is both EOS and PAD as in Qwen2.5.
+    Unlike Qwen's, every non-ASCII character is its own pre-token, so merges stay inside one
+    character: on a corpus this small, BPE would otherwise spend the vocabulary on frequent
+    multi-character words and leave rare characters as partial UTF-8 bytes (decoded as "\ufffd").
+    Merging stops once every character of `texts` is one token, so `vocab_size` is an upper bound.
     """
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^\x00-\x7f]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -1,6 +1,6 @@
 """6.1.2: build the toy assets (tokenizer + tiny Qwen2 config) in one folder, like a downloaded model.
 
-    python -m llmtrain.toy --output_dir artifacts/toy --train_file data/sample/pretrain.jsonl
+    python -m llmtrain.toy --output_dir artifacts/toy
 
 The folder then loads with AutoTokenizer/AutoConfig exactly as a Qwen2.5 folder does. Same
 sample data, same assets: BPE training and the config are deterministic.
@@ -19,19 +19,38 @@ from pathlib import Path
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError
+from llmtrain.jsonl import iter_jsonl
 from llmtrain.modeling import toy_config
 from llmtrain.pretrain_data import read_jsonl_texts
+from llmtrain.sft_data import load_sft_dataset
 from llmtrain.tokenizer import train_toy_tokenizer
 
 logger = logging.getLogger(__name__)
 
+TOY_DIR = PROJECT_ROOT / "artifacts" / "toy"
+# The tokenizer sees all the sample text, as a real tokenizer's corpus covers the text a model later
+# meets: pretraining documents ({"text"}) and conversations ({"conversations"}), held-out ones too.
+TOKENIZER_TRAIN_FILES = [PROJECT_ROOT / "data" / "sample" / name for name in
+                         ("pretrain.jsonl", "pretrain_valid.jsonl", "sft.jsonl", "sft_valid.jsonl")]
+TOY_VOCAB_SIZE = 4096
 
-def build_toy_assets(output_dir: str, train_files: list[str], vocab_size: int = 2048) -> None:
+
+def read_sample_texts(path: str) -> list[str]:
+    """6.1.2: the strings of a JSON-lines file of either format, as tokenizer training text."""
+    _, first = next(iter_jsonl(path, "a JSON-lines file of {\"text\"} or {\"conversations\"} records"))
+    if isinstance(first, dict) and "conversations" in first:
+        return [turn.get("value", turn.get("content")) for conv in load_sft_dataset([path])["conversations"]
+                for turn in conv]
+    return list(read_jsonl_texts(path))
+
+
+def build_toy_assets(output_dir: str, train_files: list[str], vocab_size: int = TOY_VOCAB_SIZE) -> None:
     """6.1.2: train the toy tokenizer on `train_files` and save it with a tiny Qwen2 config in `output_dir`.
 
+    Files are JSON lines of either format: {"text"} documents or BelleGroup {"conversations"}.
     Written to a temporary folder first and moved into place, so a failure leaves nothing behind.
     """
-    texts = [text for path in train_files for text in read_jsonl_texts(path)]
+    texts = [text for path in train_files for text in read_sample_texts(path)]
     tokenizer = train_toy_tokenizer(texts, vocab_size=vocab_size)
     config = toy_config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
     parent = os.path.dirname(os.path.abspath(output_dir))
@@ -49,20 +68,25 @@ def build_toy_assets(output_dir: str, train_files: list[str], vocab_size: int = 
                 config.num_hidden_layers, config.hidden_size)
 
 
-def ensure_toy_pretrained(root: Path = PROJECT_ROOT) -> Path:
+def ensure_toy_assets() -> Path:
+    """6.1.2: `artifacts/toy` as `make toy` builds it; built here (a second or two) when it is missing."""
+    if not (TOY_DIR / "config.json").is_file():
+        build_toy_assets(str(TOY_DIR), [str(path) for path in TOKENIZER_TRAIN_FILES])
+    return TOY_DIR
+
+
+def ensure_toy_pretrained() -> Path:
     """6.2: the toy pretrained model that SFT and LoRA start from (`output/toy/pretrain`, as `make run` leaves it).
 
     When it is missing or older than the toy assets, it is pretrained here the same way:
-    `PRESET=toy bash code/pretrain.sh` (DeepSpeed, 2 CPU processes, about half a minute).
+    `PRESET=toy bash code/pretrain.sh` (DeepSpeed, 2 CPU processes, about a minute).
     """
-    toy, out = root / "artifacts" / "toy", root / "output" / "toy" / "pretrain"
-    if not (toy / "config.json").is_file():
-        build_toy_assets(str(toy), [str(root / "data" / "sample" / "pretrain.jsonl")])
+    toy, out = ensure_toy_assets(), PROJECT_ROOT / "output" / "toy" / "pretrain"
     weights = out / "model.safetensors"
     if weights.is_file() and weights.stat().st_mtime >= (toy / "config.json").stat().st_mtime:
         return out
     shutil.rmtree(out, ignore_errors=True)
-    run_bash_script(root / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(out))
+    run_bash_script(PROJECT_ROOT / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(out))
     return out
 
 
@@ -81,9 +105,9 @@ def run_bash_script(script: Path, **env: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="artifacts/toy")
-    parser.add_argument("--train_file", nargs="+", default=["data/sample/pretrain.jsonl"])
-    parser.add_argument("--vocab_size", type=int, default=2048)
+    parser.add_argument("--output_dir", default=str(TOY_DIR))
+    parser.add_argument("--train_file", nargs="+", default=[str(path) for path in TOKENIZER_TRAIN_FILES])
+    parser.add_argument("--vocab_size", type=int, default=TOY_VOCAB_SIZE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
     try:

@@ -1,18 +1,78 @@
-"""Writes data/sample/sft.jsonl: the course's original SFT sample in the BelleGroup format.
+"""Writes the course's sample data, a small "toy world", into data/sample/ (original text, deterministic).
 
-    python data/sample/build_sft_sample.py
+    python data/sample/build_samples.py
 
-Hand-written conversations (single- and multi-turn, a few opening with an assistant turn, as
-BelleGroup data sometimes does) plus small, exactly checkable task families (arithmetic,
-antonyms, counting, comparison, weekdays, word translation) that a toy model can learn in a few
-minutes. Deterministic: running it again gives the same file.
+The world: 40 fictional people, each with a hometown, a job and a favourite fruit. Pretraining states
+every fact in five phrasings (a fact seen in one surface form only is rarely extractable later:
+"knowledge augmentation", Allen-Zhu & Li, Physics of Language Models 3.1); SFT asks about half of
+the people; the scorecard then asks about both halves. The other half's facts are only in pretraining,
+so a right answer about them is knowledge from pretraining in the format learned in SFT.
+
+Files written (running it again gives the same files):
+  pretrain.jsonl        {"text"}: biographies, the hand-written prose of sources/prose.jsonl, and
+                        everyday conversations in ChatML (a base model has seen chat text too)
+  pretrain_valid.jsonl  {"text"}: prose documents held out of pretraining (held-out perplexity)
+  sft.jsonl             BelleGroup conversations: questions about the "seen" people, everyday chat, small tasks
+  sft_valid.jsonl       held-out conversations: questions about the other people, tasks not in sft.jsonl
+  eval.jsonl            {"question", "answer", "split": "sft_seen" | "heldout"}: the scorecard's questions
+  dpo.jsonl, dpo_heldout.jsonl  {"prompt", "chosen", "rejected"}: 6.4's preference, on disjoint people
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+
+from llmtrain.sft_data import normalize_conversation, render_chatml
+
+HERE = Path(__file__).parent
+
+# No character is shared by two names, so a name is never a near-miss of another.
+PEOPLE = [
+    "林晓雨", "王志远", "陈美玲", "赵子轩", "周思桐", "吴浩然", "郑立新", "孙嘉怡", "黄俊杰", "何雪梅",
+    "高文博", "罗欣悦", "梁宇航", "宋佳琪", "唐明哲", "许诗涵", "韩光耀", "冯雅婷", "邓晨阳", "曹若溪",
+    "彭家豪", "曾紫薇", "萧逸飞", "田梦瑶", "董天佑", "潘慧敏", "袁墨言", "蔡心兰", "蒋鹏举", "余安娜",
+    "杜承业", "叶秀英", "程一鸣", "魏静秋", "苏景行", "吕春燕", "丁振东", "任玉洁", "沈乐山", "姚彩霞",
+]
+SEEN, HELDOUT = PEOPLE[0::2], PEOPLE[1::2]  # SFT asks about SEEN only; HELDOUT facts live in pretraining alone
+
+
+@dataclass(frozen=True)
+class Attribute:
+    values: tuple[str, ...]
+    statements: tuple[str, ...]  # five phrasings of one fact in pretraining; the first is also the SFT reply
+    question: str
+
+    def reply(self, name: str, value: str) -> str:
+        return self.statements[0].format(n=name, v=value)
+
+
+ATTRIBUTES = {
+    "hometown": Attribute(
+        ("青石镇", "柳河村", "白沙湾", "松风岭", "云溪镇", "桃花渡", "石桥村", "雁归港"),
+        ("{n}的家乡是{v}。", "{n}出生在{v},在那里长大。", "{v}是{n}的家乡。", "说起家乡,{n}总会提到{v}。",
+         "{n}来自{v}。"),
+        "{n}的家乡是哪里?",
+    ),
+    "job": Attribute(
+        ("木匠", "医生", "渔夫", "教师", "面包师", "邮递员", "画家", "厨师"),
+        ("{n}的职业是{v}。", "{n}是一名{v}。", "{n}做{v}已经很多年了。", "作为{v},{n}每天都很忙。",
+         "认识{n}的人都知道,{n}是{v}。"),
+        "{n}的职业是什么?",
+    ),
+    "fruit": Attribute(
+        ("苹果", "香蕉", "葡萄", "西瓜", "橘子", "草莓", "桃子", "柚子"),
+        ("{n}最喜欢的水果是{v}。", "{n}最爱吃{v}。", "说到水果,{n}只爱{v}。", "{v}是{n}最喜欢的水果。",
+         "{n}每天都要吃一点{v}。"),
+        "{n}最喜欢的水果是什么?",
+    ),
+}
+BIOS_PER_PERSON = 6
+DPO_STYLE_PREFIX = "据我所知,"  # 6.4's preference: answers about people open with a hedge
+N_PROSE_HELDOUT = 10
+
 
 HANDWRITTEN = [
     ["你好", "你好!有什么可以帮你的吗?"],
@@ -127,22 +187,115 @@ def generated(rng: random.Random) -> list[list[str]]:
     return convs
 
 
+
+# Conversations about other, random names: greetings, and reading questions whose answer is in the
+# question itself. SFT needs many names, not only the 20 people it asks about, or the model learns to
+# answer with one of those 20 names, whoever the question is about.
+SURNAMES = "安白常方付葛龚顾郝贺胡华江金柯孔雷李刘陆马孟穆聂欧齐钱秦邱尚石谭汪温武夏谢严杨易尹于章张朱邹"
+GIVEN = "柏辰丹凡菲刚海和华建江瑾靖凯兰磊丽琳楠宁平秋荣瑞珊涛婷武曦霞贤旭妍毅颖远泽志"
+N_OTHER_NAMES = 120
+
+
+def other_name_chats(rng: random.Random) -> list[list[str]]:
+    """Greetings and in-context questions about random names, none of them among PEOPLE."""
+    names: list[str] = []
+    while len(names) < N_OTHER_NAMES:
+        name = rng.choice(SURNAMES) + "".join(rng.sample(GIVEN, rng.choice((1, 2))))
+        if name not in names and not any(name in p or p in name for p in PEOPLE):
+            names.append(name)
+    chats = [[f"你好,我叫{n}。", f"{n},你好!很高兴认识你。"] for n in names[:N_OTHER_NAMES // 3] + PEOPLE]
+    for n in names[N_OTHER_NAMES // 3:]:
+        attr = rng.choice(list(ATTRIBUTES.values()))
+        value = rng.choice(attr.values)
+        context = rng.choice(attr.statements[1:]).format(n=n, v=value)
+        chats.append([f"{context}请问,{attr.question.format(n=n)}", attr.reply(n, value)])
+    return chats
+
+
+def assign_facts(rng: random.Random) -> dict[str, dict[str, str]]:
+    """Each person's value for each attribute."""
+    return {name: {key: rng.choice(attr.values) for key, attr in ATTRIBUTES.items()} for name in PEOPLE}
+
+
+def biographies(facts: dict[str, dict[str, str]], rng: random.Random) -> list[str]:
+    """BIOS_PER_PERSON short biographies per person; across them every phrasing of every fact appears."""
+    docs = []
+    for name, values in facts.items():
+        for k in range(BIOS_PER_PERSON):
+            sentences = []
+            for j, (key, attr) in enumerate(ATTRIBUTES.items()):
+                phrasing = (k + j) % len(attr.statements) if k < len(attr.statements) else rng.randrange(
+                    len(attr.statements))
+                sentences.append(attr.statements[phrasing].format(n=name, v=values[key]))
+            rng.shuffle(sentences)
+            docs.append("".join(sentences))
+    return docs
+
+
+def fact_questions(names: list[str], facts: dict[str, dict[str, str]]) -> list[tuple[str, str, str]]:
+    """(question, reply, answer) for every attribute of every person in `names`."""
+    return [(attr.question.format(n=name), attr.reply(name, facts[name][key]), facts[name][key])
+            for name in names for key, attr in ATTRIBUTES.items()]
+
+
+def chatml_text(turns: list[str]) -> str:
+    """A conversation as the ChatML text SFT renders (system prompt included), for the pretraining corpus."""
+    return render_chatml(normalize_conversation(to_belle(turns, "human", "")["conversations"]))[0]
+
+
 def to_belle(turns: list[str], first: str, sample_id: str) -> dict:
     roles = [first, "assistant" if first == "human" else "human"]
     return {"conversations": [{"from": roles[i % 2], "value": v} for i, v in enumerate(turns)], "id": sample_id}
 
 
+def write_jsonl(name: str, records: list[dict]) -> None:
+    with (HERE / name).open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    print(f"{len(records):4d} records -> data/sample/{name}")
+
+
+def write_conversations(name: str, conversations: list[tuple[list[str], str]], prefix: str) -> None:
+    write_jsonl(name, [to_belle(turns, first, f"{prefix}-{i:04d}") for i, (turns, first) in enumerate(conversations)])
+
+
 def main() -> None:
     rng = random.Random(6)
-    samples = [to_belle(t, "human", "") for t in HANDWRITTEN + MULTI_TURN + generated(rng)]
-    samples += [to_belle(t, "assistant", "") for t in LEADING_ASSISTANT]
-    rng.shuffle(samples)
-    out = Path(__file__).with_name("sft.jsonl")
-    with out.open("w", encoding="utf-8") as f:
-        for i, sample in enumerate(samples):
-            sample["id"] = f"sample-{i:04d}"
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    print(f"{len(samples)} conversations -> {out}")
+    facts = assign_facts(rng)
+
+    # Pretraining: biographies + prose + everyday chat in ChatML; some prose held out for perplexity.
+    prose = [json.loads(line)["text"] for line in (HERE / "sources" / "prose.jsonl").open(encoding="utf-8")]
+    rng.shuffle(prose)
+    held_prose, train_prose = prose[:N_PROSE_HELDOUT], prose[N_PROSE_HELDOUT:]
+    corpus = biographies(facts, rng) + train_prose + [chatml_text(t) for t in HANDWRITTEN + MULTI_TURN]
+    rng.shuffle(corpus)
+    write_jsonl("pretrain.jsonl", [{"text": t} for t in corpus])
+    write_jsonl("pretrain_valid.jsonl", [{"text": t} for t in held_prose])
+
+    # SFT: questions about SEEN people + everyday chat and small tasks; the held-out conversations
+    # ask about HELDOUT people and hold tasks of the same families that sft.jsonl lacks.
+    seen_qa, heldout_qa = fact_questions(SEEN, facts), fact_questions(HELDOUT, facts)
+    tasks = generated(rng)
+    rng.shuffle(tasks)
+    n_task_valid = 20
+    sft = [([q, r], "human") for q, r, _ in seen_qa]
+    sft += [(t, "human") for t in HANDWRITTEN + MULTI_TURN + tasks[n_task_valid:] + other_name_chats(rng)]
+    sft += [(t, "assistant") for t in LEADING_ASSISTANT]
+    rng.shuffle(sft)
+    write_conversations("sft.jsonl", sft, "sample")
+    sft_questions = {turns[0] if first == "human" else turns[1] for turns, first in sft}
+    valid = [([q, r], "human") for q, r, _ in heldout_qa]
+    valid += [(t, "human") for t in tasks[:n_task_valid] if t[0] not in sft_questions]
+    write_conversations("sft_valid.jsonl", valid, "valid")
+
+    write_jsonl("eval.jsonl", [{"question": q, "answer": a, "split": split}
+                               for split, qa in (("sft_seen", seen_qa), ("heldout", heldout_qa)) for q, _, a in qa])
+
+    # 6.4: prefer replies that open with DPO_STYLE_PREFIX; pairs on SEEN people, split by person.
+    pairs = [{"prompt": q, "chosen": DPO_STYLE_PREFIX + r, "rejected": r} for q, r, _ in seen_qa]
+    n_dpo_heldout = 6 * len(ATTRIBUTES)  # the last 6 seen people
+    write_jsonl("dpo.jsonl", pairs[:-n_dpo_heldout])
+    write_jsonl("dpo_heldout.jsonl", pairs[-n_dpo_heldout:])
 
 
 if __name__ == "__main__":

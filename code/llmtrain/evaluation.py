@@ -1,0 +1,207 @@
+"""6.2-6.4: the scorecard: what each training stage added, measured on questions it was or was not taught.
+
+One row per model: greedy answers to `data/sample/eval.jsonl` through the chat template, scored
+with a strict rule, per split ("sft_seen": asked in the SFT data; "heldout": the fact is only in
+the pretraining text), plus held-out perplexity on pretraining-style text and the loss on the
+assistant tokens of held-out conversations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llmtrain.errors import LlmtrainError
+from llmtrain.jsonl import iter_jsonl, preview
+from llmtrain.pretrain_data import read_jsonl_texts
+from llmtrain.sft_data import IGNORE_INDEX, load_sft_dataset, tokenize_conversation
+from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
+
+SPLITS = ("sft_seen", "heldout")
+EVAL_HINT = ('each line must be one JSON object like {"question": "...", "answer": "...", '
+             '"split": "sft_seen" | "heldout"}')
+# What may follow the answer in a reply that counts: closing punctuation and space, nothing else.
+CLOSING = re.compile(r"[\s。.!！]*")
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    question: str
+    answer: str
+    split: str
+
+
+def load_eval_questions(path: str) -> list[EvalQuestion]:
+    """6.2: the scorecard's questions; a bad line is an error naming the file, the line and the fix."""
+    questions = []
+    for lineno, record in iter_jsonl(path, EVAL_HINT):
+        fields = record if isinstance(record, dict) else {}
+        bad = [k for k in ("question", "answer") if not isinstance(fields.get(k), str) or not fields[k].strip()]
+        if bad or fields.get("split") not in SPLITS:
+            what = f"empty or missing {' and '.join(bad)}" if bad else f"split must be one of {list(SPLITS)}"
+            raise LlmtrainError(f"{path} line {lineno}: {what} in {preview(record)}; {EVAL_HINT}.")
+        questions.append(EvalQuestion(fields["question"], fields["answer"], fields["split"]))
+    return questions
+
+
+def is_strict_match(reply: str, answer: str, candidates: set[str]) -> bool:
+    """6.2: the scorecard's rule: a reply counts only when it commits to the answer and stops there.
+
+    The answer appears exactly once, only closing punctuation follows it (a reply that rambles on
+    past the answer does not count), and no other candidate answer appears (a reply that lists
+    several candidates does not count). Candidates are all answers of the eval file.
+    """
+    if reply.count(answer) != 1:
+        return False
+    if not CLOSING.fullmatch(reply[reply.index(answer) + len(answer):]):
+        return False
+    return not any(other in reply for other in candidates if other not in answer and answer not in other)
+
+
+@torch.no_grad()
+def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    system_message: str = DEFAULT_SYSTEM_MESSAGE,
+) -> list[tuple[str, bool]]:
+    """6.2: greedy replies through the chat template, in left-padded batches; (reply, stopped at <|im_end|>)."""
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    model.eval()
+    replies = []
+    try:
+        for start in range(0, len(questions), batch_size):
+            chats = [[{"role": "system", "content": system_message}, {"role": "user", "content": q}]
+                     for q in questions[start:start + batch_size]]
+            inputs = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True, padding=True)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=im_end, pad_token_id=tokenizer.pad_token_id)
+            for row in output[:, inputs["input_ids"].shape[1]:].tolist():
+                stopped = im_end in row
+                row = row[:row.index(im_end)] if stopped else row
+                replies.append((tokenizer.decode(row, skip_special_tokens=True), stopped))
+    finally:
+        tokenizer.padding_side = padding_side
+    return replies
+
+
+@torch.no_grad()
+def mean_token_loss(model: PreTrainedModel, samples: list[dict[str, list[int]]]) -> float:
+    """Mean cross-entropy over all labelled tokens of `samples` ({"input_ids", "labels"}), one sample at a time."""
+    model.eval()
+    total, count = 0.0, 0
+    for sample in samples:
+        input_ids, labels = torch.tensor([sample["input_ids"]]), torch.tensor([sample["labels"]])
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        if n:
+            total += float(model(input_ids=input_ids, labels=labels).loss) * n
+            count += n
+    if not count:
+        raise LlmtrainError("No token to score: the held-out files are empty or too short.")
+    return total / count
+
+
+def heldout_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, files: list[str],
+                       max_len: int = 1024) -> float:
+    """6.1.4: perplexity = exp(mean next-token loss) on documents the model never trained on (EOS appended)."""
+    samples = []
+    for path in files:
+        for text in read_jsonl_texts(path):
+            ids = (tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_len]
+            samples.append({"input_ids": ids, "labels": ids})
+    return math.exp(mean_token_loss(model, samples))
+
+
+def heldout_assistant_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, files: list[str],
+                           max_len: int = 1024, system_message: str = DEFAULT_SYSTEM_MESSAGE) -> float:
+    """6.2.2: mean loss on the assistant tokens (the tokens SFT trains) of held-out conversations."""
+    conversations = load_sft_dataset(files)["conversations"]
+    return mean_token_loss(model, [tokenize_conversation(c, tokenizer, max_len, system_message)
+                                   for c in conversations])
+
+
+def scorecard_row(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_file: str,
+    valid_text_files: list[str] = (),
+    valid_conversation_files: list[str] = (),
+    style_prefix: str | None = None,
+) -> dict[str, Any]:
+    """6.2-6.4: one scorecard row: strict accuracy per split, share of replies that stop, perplexity, assistant loss.
+
+    With `style_prefix`, also the share of replies that open with it (the preference 6.4 teaches).
+    Every reply is kept under "replies", so a number can always be traced back to what the model said.
+    """
+    questions = load_eval_questions(eval_file)
+    candidates = {q.answer for q in questions}
+    replies = generate_replies(model, tokenizer, [q.question for q in questions])
+    graded = [dict(question=q.question, answer=q.answer, split=q.split, reply=reply, stopped=stopped,
+                   correct=is_strict_match(reply, q.answer, candidates)) for q, (reply, stopped) in zip(questions, replies)]
+    row: dict[str, Any] = {}
+    for split in SPLITS:
+        in_split = [g for g in graded if g["split"] == split]
+        row[split] = round(sum(g["correct"] for g in in_split) / len(in_split), 4) if in_split else None
+    row["stopped"] = round(sum(g["stopped"] for g in graded) / len(graded), 4)
+    if style_prefix:
+        row["style"] = round(sum(g["reply"].startswith(style_prefix) for g in graded) / len(graded), 4)
+    if valid_text_files:
+        row["heldout_ppl"] = round(heldout_perplexity(model, tokenizer, list(valid_text_files)), 3)
+    if valid_conversation_files:
+        row["assistant_loss"] = round(heldout_assistant_loss(model, tokenizer, list(valid_conversation_files)), 4)
+    row["replies"] = graded
+    return row
+
+
+SCORECARD_COLUMNS = {
+    "sft_seen": "sft_seen acc", "heldout": "heldout acc", "stopped": "stops at <|im_end|>",
+    "style": "opens with style prefix", "heldout_ppl": "held-out ppl", "assistant_loss": "held-out assistant loss",
+}
+
+
+def format_scorecard(rows: dict[str, dict[str, Any]]) -> str:
+    """6.2-6.4: the scorecard as a markdown table, one row per run, columns the metrics any row has."""
+    keys = [k for k in SCORECARD_COLUMNS if any(k in row for row in rows.values())]
+    lines = ["| run | " + " | ".join(SCORECARD_COLUMNS[k] for k in keys) + " |",
+             "| --- |" + " ---: |" * len(keys)]
+    for name, row in rows.items():
+        cells = []
+        for k in keys:
+            value = row.get(k)
+            cells.append("" if value is None else f"{value:.0%}" if k in ("sft_seen", "heldout", "stopped", "style")
+                         else f"{value:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_scorecard(path: str) -> dict[str, dict[str, Any]]:
+    """The scorecard JSON ({run name: row}); empty when the file does not exist yet."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_scorecard_row(path: str, name: str, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Add or replace run `name` in the scorecard JSON at `path` (written atomically); returns the whole card."""
+    rows = read_scorecard(path)
+    rows[name] = row
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(rows, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+    return rows
