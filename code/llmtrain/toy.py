@@ -33,6 +33,21 @@ TOY_DIR = PROJECT_ROOT / "artifacts" / "toy"
 TOKENIZER_TRAIN_FILES = [PROJECT_ROOT / "data" / "sample" / name for name in
                          ("pretrain.jsonl", "pretrain_valid.jsonl", "sft.jsonl", "sft_valid.jsonl")]
 TOY_VOCAB_SIZE = 4096
+TOY_PRESET_FILE = PROJECT_ROOT / "code" / "presets" / "toy.env"
+
+
+def toy_preset() -> dict[str, int | float]:
+    """6.1-6.3: the toy preset's values (code/presets/toy.env, which the shell scripts source), as numbers.
+
+    One source for the toy recipe: `PRESET=toy bash code/*.sh`, the notebooks and the tests read the same values.
+    """
+    values: dict[str, int | float] = {}
+    for line in TOY_PRESET_FILE.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, value = line.split("=", 1)
+            values[key] = float(value) if any(c in value for c in ".e") else int(value)
+    return values
 
 
 def read_sample_texts(path: str) -> list[str]:
