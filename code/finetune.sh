@@ -23,8 +23,6 @@ case "$PRESET" in
     OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/sft$LORA_SUFFIX}
     NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-10000}   # the chapter's first 10,000 conversations; empty: all
-    BATCH_SIZE=${BATCH_SIZE:-16}
-    GRAD_ACC=${GRAD_ACC:-4}
     LR=${LR:-1e-4}
     EPOCHS=${EPOCHS:-3}
     WARMUP_STEPS=${WARMUP_STEPS:-200}
@@ -32,21 +30,46 @@ case "$PRESET" in
     LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
     WORKERS=${WORKERS:-10}
-    PRECISION=${PRECISION:---bf16}
+    # bf16 where the GPU has it; fp16 (with loss scaling) on V100 / T4, which do not.
+    PRECISION=${PRECISION-$("${PYTHON:-python}" -c 'import torch; print("--fp16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "--bf16")')}
     CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}   # the chapter's --gradient_checkpointing, renamed in transformers 5
+    # USE_LIGER=1 adds --use_liger_kernel: Liger's fused linear cross-entropy never materialises the
+    # batch x 2048 x 151,936 logits (GPU only; `pip install liger-kernel`, not in requirements.txt).
+    liger=()
+    [ "${USE_LIGER:-0}" = 1 ] && liger=(--use_liger_kernel) && set -- --use_liger_kernel "$@"
+    # Per-device batch and gradient accumulation that fit the card by llmtrain.memory and keep the
+    # chapter's global batch (16 x 4 per GPU; packed SFT batches are as full as pretraining blocks, and
+    # with LoRA only the adapters have gradients and Adam states): GPU_MEM_GIB=24|48|80, else read from
+    # GPU 0. BATCH_SIZE / GRAD_ACC from the environment win (one alone: the other keeps the chapter's value).
+    if [ -z "${BATCH_SIZE:-}${GRAD_ACC:-}" ]; then
+      model_flag=(--preset qwen2.5-1.5b)
+      [ -f "$MODEL_DIR/config.json" ] && model_flag=(--config_name "$MODEL_DIR")
+      lora=()
+      [ "$USE_LORA" = 1 ] && lora=(--lora_r "${LORA_R:-8}" --lora_target_modules "${LORA_TARGETS:-q_proj,v_proj}")
+      gpus=${NUM_GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
+      [ "$gpus" -gt 0 ] || gpus=1
+      plan=$("${PYTHON:-python}" "$CODE_DIR/estimate_memory.py" --shell_plan "${model_flag[@]}" "${liger[@]}" \
+        "${lora[@]}" --gpu_memory_gib "${GPU_MEM_GIB:-auto}" --num_gpus "$gpus" --block_size "$BLOCK_SIZE" \
+        --dtype "$(case "$PRECISION" in *fp16*) echo fp16 ;; *bf16*) echo bf16 ;; *) echo fp32 ;; esac)" \
+        --deepspeed "${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}" ${CHECKPOINTING:+--activation_checkpointing})
+      eval "$plan"
+    fi
+    BATCH_SIZE=${BATCH_SIZE:-16}
+    GRAD_ACC=${GRAD_ACC:-4}
     ;;
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/pretrain}
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/sft.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/sft$LORA_SUFFIX}
-    NUM_GPUS=${NUM_GPUS:-2}             # on a CPU-only machine: 2 processes over gloo
+    source "$CODE_DIR/presets/toy.env"  # the toy values shared with the notebooks and tests
+    NUM_GPUS=${NUM_GPUS:-$TOY_NUM_PROCESSES}
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-}
-    BATCH_SIZE=${BATCH_SIZE:-8}
+    BATCH_SIZE=${BATCH_SIZE:-$TOY_SFT_BATCH_SIZE}
     GRAD_ACC=${GRAD_ACC:-1}
-    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo 5e-3 || echo 1e-3)}   # adapters start at zero: a larger step
-    EPOCHS=${EPOCHS:-12}
-    WARMUP_STEPS=${WARMUP_STEPS:-10}
-    BLOCK_SIZE=${BLOCK_SIZE:-512}
+    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo "$TOY_LORA_LR" || echo "$TOY_SFT_LR")}
+    EPOCHS=${EPOCHS:-$([ "$USE_LORA" = 1 ] && echo "$TOY_LORA_EPOCHS" || echo "$TOY_SFT_EPOCHS")}
+    WARMUP_STEPS=${WARMUP_STEPS:-$TOY_SFT_WARMUP_STEPS}
+    BLOCK_SIZE=${BLOCK_SIZE:-$TOY_SFT_MAX_LEN}
     LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
     WORKERS=${WORKERS:-1}

@@ -21,8 +21,6 @@ case "$PRESET" in
     TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/pretrain_data/mobvoi_seq_monkey_general_open_corpus_small.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/pretrain}
     NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
-    BATCH_SIZE=${BATCH_SIZE:-16}
-    GRAD_ACC=${GRAD_ACC:-4}
     LR=${LR:-1e-4}
     EPOCHS=${EPOCHS:-1}
     WARMUP_STEPS=${WARMUP_STEPS:-200}
@@ -30,20 +28,43 @@ case "$PRESET" in
     LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
     WORKERS=${WORKERS:-10}
-    PRECISION=${PRECISION:---bf16}
+    # bf16 where the GPU has it; fp16 (with loss scaling) on V100 / T4, which do not.
+    PRECISION=${PRECISION-$("${PYTHON:-python}" -c 'import torch; print("--fp16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "--bf16")')}
     CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}   # the chapter's --gradient_checkpointing, renamed in transformers 5
+    # USE_LIGER=1 adds --use_liger_kernel: Liger's fused linear cross-entropy never materialises the
+    # batch x 2048 x 151,936 logits (GPU only; `pip install liger-kernel`, not in requirements.txt).
+    liger=()
+    [ "${USE_LIGER:-0}" = 1 ] && liger=(--use_liger_kernel) && set -- --use_liger_kernel "$@"
+    # The textbook's 16 x 2048 per GPU needs ~67 GiB (logits + fp32 loss buffers; happy-llm #106 ran out of
+    # memory on 4 x 48 GB). Keep its global batch (16 x 4 per GPU) with the per-device batch and gradient
+    # accumulation that fit the card by llmtrain.memory: GPU_MEM_GIB=24|48|80, else read from GPU 0.
+    # BATCH_SIZE / GRAD_ACC from the environment win (one of them alone: the other keeps the chapter's value).
+    if [ -z "${BATCH_SIZE:-}${GRAD_ACC:-}" ]; then
+      model_flag=(--preset qwen2.5-1.5b)
+      [ -f "$MODEL_DIR/config.json" ] && model_flag=(--config_name "$MODEL_DIR")
+      gpus=${NUM_GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
+      [ "$gpus" -gt 0 ] || gpus=1
+      plan=$("${PYTHON:-python}" "$CODE_DIR/estimate_memory.py" --shell_plan "${model_flag[@]}" "${liger[@]}" \
+        --gpu_memory_gib "${GPU_MEM_GIB:-auto}" --num_gpus "$gpus" --block_size "$BLOCK_SIZE" \
+        --dtype "$(case "$PRECISION" in *fp16*) echo fp16 ;; *bf16*) echo bf16 ;; *) echo fp32 ;; esac)" \
+        --deepspeed "${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}" ${CHECKPOINTING:+--activation_checkpointing})
+      eval "$plan"
+    fi
+    BATCH_SIZE=${BATCH_SIZE:-16}
+    GRAD_ACC=${GRAD_ACC:-4}
     ;;
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/artifacts/toy}
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/pretrain.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/pretrain}
-    NUM_GPUS=${NUM_GPUS:-2}             # on a CPU-only machine: 2 processes over gloo
-    BATCH_SIZE=${BATCH_SIZE:-4}
+    source "$CODE_DIR/presets/toy.env"  # the toy values shared with the notebooks and tests
+    NUM_GPUS=${NUM_GPUS:-$TOY_NUM_PROCESSES}
+    BATCH_SIZE=${BATCH_SIZE:-$TOY_PRETRAIN_BATCH_SIZE}
     GRAD_ACC=${GRAD_ACC:-1}
-    LR=${LR:-2e-3}
-    EPOCHS=${EPOCHS:-30}
-    WARMUP_STEPS=${WARMUP_STEPS:-10}
-    BLOCK_SIZE=${BLOCK_SIZE:-128}
+    LR=${LR:-$TOY_PRETRAIN_LR}
+    EPOCHS=${EPOCHS:-$TOY_PRETRAIN_EPOCHS}
+    WARMUP_STEPS=${WARMUP_STEPS:-$TOY_PRETRAIN_WARMUP_STEPS}
+    BLOCK_SIZE=${BLOCK_SIZE:-$TOY_BLOCK_SIZE}
     LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-50}
     WORKERS=${WORKERS:-1}

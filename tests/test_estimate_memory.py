@@ -1,0 +1,72 @@
+"""6.1.5: code/estimate_memory.py as a reader runs it: JSON values, the #106 verdict, plans, bad input."""
+
+import importlib.util
+import json
+import re
+import sys
+
+import pytest
+
+from conftest import ROOT, run_script
+from llmtrain.memory import estimate_training_memory, fits
+from llmtrain.modeling import qwen2_5_1_5b_config, toy_config
+
+CLI = [sys.executable, "code/estimate_memory.py"]
+_spec = importlib.util.spec_from_file_location("estimate_memory", ROOT / "code" / "estimate_memory.py")
+estimate_memory = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(estimate_memory)
+TEXTBOOK = ["--preset", "qwen2.5-1.5b", "--per_device_train_batch_size", "16", "--block_size", "2048",
+            "--num_gpus", "4", "--zero_stage", "2", "--dtype", "bf16"]
+
+
+def run_json(*args: str) -> dict:
+    result = run_script([*CLI, *args, "--json"])
+    assert result.returncode == 0, result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_textbook_job_does_not_fit_4_x_48gb_but_the_plan_does():
+    report = run_json(*TEXTBOOK, "--activation_checkpointing", "--gpu_memory_gib", "48")
+    expected = estimate_training_memory(qwen2_5_1_5b_config(), 16, 2048, "bf16", 2, 4, activation_checkpointing=True)
+    assert report["peak_gib"] == round(expected.peak / 2**30, 2)
+    assert report["peak_gib"] > 48 and report["fits"] is False   # happy-llm #106: OOM on 4 x 48 GB
+    plan = report["plan"]
+    assert plan["per_device_batch"] * plan["gradient_accumulation_steps"] * 4 == 16 * 4 * 4
+    assert plan["peak_gib"] < 48
+
+
+def test_config_folder_and_fp32_terms(tmp_path, capsys):
+    # In-process (the script's main), to keep the suite fast; the subprocess path is tested above.
+    config = toy_config(vocab_size=4096, eos_token_id=0)
+    config.save_pretrained(tmp_path)
+    estimate_memory.main(["--config_name", str(tmp_path), "--per_device_train_batch_size", "2", "--block_size", "64",
+                          "--dtype", "fp32", "--zero_stage", "0", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    expected = estimate_training_memory(config, 2, 64, "fp32", 0, 1).gib()
+    assert report["terms_gib"] == expected and report["peak_gib"] == expected["peak"]
+
+
+def test_pretrain_sh_chapter_preset_picks_a_plan_that_fits_24gb(tmp_path):
+    # The shell side of the preset: no model folder here, so the script stops after choosing the plan.
+    result = run_script(["bash", "code/pretrain.sh"], GPU_MEM_GIB="24", NUM_GPUS="4", PRECISION="--bf16",
+                        MODEL_DIR=str(tmp_path / "no-model"), PYTHON=sys.executable)
+    assert result.returncode == 1 and "No model config" in result.stdout
+    plan = re.search(r"per-device batch (\d+) x grad-acc (\d+) x 4 GPU\(s\) = 256 samples", result.stdout)
+    batch, grad_acc = int(plan[1]), int(plan[2])
+    estimate = estimate_training_memory(qwen2_5_1_5b_config(), batch, 2048, "bf16", 2, 4, activation_checkpointing=True)
+    assert fits(estimate, 24) and batch * grad_acc * 4 == 256
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "qwen-7b"], "unknown"),
+    (["--config_name", "tests"], "no config.json"),
+    (["--preset", "qwen2.5-1.5b", "--per_device_train_batch_size", "0"], "must be positive"),
+    (["--preset", "qwen2.5-1.5b", "--block_size", "-1"], "must be positive"),
+    (["--preset", "qwen2.5-1.5b", "--zero_stage", "4"], "must be 0, 1, 2 or 3"),
+    (["--preset", "qwen2.5-1.5b", "--gpu_memory_gib", "2"], "smaller than the weights alone"),
+])
+def test_bad_input_is_one_clear_line_and_exit_1(args, message):
+    result = run_script([*CLI, *args])
+    assert result.returncode == 1
+    assert message in result.stdout and "Traceback" not in result.stdout
+    assert len([line for line in result.stdout.splitlines() if line.startswith("error:")]) == 1
