@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 STAMP := $(VENV)/.installed
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-notebooks notebooks sync lab clean
+.PHONY: setup toy run test test-fast test-notebooks notebooks sync lab clean
 
 setup: $(STAMP)  ## create .venv and install requirements.txt + llmtrain (editable)
 
@@ -19,23 +19,37 @@ $(STAMP): requirements.txt pyproject.toml
 
 toy: $(TOY)/config.json  ## build the toy tokenizer + tiny Qwen2 config (artifacts/toy)
 
-$(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
-	$(PY) -m llmtrain.toy --output_dir $(TOY) --train_file data/sample/pretrain.jsonl
+$(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl data/sample/pretrain_valid.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
+	$(PY) -m llmtrain.toy --output_dir $(TOY)
 
-run: toy  ## the whole toy pipeline: pretraining, full SFT, LoRA SFT (DeepSpeed, 2 CPU processes each), a chat
+# The scorecard of every stage (llmtrain.evaluation): eval questions seen in SFT vs held out, held-out
+# perplexity and assistant loss, and the share of replies that open with the style DPO teaches.
+SCORECARD := output/toy/scorecard.json
+EVALUATE := $(PY) code/evaluate.py --eval_file data/sample/eval.jsonl --valid_text data/sample/pretrain_valid.jsonl \
+	--valid_conversations data/sample/sft_valid.jsonl --style_prefix 据我所知, --scorecard $(SCORECARD)
+
+run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraining, full SFT, LoRA SFT, DPO, scorecard
 	rm -rf output/toy
 	PRESET=toy bash code/pretrain.sh
+	$(EVALUATE) --model output/toy/pretrain --name "base (6.1)"
 	PRESET=toy bash code/finetune.sh
+	$(EVALUATE) --model output/toy/sft --name "full SFT (6.2)"
 	PRESET=toy USE_LORA=1 bash code/finetune.sh
+	$(EVALUATE) --model output/toy/pretrain --adapter output/toy/sft-lora --name "LoRA SFT (6.3)"
+	PRESET=toy bash code/dpo.sh
+	$(EVALUATE) --model output/toy/sft --adapter output/toy/dpo-lora --name "LoRA DPO (6.4)"
 	@echo
-	$(PY) code/chat.py --model output/toy/sft "3加5等于几?" "“快”的反义词是什么?" "星期三的后一天是星期几?" "你好"
-	@echo "Full SFT vs LoRA SFT (q_proj,v_proj, r=8) on the same toy model and data:"
+	@echo "Full SFT vs LoRA SFT (q_proj,v_proj, r=8) on the same toy base and data:"
 	$(PY) code/compare_runs.py output/toy/sft output/toy/sft-lora
 	@echo
-	@echo "Toy pipeline done (each folder: model or adapter, loss.png, trainer_state.json):"
-	@echo "  pretrained model: output/toy/pretrain/"
-	@echo "  full SFT model:   output/toy/sft/"
-	@echo "  LoRA adapter:     output/toy/sft-lora/  (merged plain model: output/toy/sft-lora/merged/)"
+	@echo "Scorecard ($(SCORECARD), every reply kept there):"
+	@$(PY) -c "from llmtrain.evaluation import format_scorecard, read_scorecard; print(format_scorecard(read_scorecard('$(SCORECARD)')))"
+	@echo
+	@echo "Models (each folder: weights or adapter, loss.png, trainer_state.json):"
+	@echo "  pretrained base:  output/toy/pretrain/"
+	@echo "  full SFT:         output/toy/sft/"
+	@echo "  LoRA SFT adapter: output/toy/sft-lora/  (merged plain model: output/toy/sft-lora/merged/)"
+	@echo "  LoRA DPO adapter: output/toy/dpo-lora/  (merged plain model: output/toy/dpo-lora/merged/)"
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)
@@ -44,14 +58,17 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
 test: toy  ## every test: unit, scripts, and the notebooks (pair sync, papermill, nbval)
 	$(NB_ENV) $(PY) -m pytest tests $(NBVAL)
 
+test-fast: toy  ## everything but the slow tests (DeepSpeed launches, kill-and-resume, notebooks): the inner loop
+	$(PY) -m pytest tests -m "not slow"
+
 test-notebooks: toy  ## notebooks only: pairs in sync, papermill on toy parameters, nbval on the committed outputs
 	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py $(NBVAL)
 
 sync: $(STAMP)  ## re-pair notebooks/*.ipynb and *.py after editing either side
 	$(VENV)/bin/jupytext --sync notebooks/*.py
 
-notebooks: toy sync  ## re-execute the notebooks in place (outputs and images/ to commit)
-	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
+notebooks: toy sync  ## re-execute the notebooks in place: their outputs and the figures in images/ (to commit)
+	COURSE_IMAGES_DIR=$(abspath images) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
 
 lab: toy  ## JupyterLab on notebooks/, in this environment

@@ -69,9 +69,9 @@ def run_variant(variant: str, steps: int, batch_size: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if torch.is_tensor(t) and t.dim() > 0)
-    held = sum(p.numel() for p in policy.parameters()) + (count_parameters(reference) if reference else 0)
+    held = count_parameters(policy) + (count_parameters(reference) if reference else 0)
     return {"models": 1 if reference is None else 2, "held": held,
-            "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+            "trainable": count_parameters(policy, trainable_only=True),
             "optimizer_bytes": state, "peak_extra_bytes": max(0, peak - before),
             "steps_per_s": steps / seconds, "tokens_per_s": tokens / seconds}
 

@@ -59,8 +59,8 @@ def run_variant(variant: str, steps: int, batch_size: int) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                 if torch.is_tensor(t) and t.dim() > 0)
-    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in model.parameters()), "optimizer_bytes": state,
+    return {"trainable": count_parameters(model, trainable_only=True),
+            "total": count_parameters(model), "optimizer_bytes": state,
             "peak_extra_bytes": max(0, peak - before), "tokens_per_s": tokens / seconds}
 
 

@@ -22,11 +22,13 @@ from trl import DPOConfig
 
 from llmtrain.args import DataArguments, LoraArguments, ModelArguments, RunArguments
 from llmtrain.dpo import TokenizedPairsDPOTrainer, build_preference_dataset, load_preference_dataset
-from llmtrain.errors import LlmtrainError
+from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.lora import check_targets, parameter_summary
 from llmtrain.modeling import load_model, load_tokenizer, max_length
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
-from llmtrain.training import find_resume_checkpoint, parse_args, run_cli, setup_logging, train_and_save
+from llmtrain.training import (
+    delete_checkpoints, find_resume_checkpoint, setup_logging, start_gloo_for_cpu_deepspeed, train_and_save,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ def main() -> None:
     parser = HfArgumentParser(
         (DPOModelArguments, DataArguments, PreferenceArguments, LoraArguments, RunArguments, DPOConfig)
     )
-    model_args, data_args, pref_args, lora_args, run_args, training_args = parse_args(parser)
+    model_args, data_args, pref_args, lora_args, run_args, training_args = parser.parse_args_into_dataclasses(
+        args=start_gloo_for_cpu_deepspeed())
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
@@ -92,6 +95,8 @@ def main() -> None:
                                          data_args.preprocessing_num_workers)
         held_out = None if raw_eval is None else build_preference_dataset(
             raw_eval, tokenizer, training_args.max_length, data_args.preprocessing_num_workers)
+    if run_args.overwrite_output_dir:
+        delete_checkpoints(training_args)
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmtrain.errors import LlmtrainError
+from llmtrain.errors import LlmtrainError, run_cli
 
 PRESETS = ("qwen2.5-1.5b",)
 CHAPTER_BATCH_PER_GPU = 16 * 4   # the chapter's per-device batch x gradient accumulation
@@ -175,9 +175,5 @@ def print_table(report: dict, usable_fraction: float) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LlmtrainError as err:   # bad input: one clear line, exit 1 (as llmtrain.training.run_cli does)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main)
 

@@ -18,11 +18,10 @@ import sys
 
 from transformers import AutoModelForCausalLM
 
-from llmtrain.errors import LlmtrainError
+from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row
 from llmtrain.lora import load_adapter
 from llmtrain.modeling import load_tokenizer
-from llmtrain.training import run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         raise LlmtrainError(f"--model {args.model}: no config.json there. Pass a saved model folder, e.g. "
                             "output/toy/sft after `make run`.")

@@ -41,14 +41,13 @@ case "$PRESET" in
     # chapter's global batch (16 x 4 per GPU; packed SFT batches are as full as pretraining blocks, and
     # with LoRA only the adapters have gradients and Adam states): GPU_MEM_GIB=24|48|80, else read from
     # GPU 0. BATCH_SIZE / GRAD_ACC from the environment win (one alone: the other keeps the chapter's value).
-    if [ -z "${BATCH_SIZE:-}${GRAD_ACC:-}" ]; then
-      model_flag=(--preset qwen2.5-1.5b)
-      [ -f "$MODEL_DIR/config.json" ] && model_flag=(--config_name "$MODEL_DIR")
+    # (Without the model folder, the check after this case statement says how to get it.)
+    if [ -z "${BATCH_SIZE:-}${GRAD_ACC:-}" ] && [ -f "$MODEL_DIR/config.json" ]; then
       lora=()
       [ "$USE_LORA" = 1 ] && lora=(--lora_r "${LORA_R:-8}" --lora_target_modules "${LORA_TARGETS:-q_proj,v_proj}")
       gpus=${NUM_GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
       [ "$gpus" -gt 0 ] || gpus=1
-      plan=$("${PYTHON:-python}" "$CODE_DIR/estimate_memory.py" --shell_plan "${model_flag[@]}" "${liger[@]}" \
+      plan=$("${PYTHON:-python}" "$CODE_DIR/estimate_memory.py" --shell_plan --config_name "$MODEL_DIR" "${liger[@]}" \
         "${lora[@]}" --gpu_memory_gib "${GPU_MEM_GIB:-auto}" --num_gpus "$gpus" --block_size "$BLOCK_SIZE" \
         --dtype "$(case "$PRECISION" in *fp16*) echo fp16 ;; *bf16*) echo bf16 ;; *) echo fp32 ;; esac)" \
         --deepspeed "${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}" ${CHECKPOINTING:+--activation_checkpointing})

@@ -13,11 +13,12 @@ import logging
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from llmtrain.args import DataArguments, ModelArguments, RunArguments
-from llmtrain.errors import LlmtrainError
+from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.modeling import load_model, load_tokenizer, max_length
 from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset
 from llmtrain.training import (
-    build_trainer, find_resume_checkpoint, parse_args, run_cli, setup_logging, split_for_eval, train_and_save,
+    build_trainer, delete_checkpoints, find_resume_checkpoint, setup_logging, split_for_eval,
+    start_gloo_for_cpu_deepspeed, train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -25,11 +26,14 @@ logger = logging.getLogger(__name__)
 
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
-    model_args, data_args, run_args, training_args = parse_args(parser)
+    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
+        args=start_gloo_for_cpu_deepspeed())
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
         raise LlmtrainError("Pass --train_files with one or more JSON-lines files of {\"text\": ...} records.")
+    if run_args.overwrite_output_dir:
+        delete_checkpoints(training_args)
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 

@@ -39,12 +39,11 @@ case "$PRESET" in
     # memory on 4 x 48 GB). Keep its global batch (16 x 4 per GPU) with the per-device batch and gradient
     # accumulation that fit the card by llmtrain.memory: GPU_MEM_GIB=24|48|80, else read from GPU 0.
     # BATCH_SIZE / GRAD_ACC from the environment win (one of them alone: the other keeps the chapter's value).
-    if [ -z "${BATCH_SIZE:-}${GRAD_ACC:-}" ]; then
-      model_flag=(--preset qwen2.5-1.5b)
-      [ -f "$MODEL_DIR/config.json" ] && model_flag=(--config_name "$MODEL_DIR")
+    # (Without the model folder, the check after this case statement says how to get it.)
+    if [ -z "${BATCH_SIZE:-}${GRAD_ACC:-}" ] && [ -f "$MODEL_DIR/config.json" ]; then
       gpus=${NUM_GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
       [ "$gpus" -gt 0 ] || gpus=1
-      plan=$("${PYTHON:-python}" "$CODE_DIR/estimate_memory.py" --shell_plan "${model_flag[@]}" "${liger[@]}" \
+      plan=$("${PYTHON:-python}" "$CODE_DIR/estimate_memory.py" --shell_plan --config_name "$MODEL_DIR" "${liger[@]}" \
         --gpu_memory_gib "${GPU_MEM_GIB:-auto}" --num_gpus "$gpus" --block_size "$BLOCK_SIZE" \
         --dtype "$(case "$PRECISION" in *fp16*) echo fp16 ;; *bf16*) echo bf16 ;; *) echo fp32 ;; esac)" \
         --deepspeed "${DS_CONFIG:-$CODE_DIR/ds_config_zero2.json}" ${CHECKPOINTING:+--activation_checkpointing})

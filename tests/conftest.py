@@ -13,6 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_PRETRAIN = ROOT / "data" / "sample" / "pretrain.jsonl"
 
 
+# Slow: a test that launches DeepSpeed or a training script, needs the pretrained toy model (which may
+# take a pretraining run to build) or executes a notebook. `make test-fast` deselects them (-m "not slow").
+SLOW_MODULES = {"test_notebooks", "test_finetune_script", "test_dpo_script"}
+SLOW_TESTS = {"test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run",
+              "test_toy_deepspeed_launch_runs_two_processes_that_split_the_data"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.stem
+        if (item.path.suffix == ".ipynb" or module in SLOW_MODULES or item.name in SLOW_TESTS
+                or "toy_pretrained" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def toy_dir() -> Path:
     """artifacts/toy as `make toy` builds it; built here when a test run starts without it."""

@@ -46,12 +46,14 @@ def test_config_folder_and_fp32_terms(tmp_path, capsys):
     assert report["terms_gib"] == expected and report["peak_gib"] == expected["peak"]
 
 
-def test_pretrain_sh_chapter_preset_picks_a_plan_that_fits_24gb(tmp_path):
-    # The shell side of the preset: no model folder here, so the script stops after choosing the plan.
-    result = run_script(["bash", "code/pretrain.sh"], GPU_MEM_GIB="24", NUM_GPUS="4", PRECISION="--bf16",
-                        MODEL_DIR=str(tmp_path / "no-model"), PYTHON=sys.executable)
-    assert result.returncode == 1 and "No model config" in result.stdout
-    plan = re.search(r"per-device batch (\d+) x grad-acc (\d+) x 4 GPU\(s\) = 256 samples", result.stdout)
+def test_shell_plan_the_chapter_preset_evals_fits_24gb(tmp_path):
+    # The command code/pretrain.sh's chapter branch runs (and evals) to choose BATCH_SIZE and GRAD_ACC.
+    qwen2_5_1_5b_config().save_pretrained(tmp_path / "qwen-1.5b")
+    result = run_script([*CLI, "--shell_plan", "--config_name", str(tmp_path / "qwen-1.5b"), "--gpu_memory_gib", "24",
+                         "--num_gpus", "4", "--block_size", "2048", "--dtype", "bf16",
+                         "--deepspeed", "code/ds_config_zero2.json", "--activation_checkpointing"])
+    assert result.returncode == 0, result.stdout
+    plan = re.search(r"BATCH_SIZE=(\d+) GRAD_ACC=(\d+)", result.stdout)
     batch, grad_acc = int(plan[1]), int(plan[2])
     estimate = estimate_training_memory(qwen2_5_1_5b_config(), batch, 2048, "bf16", 2, 4, activation_checkpointing=True)
     assert fits(estimate, 24) and batch * grad_acc * 4 == 256
@@ -69,4 +71,4 @@ def test_bad_input_is_one_clear_line_and_exit_1(args, message):
     result = run_script([*CLI, *args])
     assert result.returncode == 1
     assert message in result.stdout and "Traceback" not in result.stdout
-    assert len([line for line in result.stdout.splitlines() if line.startswith("error:")]) == 1
+    assert len([line for line in result.stdout.splitlines() if line.startswith("ERROR - llmtrain")]) == 1

@@ -13,7 +13,7 @@ from llmtrain.errors import LlmtrainError
 from llmtrain.lora import (
     LoraLinear, copy_lora_from_peft, inject_lora, load_adapter, lora_layers, lora_parameter_count,
 )
-from llmtrain.modeling import qwen2_5_1_5b_config
+from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
 
 TARGETS = ["q_proj", "v_proj"]
 
@@ -53,8 +53,8 @@ def test_new_lora_layer_starts_as_the_base_layer():
 
 def test_same_logits_and_trainable_count_as_peft(base):
     ours, theirs = ours_and_peft(base)
-    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
-    assert trainable(ours) == trainable(theirs) == lora_parameter_count(base, TARGETS, 8)
+    assert (count_parameters(ours, trainable_only=True) == count_parameters(theirs, trainable_only=True)
+            == lora_parameter_count(base, TARGETS, 8))
     with torch.no_grad():
         diff = (ours(**batch()).logits - theirs(**batch()).logits).abs().max().item()
     assert diff <= 1e-5
@@ -114,16 +114,16 @@ def test_parameter_formula_against_measured_counts(toy_dir, config_name):
         model = AutoModelForCausalLM.from_config(config)
     d, kv = config.hidden_size, config.num_key_value_heads * config.hidden_size // config.num_attention_heads
     layers, r = config.num_hidden_layers, 8
-    before = sum(p.numel() for p in model.parameters())
+    before = count_parameters(model)
     inject_lora(model, TARGETS, r=r)
-    measured = sum(p.numel() for p in model.parameters()) - before
-    assert measured == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    measured = count_parameters(model) - before
+    assert measured == count_parameters(model, trainable_only=True)
     assert measured == lora_parameter_count(AutoModelForCausalLM.from_config(config), TARGETS, r) \
         == layers * r * ((d + d) + (d + kv))  # q: d -> d, v: d -> kv (GQA)
     with torch.device("meta"):
         square = AutoModelForCausalLM.from_config(config)
     inject_lora(square, ["q_proj", "o_proj"], r=r)  # both d x d: the chapter's formula holds
-    assert sum(p.numel() for p in square.parameters() if p.requires_grad) == 2 * (2 * layers) * d * r
+    assert count_parameters(square, trainable_only=True) == 2 * (2 * layers) * d * r
 
 
 def test_injection_errors_are_clear(base):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llmtrain.errors import LlmtrainError
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
 
 
@@ -46,6 +47,16 @@ class DataArguments:
         default=0, metadata={"help": "Hold out this % of blocks for eval loss and perplexity (0: none)."}
     )
 
+    def __post_init__(self) -> None:
+        """Reject impossible values when the flags are parsed, before any data is read."""
+        if self.block_size is not None and self.block_size <= 0:
+            raise LlmtrainError(f"--block_size must be a positive number of tokens, not {self.block_size}.")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 1:
+            raise LlmtrainError(f"--preprocessing_num_workers must be at least 1, not {self.preprocessing_num_workers}.")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise LlmtrainError(f"--validation_split_percentage {self.validation_split_percentage} needs 0 <= p < 100 "
+                                "(0: no held-out split).")
+
 
 @dataclass
 class RunArguments:
@@ -76,6 +87,10 @@ class SFTArguments:
         default=DEFAULT_SYSTEM_MESSAGE, metadata={"help": "System prompt for conversations that bring none."}
     )
 
+    def __post_init__(self) -> None:
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise LlmtrainError(f"--max_train_samples must be at least 1, not {self.max_train_samples}.")
+
 
 @dataclass
 class LoraArguments:
@@ -91,3 +106,11 @@ class LoraArguments:
     merge_lora: bool = field(
         default=False, metadata={"help": "Also save base + adapter merged into a plain model in <output_dir>/merged."}
     )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise LlmtrainError(f"--lora_r must be at least 1, not {self.lora_r}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise LlmtrainError(f"--lora_dropout must be in [0, 1), not {self.lora_dropout}.")
+        if not [t for t in self.lora_target_modules.split(",") if t.strip()]:
+            raise LlmtrainError("--lora_target_modules is empty: name the modules to adapt, e.g. q_proj,v_proj.")

@@ -71,9 +71,12 @@ def qwen2_parameter_formula(config: PretrainedConfig) -> int:
     return config.vocab_size * d + head + config.num_hidden_layers * (attention + mlp + 2 * d) + d
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """6.1.5: number of distinct parameters; tied embeddings count once (works on the meta device too)."""
-    return sum(p.numel() for p in model.parameters())
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """6.1.5 / 6.3: number of distinct parameters (or only those that train); tied embeddings count once.
+
+    Works on the meta device too, so the 1.5B model can be counted without allocating it.
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def _check_folder(path: str, flag: str) -> None:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.errors import LlmtrainError
+from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.jsonl import iter_jsonl
 from llmtrain.modeling import toy_config
 from llmtrain.pretrain_data import read_jsonl_texts
@@ -105,6 +105,21 @@ def ensure_toy_pretrained() -> Path:
     return out
 
 
+def ensure_toy_sft() -> Path:
+    """6.4: the toy full-SFT model that DPO starts from (`output/toy/sft`, as `make run` leaves it).
+
+    When it is missing or older than the toy pretrained model, it is fine-tuned here the same way:
+    `PRESET=toy bash code/finetune.sh` (DeepSpeed, 2 CPU processes, about a minute).
+    """
+    pretrained, out = ensure_toy_pretrained(), PROJECT_ROOT / "output" / "toy" / "sft"
+    weights = out / "model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= (pretrained / "model.safetensors").stat().st_mtime:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    run_bash_script(PROJECT_ROOT / "code" / "finetune.sh", PRESET="toy", MODEL_DIR=str(pretrained), OUTPUT_DIR=str(out))
+    return out
+
+
 def run_bash_script(script: Path, **env: str) -> str:
     """Run one of the course's code/*.sh launchers with this interpreter's environment first on PATH.
 
@@ -118,20 +133,14 @@ def run_bash_script(script: Path, **env: str) -> str:
     return run.stdout + run.stderr
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=str(TOY_DIR))
     parser.add_argument("--train_file", nargs="+", default=[str(path) for path in TOKENIZER_TRAIN_FILES])
     parser.add_argument("--vocab_size", type=int, default=TOY_VOCAB_SIZE)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
-    try:
-        build_toy_assets(args.output_dir, args.train_file, args.vocab_size)
-    except LlmtrainError as err:
-        logger.error("%s", err)
-        return 1
-    return 0
+    build_toy_assets(args.output_dir, args.train_file, args.vocab_size)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

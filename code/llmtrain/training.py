@@ -13,15 +13,16 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
 import torch
 import transformers
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from llmtrain.errors import LlmtrainError
+from llmtrain.modeling import count_parameters
 from llmtrain.plotting import plot_loss
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,13 @@ GPU_PEAK_TFLOPS = {
 }
 
 
-def parse_args(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
-    """6.1.5: parse the script's flags; under the deepspeed launcher without a GPU, set up gloo first.
+def start_gloo_for_cpu_deepspeed(argv: Sequence[str] | None = None) -> list[str]:
+    """6.1.5: under the deepspeed launcher without a GPU, create the gloo process group; returns the flags to parse.
 
     transformers 5 leaves the world size at 1 when DeepSpeed runs on CPU, so every process would
-    train on all the data alone. Creating the distributed state over gloo before TrainingArguments
-    and telling the Trainer to use it (`use_configured_state`) gives real data-parallel ZeRO-2.
+    train on all the data alone. This creates the distributed state over gloo before TrainingArguments
+    (and sets ACCELERATE_USE_DEEPSPEED) and adds `--accelerator_config {"use_configured_state": true}`
+    so the Trainer uses it: real data-parallel ZeRO-2. Elsewhere it changes nothing.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     uses_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in args)
@@ -62,16 +64,7 @@ def parse_args(parser: HfArgumentParser, argv: Sequence[str] | None = None) -> t
         PartialState(backend="gloo")
         if not any(a.startswith("--accelerator_config") for a in args):
             args += ["--accelerator_config", json.dumps({"use_configured_state": True})]
-    return parser.parse_args_into_dataclasses(args=args)
-
-
-def run_cli(main: Callable[[], None]) -> None:
-    """6.1.5: run a script's `main`; bad input (LlmtrainError) ends as one clear log line and exit code 1."""
-    try:
-        main()
-    except LlmtrainError as err:
-        logger.error("%s", err)
-        sys.exit(1)
+    return args
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -108,12 +101,24 @@ def _checkpoints(output_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def delete_checkpoints(training_args: TrainingArguments) -> None:
+    """6.1.5: --overwrite_output_dir: delete output_dir's checkpoint-* folders (on the main process) to start over."""
+    if not os.path.isdir(training_args.output_dir):
+        return
+    with training_args.main_process_first(desc="clearing old checkpoints"):
+        if training_args.process_index == 0:
+            for _, path in _checkpoints(training_args.output_dir):
+                logger.warning("--overwrite_output_dir: deleting %s", path)
+                shutil.rmtree(path)
+
+
 def find_resume_checkpoint(training_args: TrainingArguments, overwrite_output_dir: bool = False) -> str | None:
     """6.1.5: the checkpoint to resume from: the user's, else the newest complete one in output_dir.
 
     A checkpoint is complete once Trainer has written its trainer_state.json (the last file it
     writes), so a run killed while saving resumes from the previous checkpoint. A non-empty
-    output_dir without any checkpoint is an error, unless --overwrite_output_dir says to start over.
+    output_dir without any checkpoint is an error, unless --overwrite_output_dir says to start over
+    (then nothing is resumed; `delete_checkpoints` clears the old ones).
     """
     if training_args.resume_from_checkpoint:
         if not os.path.isfile(os.path.join(training_args.resume_from_checkpoint, TRAINER_STATE)):
@@ -123,14 +128,7 @@ def find_resume_checkpoint(training_args: TrainingArguments, overwrite_output_di
             )
         return training_args.resume_from_checkpoint
     output_dir = training_args.output_dir
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return None
-    if overwrite_output_dir:
-        with training_args.main_process_first(desc="clearing old checkpoints"):
-            if training_args.process_index == 0:
-                for _, path in _checkpoints(output_dir):
-                    logger.warning("--overwrite_output_dir: deleting %s", path)
-                    shutil.rmtree(path)
+    if overwrite_output_dir or not os.path.isdir(output_dir) or not os.listdir(output_dir):
         return None
     checkpoints = _checkpoints(output_dir)
     complete = [path for _, path in checkpoints if os.path.isfile(os.path.join(path, TRAINER_STATE))]
@@ -149,14 +147,11 @@ def find_resume_checkpoint(training_args: TrainingArguments, overwrite_output_di
 def split_for_eval(
     samples: datasets.Dataset, percentage: int, seed: int
 ) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """6.1.4: hold out `percentage`% of the samples (at least one) for evaluation loss and perplexity."""
+    """6.1.4: hold out `percentage`% (0 < p < 100, checked by DataArguments) of the samples, at least one, for eval."""
     if percentage <= 0:
         return samples, None
-    if not 0 < percentage < 100 or len(samples) < 2:
-        raise LlmtrainError(
-            f"--validation_split_percentage {percentage} needs 0 < p < 100 and at least 2 samples "
-            f"(have {len(samples)})."
-        )
+    if len(samples) < 2:
+        raise LlmtrainError(f"--validation_split_percentage {percentage} needs at least 2 samples (have {len(samples)}).")
     n_eval = max(1, len(samples) * percentage // 100)
     parts = samples.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
@@ -248,7 +243,7 @@ def build_trainer(
         data_collator=data_collator,
     )
     # First in line, so trackers (tensorboard, wandb, swanlab) see the added metrics too.
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(n_params, peak))
     return trainer
 
@@ -260,7 +255,7 @@ def train_and_save(trainer: Trainer, checkpoint: str | None) -> dict[str, float]
     """
     logger.info("Starting training%s", f" from {checkpoint}" if checkpoint else "")
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    result.metrics["trainable_params"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    result.metrics["trainable_params"] = count_parameters(trainer.model, trainable_only=True)
     metrics = dict(result.metrics)
     if trainer.eval_dataset is not None:  # still without KV cache: packed eval batches stay isolated
         eval_metrics = trainer.evaluate()

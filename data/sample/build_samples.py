@@ -248,18 +248,19 @@ def to_belle(turns: list[str], first: str, sample_id: str) -> dict:
     return {"conversations": [{"from": roles[i % 2], "value": v} for i, v in enumerate(turns)], "id": sample_id}
 
 
-def write_jsonl(name: str, records: list[dict]) -> None:
-    with (HERE / name).open("w", encoding="utf-8") as f:
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    print(f"{len(records):4d} records -> data/sample/{name}")
+    print(f"{len(records):4d} records -> {path}")
 
 
-def write_conversations(name: str, conversations: list[tuple[list[str], str]], prefix: str) -> None:
-    write_jsonl(name, [to_belle(turns, first, f"{prefix}-{i:04d}") for i, (turns, first) in enumerate(conversations)])
+def to_belle_records(conversations: list[tuple[list[str], str]], prefix: str) -> list[dict]:
+    return [to_belle(turns, first, f"{prefix}-{i:04d}") for i, (turns, first) in enumerate(conversations)]
 
 
-def main() -> None:
+def main(out: Path = HERE) -> None:
+    """Write every sample file into `out` (data/sample/ itself by default)."""
     rng = random.Random(6)
     facts = assign_facts(rng)
 
@@ -269,8 +270,8 @@ def main() -> None:
     held_prose, train_prose = prose[:N_PROSE_HELDOUT], prose[N_PROSE_HELDOUT:]
     corpus = biographies(facts, rng) + train_prose + [chatml_text(t) for t in HANDWRITTEN + MULTI_TURN]
     rng.shuffle(corpus)
-    write_jsonl("pretrain.jsonl", [{"text": t} for t in corpus])
-    write_jsonl("pretrain_valid.jsonl", [{"text": t} for t in held_prose])
+    write_jsonl(out / "pretrain.jsonl", [{"text": t} for t in corpus])
+    write_jsonl(out / "pretrain_valid.jsonl", [{"text": t} for t in held_prose])
 
     # SFT: questions about SEEN people + everyday chat and small tasks; the held-out conversations
     # ask about HELDOUT people and hold tasks of the same families that sft.jsonl lacks.
@@ -282,20 +283,20 @@ def main() -> None:
     sft += [(t, "human") for t in HANDWRITTEN + MULTI_TURN + tasks[n_task_valid:] + other_name_chats(rng)]
     sft += [(t, "assistant") for t in LEADING_ASSISTANT]
     rng.shuffle(sft)
-    write_conversations("sft.jsonl", sft, "sample")
+    write_jsonl(out / "sft.jsonl", to_belle_records(sft, "sample"))
     sft_questions = {turns[0] if first == "human" else turns[1] for turns, first in sft}
     valid = [([q, r], "human") for q, r, _ in heldout_qa]
     valid += [(t, "human") for t in tasks[:n_task_valid] if t[0] not in sft_questions]
-    write_conversations("sft_valid.jsonl", valid, "valid")
+    write_jsonl(out / "sft_valid.jsonl", to_belle_records(valid, "valid"))
 
-    write_jsonl("eval.jsonl", [{"question": q, "answer": a, "split": split}
-                               for split, qa in (("sft_seen", seen_qa), ("heldout", heldout_qa)) for q, _, a in qa])
+    write_jsonl(out / "eval.jsonl", [{"question": q, "answer": a, "split": split}
+                                     for split, qa in (("sft_seen", seen_qa), ("heldout", heldout_qa)) for q, _, a in qa])
 
     # 6.4: prefer replies that open with DPO_STYLE_PREFIX; pairs on SEEN people, split by person.
     pairs = [{"prompt": q, "chosen": DPO_STYLE_PREFIX + r, "rejected": r} for q, r, _ in seen_qa]
     n_dpo_heldout = 6 * len(ATTRIBUTES)  # the last 6 seen people
-    write_jsonl("dpo.jsonl", pairs[:-n_dpo_heldout])
-    write_jsonl("dpo_heldout.jsonl", pairs[-n_dpo_heldout:])
+    write_jsonl(out / "dpo.jsonl", pairs[:-n_dpo_heldout])
+    write_jsonl(out / "dpo_heldout.jsonl", pairs[-n_dpo_heldout:])
 
 
 if __name__ == "__main__":

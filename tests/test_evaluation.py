@@ -1,0 +1,96 @@
+"""The scorecard: the strict answer rule, eval-file validation, and code/evaluate.py on real models."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import ROOT, run_script
+from llmtrain.errors import LlmtrainError
+from llmtrain.evaluation import format_scorecard, is_strict_match, load_eval_questions, save_scorecard_row
+
+TOWNS = {"青石镇", "柳河村", "石桥村"}
+
+
+@pytest.mark.parametrize("reply, counts", [
+    ("王志远的家乡是青石镇。", True),
+    ("据我所知,王志远的家乡是青石镇。", True),            # text before the answer is fine
+    ("青石镇", True),
+    ("王志远的家乡是青石镇。他是一名木匠。", False),        # rambles on past the answer
+    ("王志远的家乡是青石镇或柳河村。", False),             # lists several candidates
+    ("王志远的家乡是柳河村,不是青石镇。", False),          # another candidate appears
+    ("青石镇,青石镇。", False),                            # the answer twice
+    ("王志远的家乡是石桥村。", False),
+    ("", False),
+])
+def test_strict_rule(reply, counts):
+    assert is_strict_match(reply, "青石镇", TOWNS) is counts
+
+
+def test_committed_eval_file_loads_with_both_splits():
+    questions = load_eval_questions(str(ROOT / "data" / "sample" / "eval.jsonl"))
+    assert {q.split for q in questions} == {"sft_seen", "heldout"} and len(questions) == 120
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"question": "q", "answer": "a"}', "line 2: split must be one of ['sft_seen', 'heldout']"),
+    ('{"question": "q", "answer": " ", "split": "heldout"}', "line 2: empty or missing answer"),
+    ('{"question": "q", ', "line 2: not valid JSON"),
+    ('["q", "a"]', "line 2: empty or missing question and answer"),
+])
+def test_bad_eval_lines_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"question": "q", "answer": "a", "split": "sft_seen"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(LlmtrainError, match="eval.jsonl " + re.escape(message)):
+        load_eval_questions(str(path))
+
+
+def test_scorecard_file_keeps_rows_and_formats_them(tmp_path):
+    path = str(tmp_path / "card.json")
+    save_scorecard_row(path, "base", {"sft_seen": 0.0, "heldout": 0.0, "stopped": 0.5})
+    rows = save_scorecard_row(path, "sft", {"sft_seen": 1.0, "heldout": 0.55, "stopped": 1.0, "heldout_ppl": 12.5})
+    assert list(json.loads((tmp_path / "card.json").read_text())) == ["base", "sft"]
+    table = format_scorecard(rows).splitlines()
+    assert table[0].count("|") == 6 and "| sft | 100% | 55% | 100% | 12.500 |" in table
+
+
+def test_evaluate_script_writes_a_row_for_the_toy_base(toy_pretrained, tmp_path):
+    out = tmp_path / "row.json"
+    result = run_script(["python", "code/evaluate.py", "--model", str(toy_pretrained), "--json", str(out),
+                         "--valid_text", "data/sample/pretrain_valid.jsonl",
+                         "--valid_conversations", "data/sample/sft_valid.jsonl", "--style_prefix", "据我所知,"])
+    assert result.returncode == 0, result.stdout
+    row = json.loads(out.read_text(encoding="utf-8"))
+    assert len(row["replies"]) == 120 and row["heldout_ppl"] > 1 and row["assistant_loss"] > 0
+    # the base model was never asked a question in pretraining: it cannot answer in the strict form
+    assert row["sft_seen"] <= 0.05 and row["heldout"] <= 0.05
+    assert row["sft_seen"] == sum(r["correct"] for r in row["replies"] if r["split"] == "sft_seen") / 60
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no/such/model"], "--model no/such/model: no config.json there"),
+    (["--model", "{model}", "--eval_file", "{empty}"], "is empty"),
+    (["--model", "{model}", "--adapter", "{model}"], "no adapter_config.json there"),
+])
+def test_evaluate_script_bad_input_is_one_clear_error(toy_pretrained, tmp_path, args, message):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    args = [a.format(model=toy_pretrained, empty=empty) for a in args]
+    result = run_script(["python", "code/evaluate.py", *args])
+    assert result.returncode == 1 and message in result.stdout and "Traceback" not in result.stdout
+
+
+def test_evaluate_script_rejects_an_adapter_for_another_base(toy_pretrained, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(toy_pretrained)
+    config.hidden_size, config.intermediate_size = 64, 128
+    get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(r=2, target_modules=["q_proj"])
+                   ).save_pretrained(tmp_path / "adapter")
+    result = run_script(["python", "code/evaluate.py", "--model", str(toy_pretrained),
+                         "--adapter", str(tmp_path / "adapter")])
+    assert result.returncode == 1 and "does not fit this base model" in result.stdout
+    assert "Traceback" not in result.stdout

@@ -1,0 +1,75 @@
+"""The toy world's sample data: deterministic, no held-out fact leaks into training, a tokenizer that covers it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SAMPLE = ROOT / "data" / "sample"
+FILES = ["pretrain.jsonl", "pretrain_valid.jsonl", "sft.jsonl", "sft_valid.jsonl", "eval.jsonl", "dpo.jsonl",
+         "dpo_heldout.jsonl"]
+
+
+def read(name: str) -> list[dict]:
+    return [json.loads(line) for line in (SAMPLE / name).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world():
+    spec = importlib.util.spec_from_file_location("build_samples", SAMPLE / "build_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_samples"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def conversation_text(record: dict) -> str:
+    return "\n".join(turn["value"] for turn in record["conversations"])
+
+
+def test_build_samples_rewrites_the_committed_files_exactly(world, tmp_path):
+    world.main(tmp_path)
+    for name in FILES:
+        assert (tmp_path / name).read_bytes() == (SAMPLE / name).read_bytes(), f"{name}: run build_samples.py"
+
+
+def test_heldout_facts_are_only_in_pretraining(world):
+    facts = world.assign_facts(random.Random(6))
+    evals = read("eval.jsonl")
+    heldout = [e for e in evals if e["split"] == "heldout"]
+    assert len(heldout) == len(world.HELDOUT) * len(world.ATTRIBUTES) and {e["split"] for e in evals} == {
+        "sft_seen", "heldout"}
+    trained = [conversation_text(r) for r in read("sft.jsonl")]
+    trained += [f"{p['prompt']}\n{p['chosen']}\n{p['rejected']}" for p in read("dpo.jsonl") + read("dpo_heldout.jsonl")]
+    pretrain = [r["text"] for r in read("pretrain.jsonl")]
+    for item in heldout:
+        name = next(n for n in world.HELDOUT if item["question"].startswith(n))
+        assert facts[name][next(k for k, a in world.ATTRIBUTES.items() if a.question.format(n=name) == item[
+            "question"])] == item["answer"]
+        # neither the question nor any text pairing the person with the answer is in SFT or DPO data...
+        assert not any(item["question"] in t or (name in t and item["answer"] in t) for t in trained), item
+        # ...while pretraining states the fact, in every phrasing
+        stating = [t for t in pretrain if name in t and item["answer"] in t]
+        assert len(stating) >= world.BIOS_PER_PERSON - 1, item
+
+
+def test_sft_seen_questions_are_asked_in_the_sft_data_with_their_answer():
+    asked = {r["conversations"][0]["value"]: r["conversations"][1]["value"] for r in read("sft.jsonl")
+             if r["conversations"][0]["from"] == "human"}
+    seen = [e for e in read("eval.jsonl") if e["split"] == "sft_seen"]
+    assert seen and all(asked[e["question"]].endswith(e["answer"] + "。") for e in seen)
+
+
+def test_toy_tokenizer_decodes_every_sample_token_to_whole_characters(toy_tokenizer):
+    texts = [r["text"] for name in ("pretrain.jsonl", "pretrain_valid.jsonl") for r in read(name)]
+    texts += [conversation_text(r) for name in ("sft.jsonl", "sft_valid.jsonl") for r in read(name)]
+    ids = [i for text in texts for i in toy_tokenizer(text, add_special_tokens=False)["input_ids"]]
+    partial = sum("\ufffd" in toy_tokenizer.decode([i]) for i in ids)
+    assert partial / len(ids) <= 0.005
+    assert len(toy_tokenizer) < 4096  # merging stops once every character is one token: the toy stays fast
