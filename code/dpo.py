@@ -63,6 +63,7 @@ def lora_config(model, lora_args: LoraArguments):
 
 
 def main() -> None:
+    # 1. 解析参数:偏好数据、LoRA、RunArguments 与 TRL 的 DPOConfig;CPU 上的 DeepSpeed 先建 gloo 进程组
     parser = HfArgumentParser(
         (DPOModelArguments, DataArguments, PreferenceArguments, LoraArguments, RunArguments, DPOConfig)
     )
@@ -78,6 +79,7 @@ def main() -> None:
         raise LlmtrainError("DPO holds out pairs from a file of their own: pass --eval_files, not "
                             "--validation_split_percentage.")
 
+    # 2. 偏好数据(6.4):读取并校验偏好对,渲染成与 SFT 相同的 ChatML;会报错的检查都在写输出目录之前
     # Everything that can reject the input runs before anything is written to --output_dir.
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                training_args.trust_remote_code)
@@ -95,11 +97,13 @@ def main() -> None:
                                          data_args.preprocessing_num_workers)
         held_out = None if raw_eval is None else build_preference_dataset(
             raw_eval, tokenizer, training_args.max_length, data_args.preprocessing_num_workers)
+    # 3. 断点:从最新的完整 checkpoint 继续
     if run_args.overwrite_output_dir:
         delete_checkpoints(training_args)
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
+    # 4. DPO 训练(TRL):LoRA 时参考模型 = 关掉适配器的同一个模型,全参数时另存一份冻结副本
     model.config.use_cache = False  # training never reuses a KV cache; `train_and_save` turns it back on
     trainer = TokenizedPairsDPOTrainer(model=model, ref_model=None, args=training_args, train_dataset=train,
                                        processing_class=tokenizer, peft_config=peft_config)
@@ -114,6 +118,7 @@ def main() -> None:
         trainer.save_metrics("train", metrics)  # train_results.json, now with the last logged rewards
         logger.info("Last training log: reward accuracy %.3f, margin %.4f",
                     metrics["rewards/accuracies"], metrics["rewards/margins"])
+    # 5. 留出偏好对上的奖励准确率与间隔;LoRA 另存合并后的完整模型
     if held_out is not None:  # after training only: before it the policy is the reference, every reward is 0
         per_step = training_args.world_size * training_args.per_device_eval_batch_size
         repeated = -len(held_out) % per_step

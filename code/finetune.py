@@ -28,11 +28,13 @@ logger = logging.getLogger(__name__)
 
 
 def main() -> None:
+    # 1. 解析参数(6.1.5):SFT、LoRA 与 TrainingArguments 的参数;CPU 上的 DeepSpeed 先建 gloo 进程组
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, SFTArguments, LoraArguments, RunArguments, TrainingArguments)
     )
     model_args, data_args, sft_args, lora_args, run_args, training_args = parser.parse_args_into_dataclasses(
         args=start_gloo_for_cpu_deepspeed())
+    # 2. 日志与断点:从最新的完整 checkpoint 继续
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
@@ -44,6 +46,7 @@ def main() -> None:
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
+    # 3. 加载预训练模型与分词器(6.2);--use_lora 时只训练注入的低秩矩阵(6.3.5)
     model = load_model(None, model_args.model_name_or_path, model_args.torch_dtype, model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                model_args.trust_remote_code)
@@ -53,6 +56,7 @@ def main() -> None:
                               lora_args.lora_alpha, lora_args.lora_dropout, training_args.activation_checkpointing)
     logger.info("%s", parameter_summary(model))
 
+    # 4. SFT 数据(6.2.2):对话渲染成 ChatML,只有助手回答参与损失(其余标签为 -100)
     with training_args.main_process_first(desc="rendering conversations"):
         raw = load_sft_dataset(data_args.train_files, sft_args.max_train_samples)
         logger.info("Training files: %s (%d conversations)", data_args.train_files, len(raw))
@@ -60,6 +64,7 @@ def main() -> None:
                                     sft_args.system_message)
     train, validation = split_for_eval(samples, data_args.validation_split_percentage, training_args.seed)
 
+    # 5. 训练并保存:默认无 padding 打包;LoRA 另存合并后的完整模型
     logger.info("Batching: %s", "padding-free packing" if sft_args.packing else "padding to the longest sample")
     trainer = build_trainer(model, training_args, tokenizer, train, validation,
                             data_collator=make_collator(tokenizer, sft_args.packing), peak_tflops=run_args.peak_tflops)

@@ -25,9 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 def main() -> None:
+    # 1. 解析参数(6.1.5):脚本自己的参数 + TrainingArguments 的全部参数;CPU 上的 DeepSpeed 先建 gloo 进程组
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
         args=start_gloo_for_cpu_deepspeed())
+    # 2. 日志与断点(6.1.5):从最新的完整 checkpoint 继续
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
@@ -37,18 +39,21 @@ def main() -> None:
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
+    # 3. 初始化模型与分词器(6.1.2):按配置从零建模,或加载预训练权重
     model = load_model(model_args.config_name, model_args.model_name_or_path, model_args.torch_dtype,
                        model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.config_name or model_args.model_name_or_path,
                                model_args.trust_remote_code)
     block_size = max_length(model, data_args.block_size, default=1024)
 
+    # 4. 预训练数据(6.1.3):读 JSON lines、分词并在每篇文档末尾加 EOS、拼接后切成等长的块
     with training_args.main_process_first(desc="tokenizing and grouping"):
         raw = load_text_dataset(data_args.train_files)
         logger.info("Training files: %s (%d documents, columns %s)", data_args.train_files, len(raw), raw.column_names)
         blocks = build_pretrain_dataset(raw, tokenizer, block_size, data_args.preprocessing_num_workers)
     train, validation = split_for_eval(blocks, data_args.validation_split_percentage, training_args.seed)
 
+    # 5. 训练并保存(6.1.4):Trainer,DeepSpeed 由 --deepspeed 配置接管
     trainer = build_trainer(model, training_args, tokenizer, train, validation, peak_tflops=run_args.peak_tflops)
     train_and_save(trainer, checkpoint)
 
