@@ -24,7 +24,7 @@ from llmtrain.args import DataArguments, LoraArguments, ModelArguments, RunArgum
 from llmtrain.dpo import TokenizedPairsDPOTrainer, build_preference_dataset, load_preference_dataset
 from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.lora import check_targets, parameter_summary
-from llmtrain.modeling import load_model, load_tokenizer, max_length
+from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
 from llmtrain.training import (
     delete_checkpoints, find_resume_checkpoint, setup_logging, start_gloo_for_cpu_deepspeed, train_and_save,
@@ -88,9 +88,9 @@ def main() -> None:
         raw_eval = load_preference_dataset(pref_args.eval_files, pref_args.system_message) if pref_args.eval_files \
             else None
     logger.info("Training files: %s (%d pairs)", data_args.train_files, len(raw_train))
-    model = load_model(None, model_args.model_name_or_path, model_args.torch_dtype, training_args.trust_remote_code)
+    model = load_model(None, model_args.model_name_or_path, model_args.dtype, training_args.trust_remote_code)
     # --block_size is TRL's max_length: the collator cuts prompt + reply to it
-    training_args.max_length = max_length(model, data_args.block_size, default=training_args.max_length or 1024)
+    training_args.max_length = resolve_block_size(model, data_args.block_size, default=training_args.max_length or 1024)
     peft_config = lora_config(model, lora_args) if lora_args.use_lora else None
     with training_args.main_process_first(desc="rendering preference pairs"):
         train = build_preference_dataset(raw_train, tokenizer, training_args.max_length,

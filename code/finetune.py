@@ -17,7 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from llmtrain.args import DataArguments, LoraArguments, ModelArguments, RunArguments, SFTArguments
 from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.lora import add_peft_lora, parameter_summary
-from llmtrain.modeling import load_model, load_tokenizer, max_length
+from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 from llmtrain.training import (
     build_trainer, delete_checkpoints, find_resume_checkpoint, setup_logging, split_for_eval,
@@ -47,10 +47,10 @@ def main() -> None:
     set_seed(training_args.seed)
 
     # 3. 加载预训练模型与分词器(6.2);--use_lora 时只训练注入的低秩矩阵(6.3.5)
-    model = load_model(None, model_args.model_name_or_path, model_args.torch_dtype, model_args.trust_remote_code)
+    model = load_model(None, model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                model_args.trust_remote_code)
-    max_len = max_length(model, data_args.block_size, default=2048)
+    max_len = resolve_block_size(model, data_args.block_size, default=2048)
     if lora_args.use_lora:
         model = add_peft_lora(model, lora_args.lora_target_modules.split(","), lora_args.lora_r,
                               lora_args.lora_alpha, lora_args.lora_dropout, training_args.activation_checkpointing)

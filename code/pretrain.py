@@ -14,7 +14,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from llmtrain.args import DataArguments, ModelArguments, RunArguments
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.modeling import load_model, load_tokenizer, max_length
+from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
 from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset
 from llmtrain.training import (
     build_trainer, delete_checkpoints, find_resume_checkpoint, setup_logging, split_for_eval,
@@ -40,11 +40,11 @@ def main() -> None:
     set_seed(training_args.seed)
 
     # 3. 初始化模型与分词器(6.1.2):按配置从零建模,或加载预训练权重
-    model = load_model(model_args.config_name, model_args.model_name_or_path, model_args.torch_dtype,
+    model = load_model(model_args.config_name, model_args.model_name_or_path, model_args.dtype,
                        model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.config_name or model_args.model_name_or_path,
                                model_args.trust_remote_code)
-    block_size = max_length(model, data_args.block_size, default=1024)
+    block_size = resolve_block_size(model, data_args.block_size, default=1024)
 
     # 4. 预训练数据(6.1.3):读 JSON lines、分词并在每篇文档末尾加 EOS、拼接后切成等长的块
     with training_args.main_process_first(desc="tokenizing and grouping"):

@@ -21,10 +21,11 @@ class ModelArguments:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer folder; defaults to config_name or model_name_or_path."}
     )
-    torch_dtype: str | None = field(
+    dtype: str | None = field(
         default=None,
-        metadata={"help": "dtype to load the model in; bfloat16 is the usual choice on GPUs.",
-                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+        metadata={"help": "dtype to load the model in; bfloat16 is the usual choice on GPUs. The chapter's name, "
+                          "--torch_dtype, still works (transformers 5 renamed it dtype).",
+                  "choices": ["auto", "bfloat16", "float16", "float32"], "aliases": ["--torch_dtype"]},
     )
     trust_remote_code: bool = field(
         default=False,

@@ -111,18 +111,18 @@ def load_model(
 
     `trust_remote_code` stays off unless asked for: it runs Python code shipped in the model folder.
     """
-    torch_dtype = DTYPES[dtype] if dtype else None
+    resolved = DTYPES[dtype] if dtype else None
     if config_name is not None:
         config = load_config(config_name, trust_remote_code)
         logger.warning("Initialising a new model from scratch (config %s)", config_name)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, dtype=resolved, trust_remote_code=trust_remote_code)
         what = "New model to pretrain"
     elif model_name_or_path is not None:
         _check_folder(model_name_or_path, "--model_name_or_path")
         logger.warning("Loading a pretrained model from %s", model_name_or_path)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+                model_name_or_path, dtype=resolved, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError) as err:
             raise LlmtrainError(
@@ -145,7 +145,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
         raise LlmtrainError(f"--tokenizer_name {path}: cannot load a tokenizer ({err}).") from err
 
 
-def max_length(model: PreTrainedModel, requested: int | None, default: int) -> int:
+def resolve_block_size(model: PreTrainedModel, requested: int | None, default: int) -> int:
     """6.1.3 / 6.2.2: the --block_size to use: the requested one (checked), else min(default, max positions)."""
     max_positions = getattr(model.config, "max_position_embeddings", None) or default
     if requested is None:
