@@ -43,15 +43,16 @@ case "$PRESET" in
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/dpo.jsonl}
     EVAL_FILES=${EVAL_FILES-$ROOT/data/sample/dpo_heldout.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/dpo$LORA_SUFFIX}
-    NUM_GPUS=${NUM_GPUS:-2}             # on a CPU-only machine: 2 processes over gloo
-    BATCH_SIZE=${BATCH_SIZE:-4}
+    source "$CODE_DIR/presets/toy.env"  # the toy values shared with the notebooks and tests
+    NUM_GPUS=${NUM_GPUS:-$TOY_NUM_PROCESSES}   # on a CPU-only machine: 2 processes over gloo
+    BATCH_SIZE=${BATCH_SIZE:-$TOY_DPO_BATCH_SIZE}
     EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-9}   # 18 held-out pairs = 2 processes x 9: TRL counts no pair twice
     GRAD_ACC=${GRAD_ACC:-1}
-    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo 5e-3 || echo 2e-4)}   # adapters start at zero: a larger step
-    EPOCHS=${EPOCHS:-4}
-    WARMUP_STEPS=${WARMUP_STEPS:-2}
-    BLOCK_SIZE=${BLOCK_SIZE:-256}
-    BETA=${BETA:-0.1}
+    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo "$TOY_DPO_LR" || echo "$TOY_DPO_FULL_LR")}   # adapters start at zero: a larger step
+    EPOCHS=${EPOCHS:-$TOY_DPO_EPOCHS}
+    WARMUP_STEPS=${WARMUP_STEPS:-$TOY_DPO_WARMUP_STEPS}
+    BLOCK_SIZE=${BLOCK_SIZE:-$TOY_DPO_BLOCK_SIZE}
+    BETA=${BETA:-$TOY_DPO_BETA}
     LOGGING_STEPS=${LOGGING_STEPS:-2}
     SAVE_STEPS=${SAVE_STEPS:-100}
     WORKERS=${WORKERS:-1}

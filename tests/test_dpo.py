@@ -13,12 +13,11 @@ from transformers import AutoModelForCausalLM
 from trl import DPOConfig
 
 from llmtrain.dpo import (
-    TokenizedPairsDPOTrainer, build_preference_dataset, dpo_batch_loss, dpo_loss, load_preference_dataset,
-    pad_preference_batch, sequence_logprobs,
+    TokenizedPairsDPOTrainer, build_preference_dataset, compare_with_trl, dpo_batch_loss, dpo_loss,
+    load_preference_dataset, pad_preference_batch, sequence_logprobs,
 )
 from llmtrain.errors import LlmtrainError
 from llmtrain.modeling import toy_config
-from llmtrain.sft_data import IGNORE_INDEX
 
 BETA = 0.1
 PAIRS = [
@@ -46,12 +45,6 @@ def pairs(tmp_path_factory, toy_tokenizer):
 def toy_model(tokenizer, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(toy_config(len(tokenizer), tokenizer.eos_token_id)).eval()
-
-
-def assert_same_logprobs(trl: torch.Tensor, ours: torch.Tensor) -> None:
-    """Equal to 1e-5 plus float32 rounding: TRL's fused LM head runs its log-softmax in float32 whatever the
-    model's dtype, and a reply's log-prob is a sum of ~10-20 terms of ~-8 (one float32 ulp of 100 is 8e-6)."""
-    torch.testing.assert_close(trl, ours, atol=1e-5, rtol=1e-6)
 
 
 def trl_trainer(tmp_path, model, tokenizer, dataset, ref_model=None, peft_config=None) -> TokenizedPairsDPOTrainer:
@@ -94,27 +87,18 @@ def test_matches_trl_with_a_separate_reference_model(tmp_path, pairs, toy_tokeni
     with torch.no_grad():
         ours_policy = sequence_logprobs(policy, batch["input_ids"], batch["attention_mask"], batch["labels"])
         ours_ref = sequence_logprobs(reference, batch["input_ids"], batch["attention_mask"], batch["labels"])
-    ours = dpo_loss(*ours_policy.chunk(2), *ours_ref.chunk(2), beta=BETA)
-
-    trainer = trl_trainer(tmp_path, policy, toy_tokenizer, pairs, ref_model=reference)
-    trl = trainer.data_collator(examples)  # TRL's own batch from the same ids: identical to ours
-    assert torch.equal(trl["input_ids"], batch["input_ids"])
-    assert torch.equal(trl["attention_mask"], batch["attention_mask"])
-    assert torch.equal(trl["input_ids"].masked_fill(trl["completion_mask"] == 0, IGNORE_INDEX), batch["labels"])
-
-    trl_policy = torch.cat(trainer.compute_ref_log_probs(trainer.model, trl))  # TRL's per-sequence log-probs
-    trl_ref = torch.cat(trainer.compute_ref_log_probs(trainer.ref_model, trl))
-    assert_same_logprobs(trl_policy, ours_policy)
-    assert_same_logprobs(trl_ref, ours_ref)
     assert (ours_policy - ours_ref).abs().min() > 1e-3
+    assert dpo_loss(*ours_policy.chunk(2), *ours_ref.chunk(2), beta=BETA).loss.item() != pytest.approx(math.log(2))
 
-    loss, logged = trl_batch_loss(trainer, trl)
-    assert loss == pytest.approx(ours.loss.item(), abs=1e-5) and ours.loss.item() != pytest.approx(math.log(2))
-    assert logged["rewards/chosen"] == pytest.approx(ours.chosen_rewards.mean().item(), abs=1e-5)  # beta x fp32 log-prob sums (see assert_same_logprobs)
-    assert logged["rewards/rejected"] == pytest.approx(ours.rejected_rewards.mean().item(), abs=1e-5)
-    assert logged["rewards/accuracies"] == pytest.approx(ours.reward_accuracy)
-    assert logged["rewards/margins"] == pytest.approx(ours.reward_margin, abs=1e-5)
-    assert logged["logps/chosen"] == pytest.approx(ours_policy.chunk(2)[0].mean().item(), abs=1e-5, rel=1e-6)
+    # the same function notebook 6.4 shows: TRL's batch, per-sequence log-probs, loss and logged metrics vs ours
+    diffs = compare_with_trl(trl_trainer(tmp_path, policy, toy_tokenizer, pairs, ref_model=reference), examples)
+    assert diffs["batch (ids, mask, labels)"] == 0
+    # 1e-5 plus float32 rounding: TRL's fused LM head runs its log-softmax in float32, and a reply's log-prob is a
+    # sum of ~10-20 terms of ~-8 (one float32 ulp of 100 is 8e-6)
+    for key in ("policy log-probs", "reference log-probs", "logps/chosen", "logps/rejected"):
+        assert diffs[key] <= 1e-5 + 1e-6 * ours_policy.abs().max().item(), key
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
+        assert diffs[key] <= 1e-5, key
 
 
 def test_lora_reference_is_the_base_with_the_adapter_disabled_as_in_trl(tmp_path, pairs, toy_tokenizer):

@@ -252,3 +252,66 @@ class TokenizedPairsDPOTrainer(DPOTrainer):
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return dataset
+
+
+def compare_with_trl(trainer: DPOTrainer, examples: list[dict[str, list[int]]]) -> dict[str, float]:
+    """6.4: our DPO and TRL's on the same model and batch: the largest |TRL - ours| of each quantity.
+
+    `trainer` is a TRL DPOTrainer built on the model (with a separate `ref_model`, or a peft policy whose
+    reference is the adapter disabled); `examples` are pairs from `build_preference_dataset`. Compared:
+    the padded batch (TRL's collator vs `pad_preference_batch`), the reference's per-sequence log-probs
+    (and the policy's, when the reference is a separate model: TRL's helper computes either), then TRL's
+    training loss and the metrics it logs for that step vs `dpo_loss`. Runs in train mode, as a training
+    step does (TRL's `disable_dropout` makes it deterministic); nothing is updated.
+    """
+    ours_batch = pad_preference_batch(examples, trainer.processing_class.pad_token_id)
+    trl_batch = trainer.data_collator(examples)
+    trl_as_ours = {"input_ids": trl_batch["input_ids"], "attention_mask": trl_batch["attention_mask"],
+                   "labels": trl_batch["input_ids"].masked_fill(trl_batch["completion_mask"] == 0, IGNORE_INDEX)}
+    diffs = {"batch (ids, mask, labels)": max((trl_as_ours[k] - ours_batch[k]).abs().max().item() for k in ours_batch)}
+    model, beta = trainer.model, trainer.args.beta
+    model.train()
+    args = (ours_batch["input_ids"], ours_batch["attention_mask"], ours_batch["labels"])
+    with torch.no_grad():
+        policy_logps = sequence_logprobs(model, *args)
+        if trainer.ref_model is None:
+            with model.disable_adapter():
+                ref_logps = sequence_logprobs(model, *args)
+        else:
+            ref_logps = sequence_logprobs(trainer.ref_model, *args)
+            trl_policy = torch.cat(trainer.compute_ref_log_probs(model, trl_batch))  # no adapter switch here
+            diffs["policy log-probs"] = (trl_policy - policy_logps).abs().max().item()
+        trl_ref = torch.cat(trainer.compute_ref_log_probs(
+            model if trainer.ref_model is None else trainer.ref_model, trl_batch))
+        diffs["reference log-probs"] = (trl_ref - ref_logps).abs().max().item()
+        ours = dpo_loss(*policy_logps.chunk(2), *ref_logps.chunk(2), beta=beta)
+        trl_loss = trainer.compute_loss(model, trl_batch).item()
+    trainer.log({})  # TRL averages what compute_loss recorded into its log entry
+    logged = trainer.state.log_history[-1]
+    diffs["loss"] = abs(trl_loss - ours.loss.item())
+    chosen_logps, rejected_logps = policy_logps.chunk(2)
+    for key, value in [("rewards/chosen", ours.chosen_rewards.mean().item()),
+                       ("rewards/rejected", ours.rejected_rewards.mean().item()),
+                       ("rewards/accuracies", ours.reward_accuracy), ("rewards/margins", ours.reward_margin),
+                       ("logps/chosen", chosen_logps.mean().item()), ("logps/rejected", rejected_logps.mean().item())]:
+        diffs[key] = abs(logged[key] - value)
+    return diffs
+
+
+def dpo_model_state_bytes(config: Any, lora_targets: list[str] | None = None, r: int = 8) -> dict[str, int]:
+    """6.4: model-state bytes of a DPO job on one GPU, no ZeRO: the policy (2 B of bf16 weight per parameter, plus
+    2 B of bf16 gradient and 12 B of mixed-precision AdamW per trainable one) and the reference (full DPO: a second
+    bf16 copy; LoRA: 0, it is the same weights with the adapter disabled).
+
+    Activations and logits come on top (`llmtrain.memory`); bench/dpo_lora_vs_full.py measures both variants.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from llmtrain.memory import lora_trainable_params
+    from llmtrain.modeling import count_parameters
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        n = count_parameters(AutoModelForCausalLM.from_config(config))
+    if lora_targets:
+        return {"policy": 2 * n + 16 * lora_trainable_params(config, lora_targets, r), "reference": 0}
+    return {"policy": 16 * n, "reference": 2 * n}
