@@ -17,13 +17,14 @@ PRESET=${PRESET:-chapter}
 USE_LORA=${USE_LORA:-1}
 LORA_SUFFIX=$([ "$USE_LORA" = 1 ] && echo "-lora" || true)
 
+source "$CODE_DIR/launch_common.sh"
+preset_defaults
 case "$PRESET" in
   chapter)
     MODEL_DIR=${MODEL_DIR:-autodl-tmp/output/sft}
     TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/dpo_data/dpo_zh.jsonl}
     EVAL_FILES=${EVAL_FILES:-}
     OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/dpo$LORA_SUFFIX}
-    NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
     BATCH_SIZE=${BATCH_SIZE:-4}         # pairs per GPU: 8 sequences (chosen + rejected) per forward
     EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-4}
     GRAD_ACC=${GRAD_ACC:-4}
@@ -32,41 +33,28 @@ case "$PRESET" in
     WARMUP_STEPS=${WARMUP_STEPS:-0.1}   # < 1: a ratio of the total steps
     BLOCK_SIZE=${BLOCK_SIZE:-1024}
     BETA=${BETA:-0.1}
-    LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    WORKERS=${WORKERS:-10}
     PRECISION=${PRECISION:---bf16}
-    CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}
     ;;
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/sft}
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/dpo.jsonl}
     EVAL_FILES=${EVAL_FILES-$ROOT/data/sample/dpo_heldout.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/dpo$LORA_SUFFIX}
-    source "$CODE_DIR/presets/toy.env"  # the toy values shared with the notebooks and tests
-    NUM_GPUS=${NUM_GPUS:-$TOY_NUM_PROCESSES}   # on a CPU-only machine: 2 processes over gloo
     BATCH_SIZE=${BATCH_SIZE:-$TOY_DPO_BATCH_SIZE}
     EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-9}   # 18 held-out pairs = 2 processes x 9: TRL counts no pair twice
-    GRAD_ACC=${GRAD_ACC:-1}
-    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo "$TOY_DPO_LR" || echo "$TOY_DPO_FULL_LR")}   # adapters start at zero: a larger step
+    LR=${LR:-$([ "$USE_LORA" = 1 ] && echo "$TOY_DPO_LR" || echo "$TOY_DPO_FULL_LR")}
     EPOCHS=${EPOCHS:-$TOY_DPO_EPOCHS}
     WARMUP_STEPS=${WARMUP_STEPS:-$TOY_DPO_WARMUP_STEPS}
     BLOCK_SIZE=${BLOCK_SIZE:-$TOY_DPO_BLOCK_SIZE}
     BETA=${BETA:-$TOY_DPO_BETA}
-    LOGGING_STEPS=${LOGGING_STEPS:-2}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    WORKERS=${WORKERS:-1}
     PRECISION=${PRECISION:---bf16 false}   # fp32 on CPU (TRL's DPOConfig turns bf16 on unless told)
     CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing false}   # TRL's default is on
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per process
     if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
       echo "No toy SFT model in $MODEL_DIR: fine-tuning it first"
       PRESET=toy OUTPUT_DIR="$MODEL_DIR" bash "$CODE_DIR/finetune.sh"
     fi
-    ;;
-  *)
-    echo "Unknown PRESET=$PRESET: use 'chapter' (default) or 'toy'." >&2
-    exit 2
     ;;
 esac
 
@@ -82,8 +70,7 @@ fi
 extra=(--beta "$BETA" --per_device_eval_batch_size "$EVAL_BATCH_SIZE")
 [ -n "$EVAL_FILES" ] && extra+=(--eval_files $EVAL_FILES)
 if [ "$USE_LORA" = 1 ]; then
-  extra+=(--use_lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-32}" --lora_dropout "${LORA_DROPOUT:-0.1}"
-          --lora_target_modules "${LORA_TARGETS:-q_proj,v_proj}" --merge_lora)
+  lora_flags
+  extra+=("${LORA_FLAGS[@]}")
 fi
-source "$CODE_DIR/launch_common.sh"
 launch "$CODE_DIR/dpo.py" --model_name_or_path "$MODEL_DIR" "${extra[@]}" "$@"

@@ -16,23 +16,21 @@ PRESET=${PRESET:-chapter}
 USE_LORA=${USE_LORA:-0}
 LORA_SUFFIX=$([ "$USE_LORA" = 1 ] && echo "-lora" || true)
 
+source "$CODE_DIR/launch_common.sh"
+preset_defaults
 case "$PRESET" in
   chapter)
     MODEL_DIR=${MODEL_DIR:-autodl-tmp/qwen-1.5b}
     TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/sft_data/BelleGroup/train_3.5M_CN.json}
     OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/sft$LORA_SUFFIX}
-    NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-10000}   # the chapter's first 10,000 conversations; empty: all
     LR=${LR:-1e-4}
     EPOCHS=${EPOCHS:-3}
     WARMUP_STEPS=${WARMUP_STEPS:-200}
     BLOCK_SIZE=${BLOCK_SIZE:-2048}
-    LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    WORKERS=${WORKERS:-10}
     # bf16 where the GPU has it; fp16 (with loss scaling) on V100 / T4, which do not.
     PRECISION=${PRECISION-$("${PYTHON:-python}" -c 'import torch; print("--fp16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "--bf16")')}
-    CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}   # the chapter's --gradient_checkpointing, renamed in transformers 5
     # USE_LIGER=1 adds --use_liger_kernel: Liger's fused linear cross-entropy never materialises the
     # batch x 2048 x 151,936 logits (GPU only; `pip install liger-kernel`, not in requirements.txt).
     liger=()
@@ -60,29 +58,17 @@ case "$PRESET" in
     MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/pretrain}
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/sft.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/sft$LORA_SUFFIX}
-    source "$CODE_DIR/presets/toy.env"  # the toy values shared with the notebooks and tests
-    NUM_GPUS=${NUM_GPUS:-$TOY_NUM_PROCESSES}
     MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES-}
     BATCH_SIZE=${BATCH_SIZE:-$TOY_SFT_BATCH_SIZE}
-    GRAD_ACC=${GRAD_ACC:-1}
     LR=${LR:-$([ "$USE_LORA" = 1 ] && echo "$TOY_LORA_LR" || echo "$TOY_SFT_LR")}
     EPOCHS=${EPOCHS:-$([ "$USE_LORA" = 1 ] && echo "$TOY_LORA_EPOCHS" || echo "$TOY_SFT_EPOCHS")}
     WARMUP_STEPS=${WARMUP_STEPS:-$TOY_SFT_WARMUP_STEPS}
     BLOCK_SIZE=${BLOCK_SIZE:-$TOY_SFT_MAX_LEN}
-    LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    WORKERS=${WORKERS:-1}
-    PRECISION=${PRECISION:-}            # fp32 on CPU
-    CHECKPOINTING=${CHECKPOINTING:-}
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per process
     if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
       echo "No pretrained toy model in $MODEL_DIR: pretraining it first"
       PRESET=toy OUTPUT_DIR="$MODEL_DIR" bash "$CODE_DIR/pretrain.sh"
     fi
-    ;;
-  *)
-    echo "Unknown PRESET=$PRESET: use 'chapter' (default) or 'toy'." >&2
-    exit 2
     ;;
 esac
 
@@ -99,8 +85,7 @@ fi
 extra=()
 [ -n "$MAX_TRAIN_SAMPLES" ] && extra+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
 if [ "$USE_LORA" = 1 ]; then
-  extra+=(--use_lora --lora_r "${LORA_R:-8}" --lora_alpha "${LORA_ALPHA:-32}" --lora_dropout "${LORA_DROPOUT:-0.1}"
-          --lora_target_modules "${LORA_TARGETS:-q_proj,v_proj}" --merge_lora)
+  lora_flags
+  extra+=("${LORA_FLAGS[@]}")
 fi
-source "$CODE_DIR/launch_common.sh"
 launch "$CODE_DIR/finetune.py" --model_name_or_path "$MODEL_DIR" "${extra[@]}" "$@"

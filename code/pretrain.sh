@@ -15,22 +15,20 @@ CODE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$CODE_DIR")
 PRESET=${PRESET:-chapter}
 
+source "$CODE_DIR/launch_common.sh"
+preset_defaults
 case "$PRESET" in
   chapter)
     MODEL_DIR=${MODEL_DIR:-autodl-tmp/qwen-1.5b}
     TRAIN_FILES=${TRAIN_FILES:-autodl-tmp/dataset/pretrain_data/mobvoi_seq_monkey_general_open_corpus_small.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-autodl-tmp/output/pretrain}
-    NUM_GPUS=${NUM_GPUS:-}              # empty: every visible GPU
     LR=${LR:-1e-4}
     EPOCHS=${EPOCHS:-1}
     WARMUP_STEPS=${WARMUP_STEPS:-200}
     BLOCK_SIZE=${BLOCK_SIZE:-2048}
-    LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    WORKERS=${WORKERS:-10}
     # bf16 where the GPU has it; fp16 (with loss scaling) on V100 / T4, which do not.
     PRECISION=${PRECISION-$("${PYTHON:-python}" -c 'import torch; print("--fp16" if torch.cuda.is_available() and not torch.cuda.is_bf16_supported() else "--bf16")')}
-    CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing}   # the chapter's --gradient_checkpointing, renamed in transformers 5
     # USE_LIGER=1 adds --use_liger_kernel: Liger's fused linear cross-entropy never materialises the
     # batch x 2048 x 151,936 logits (GPU only; `pip install liger-kernel`, not in requirements.txt).
     liger=()
@@ -56,28 +54,16 @@ case "$PRESET" in
     MODEL_DIR=${MODEL_DIR:-$ROOT/artifacts/toy}
     TRAIN_FILES=${TRAIN_FILES:-$ROOT/data/sample/pretrain.jsonl}
     OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/output/toy/pretrain}
-    source "$CODE_DIR/presets/toy.env"  # the toy values shared with the notebooks and tests
-    NUM_GPUS=${NUM_GPUS:-$TOY_NUM_PROCESSES}
     BATCH_SIZE=${BATCH_SIZE:-$TOY_PRETRAIN_BATCH_SIZE}
-    GRAD_ACC=${GRAD_ACC:-1}
     LR=${LR:-$TOY_PRETRAIN_LR}
     EPOCHS=${EPOCHS:-$TOY_PRETRAIN_EPOCHS}
     WARMUP_STEPS=${WARMUP_STEPS:-$TOY_PRETRAIN_WARMUP_STEPS}
     BLOCK_SIZE=${BLOCK_SIZE:-$TOY_BLOCK_SIZE}
-    LOGGING_STEPS=${LOGGING_STEPS:-5}
     SAVE_STEPS=${SAVE_STEPS:-50}
-    WORKERS=${WORKERS:-1}
-    PRECISION=${PRECISION:-}            # fp32 on CPU
-    CHECKPOINTING=${CHECKPOINTING:-}
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # one core per process
     if [ ! -f "$MODEL_DIR/config.json" ]; then
       echo "Building the toy assets in $MODEL_DIR"
       (cd "$ROOT" && "${PYTHON:-python}" -m llmtrain.toy --output_dir "$MODEL_DIR")
     fi
-    ;;
-  *)
-    echo "Unknown PRESET=$PRESET: use 'chapter' (default) or 'toy'." >&2
-    exit 2
     ;;
 esac
 
@@ -91,5 +77,4 @@ EOF
   exit 1
 fi
 
-source "$CODE_DIR/launch_common.sh"
 launch "$CODE_DIR/pretrain.py" --config_name "$MODEL_DIR" --tokenizer_name "$MODEL_DIR" "$@"
