@@ -21,8 +21,9 @@
 # **transformers + datasets + DeepSpeed** 走一遍预训练的完整流程。
 #
 # 为了让每个单元都能在笔记本电脑的 CPU 上几分钟内跑完,我们把教材里的 Qwen2.5-1.5B 换成了
-# **同一结构、尺寸缩小的玩具模型**,分词器则是在仓库自带的样例语料上现场训练的。
+# **同一结构、尺寸缩小的玩具模型**,分词器则是在仓库自带的样例语料上训练的。
 # 代码的写法与真实任务完全相同,换一个配置目录就能在 GPU 上训练真正的 1.5B 模型。
+# 本节最后训练出的基座模型(`output/toy/pretrain`)就是 6.2 SFT 和 6.3 LoRA 的起点。
 #
 # 本 notebook 调用的函数都在 `code/llmtrain/` 里,每个单元会注明出处。
 
@@ -30,35 +31,37 @@
 # papermill 参数:玩具规模的设置(括号里是教材在 GPU 上的取值)
 BLOCK_SIZE = 128  # 每个训练样本的 token 数(教材 2048)
 BATCH_SIZE = 8  # 每步的样本数(教材每卡 16,梯度累积 4)
-MAX_STEPS = 400  # 训练步数(教材按 epoch 训练)
+MAX_STEPS = 200  # 6.1.4 在 notebook 里训练的步数(教材按 epoch 训练)
 LEARNING_RATE = 2e-3  # 小模型能承受更大的学习率(教材 1e-4)
 SEED = 42
-RUN_DEEPSPEED = True  # 是否在 6.1.5 里真的启动 2 个进程的 DeepSpeed 训练
-DS_EPOCHS = 3
+RUN_DEEPSPEED = True  # 6.1.5:用 2 个进程的 DeepSpeed 训练 6.2、6.3 要用的基座模型(CPU 上几分钟)
 
 # %%
+import inspect
 import json
+import logging
 import os
 import shutil
-from pathlib import Path
+import time
 
-import datasets
 import pandas as pd
 import torch
-from IPython.display import Image, display
+from IPython.display import Image, Markdown, display
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.toy import build_toy_assets, run_bash_script
+from llmtrain.notebook import setup_notebook
+from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 
-TOY_DIR = ROOT / "artifacts" / "toy"  # 玩具分词器 + 配置,结构与下载的 Qwen2.5 目录相同
-DATA = ROOT / "data" / "sample" / "pretrain.jsonl"
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # 告诉 DeepSpeed 这里只有 CPU,免得它每次导入都提示一遍
+IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和警告;图存在 output/figures(make notebooks 时是 images/)
+TOY_DIR = ensure_toy_assets()  # artifacts/toy:玩具分词器 + 配置,结构与下载的 Qwen2.5 目录相同
+SAMPLE = ROOT / "data" / "sample"
+DATA = SAMPLE / "pretrain.jsonl"
 OUTPUT_DIR = ROOT / "output" / "notebooks" / "6.1"
-IMAGES_DIR = Path(os.environ.get("COURSE_IMAGES_DIR", ROOT / "images"))
-if not (TOY_DIR / "config.json").exists():
-    build_toy_assets(str(TOY_DIR), [str(DATA)])
-torch.manual_seed(SEED)
-datasets.disable_progress_bars()  # keep the notebook's output readable
-print("项目根目录:", ROOT.name, "| torch", torch.__version__, "| 设备: CPU,线程数", torch.get_num_threads())
+PRESET = toy_preset()  # code/presets/toy.env:code/pretrain.sh 的 PRESET=toy 用的同一组取值
+print("torch", torch.__version__, "| 设备: CPU,线程数", torch.get_num_threads())
+print("玩具预设:", {k: v for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_BLOCK", "TOY_NUM"))})
 
 # %% [markdown]
 # ## 6.1.1 框架介绍
@@ -109,6 +112,8 @@ print(model)
 # 词嵌入 $V d$(与输出层共享,只算一次),每层的注意力 $q: d^2+d$、$k,v: d\,d_{kv}+d_{kv}$(GQA 让 $d_{kv}$ 变窄)、$o: d^2$,
 # 前馈层 $3\,d\,d_{ffn}$,两个 RMSNorm $2d$,最后再加一个 $d$。
 # 1.5B 模型我们在 `meta` 设备上构建:只有形状、不分配内存,所以在笔记本上也能"数"出它的参数量。
+# 教材脚本打印的 `Total size=...M params` 是参数个数除以 $2^{20}=1{,}048{,}576$,不是除以一百万,所以 1.5B 模型显示成 "1472.20M";
+# 按十进制算它有 15.4 亿个参数。
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -117,27 +122,29 @@ with torch.device("meta"):
 for name, m, c in [("玩具模型", model, config), ("Qwen2.5-1.5B", big, real)]:
     n = count_parameters(m)
     print(f"{name:14s} 实测 {n:>13,d}  公式 {qwen2_parameter_formula(c):>13,d}  "
-          f"(教材的记法: Total size={n / 2**20:.2f}M params)")
+          f"教材的记法 n/2^20 = {n / 2**20:.2f}M,十进制 n/10^6 = {n / 1e6:.2f}M")
 
 # %% [markdown]
 # 分词器同样用 `AutoTokenizer.from_pretrained` 加载。玩具分词器是字节级 BPE(与 Qwen2.5 相同的算法),
-# 词表 2048,带有 Qwen 的三个特殊 token:`<|endoftext|>`(文档结束,也用作 padding)、`<|im_start|>`、`<|im_end|>`(对话模板用,6.2 节会讲)。
+# 带有 Qwen 的三个特殊 token:`<|endoftext|>`(文档结束,也用作 padding)、`<|im_start|>`、`<|im_end|>`(对话模板用,6.2 节会讲)。
+# 它和 Qwen2.5 的分词器有一处不同:BPE 之前先把每个非 ASCII 字符单独切开,所以合并只发生在一个字符的字节内部,
+# **每个汉字正好是一个 token**。语料这么小,若不这样做,BPE 会把词表花在高频的多字词上,生僻字只剩下半个字的字节,
+# 解码出来就是乱码符号。
 
 # %%
 # NBVAL_CHECK_OUTPUT
 tokenizer = AutoTokenizer.from_pretrained(TOY_DIR)
 print(type(tokenizer).__name__, "词表大小", len(tokenizer))
 print("特殊 token:", {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]})
-ids = tokenizer("学习率决定了每一步参数更新的幅度。")["input_ids"]
+ids = tokenizer("林晓雨的家乡是柳河村。")["input_ids"]
 print(len(ids), "个 token:", [tokenizer.decode([i]) for i in ids])
 
 # %% [markdown]
 # ## 6.1.3 预训练数据处理
 #
 # 预训练语料的格式与出门问问序列猴子数据集相同:每行一个 JSON 对象 `{"text": "..."}`。
-# 仓库自带的 `data/sample/pretrain.jsonl` 是我们自己写的 100 篇中文短文。
 # `llmtrain.pretrain_data.load_text_dataset` 用 `datasets.load_dataset("json")` 加载,并做了校验:
-# 某一行不是合法 JSON、缺少字符串类型的 `text` 字段、文件为空时,会报出**文件名和行号**,而不是一串看不懂的 Arrow 报错。
+# 某一行不是合法 JSON、不是合法 UTF-8、缺少字符串类型的 `text` 字段、文件为空时,会报出**文件名和行号**,而不是一串看不懂的 Arrow 报错。
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -145,8 +152,50 @@ from llmtrain.pretrain_data import build_pretrain_dataset, group_texts, load_tex
 
 raw = load_text_dataset([str(DATA)])
 print(raw)
-print("列名:", raw.column_names)
-print("第一篇:", raw[0]["text"][:60], "...")
+
+# %% [markdown]
+# ### 一个玩具世界
+#
+# 样例语料 `data/sample/pretrain.jsonl` 是一个"玩具世界",由 `data/sample/build_samples.py` 确定性地生成:
+# 40 个**虚构**的人物,每人有家乡、职业、最喜欢的水果三个事实(人名、地名都是编的);每人 6 篇短小的"传记",
+# 另有一些手写的短文和日常对话(ChatML 格式,真实的预训练语料里也有对话)。看看林晓雨的两篇传记:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+texts = raw["text"]
+bios = [t for t in texts if "林晓雨" in t]
+print(f"{len(texts)} 篇文档,其中提到林晓雨的 {sum('林晓雨' in t for t in texts)} 篇。两篇传记:")
+for t in bios[:2]:
+    print("  ", t)
+
+# %% [markdown]
+# 同一个事实在语料里用**五种说法**出现。Allen-Zhu 和 Li 在 *Physics of Language Models, Part 3.1* 中发现:
+# 一个事实如果只以一种固定说法出现,模型虽然能背下这句话,之后却很难用它回答问题;
+# 同一事实换着说法多出现几次("知识增强",knowledge augmentation),模型才会把它存成可以提取的知识。
+# 把语料里所有说到林晓雨家乡的句子找出来:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+hometown = json.loads((SAMPLE / "eval.jsonl").read_text(encoding="utf-8").splitlines()[0])["answer"]
+sentences = sorted({s + "。" for t in texts for s in t.split("。") if "林晓雨" in s and hometown in s})
+print(f"林晓雨的家乡 = {hometown},{len(sentences)} 种说法:")
+for s in sentences:
+    print("  ", s)
+
+# %% [markdown]
+# 6.2 的 SFT 数据只问其中 20 个人的事实;评测文件 `data/sample/eval.jsonl` 对 40 个人都提问,分成 `sft_seen`(SFT 问过的人)
+# 和 `heldout`(只在预训练语料里出现过的人)。本节最后会看看:只经过预训练的模型,到底"知道"了多少。
+#
+# 先确认分词器真的没有半个字的 token:把整个样例语料分词,逐个 token 解码,数一数有多少 token 解码后是完整的字符
+# (不含 Unicode 替换符 U+FFFD):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+all_ids = [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
+whole = sum("\ufffd" not in tokenizer.decode([i]) for i in all_ids)
+chars = sum(len(t) for t in texts)
+print(f"{len(all_ids):,} 个 token 中 {whole / len(all_ids):.2%} 解码为完整字符;"
+      f"语料共 {chars:,} 个字符,平均每个 token {chars / len(all_ids):.2f} 个字符")
 
 # %% [markdown]
 # 接下来分两步:
@@ -154,10 +203,14 @@ print("第一篇:", raw[0]["text"][:60], "...")
 # 1. **分词**:`datasets.map(batched=True)` 批量调用分词器。与教材不同,我们在每篇文档末尾补上分词器的 EOS
 #    (`llmtrain.pretrain_data.tokenize_with_eos`)。
 # 2. **拼接切块**:预训练通常把很多篇文档首尾相接,再切成等长的 block,这样没有一个位置被浪费在 padding 上。
-#    `group_texts` 每个 block 都恰好 `BLOCK_SIZE` 个 token,最后凑不满的部分丢弃;因果语言模型的 `labels` 就是 `input_ids`
-#    (模型内部会自动错开一位)。
-#
-# 为什么要加 EOS?看一个例子:把三篇极短的"文档"拼起来切块。
+#    这一步就是教材的 `group_texts`,我们的版本只有几行:
+
+# %%
+print(inspect.getsource(group_texts))
+
+# %% [markdown]
+# 每个 block 都恰好 `block_size` 个 token,最后凑不满的部分丢弃;因果语言模型的 `labels` 就是 `input_ids`
+# (模型内部会自动错开一位)。为什么要加 EOS?把三篇极短的"文档"拼起来切块看一看:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -205,30 +258,39 @@ except LlmtrainError as err:
 # - `default_data_collator` 把已经等长的 block 直接堆成张量(预训练不需要 padding)。
 #
 # 教材打开了 `gradient_checkpointing`(用重算换显存);玩具模型很小,这里关掉它以节省时间。
+# 我们每一步都记一次日志(`logging_steps=1`),这样后面画学习率曲线时能看清预热的那几步。
 
 # %%
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-args = TrainingArguments(
-    output_dir=str(OUTPUT_DIR / "trainer"),
-    per_device_train_batch_size=BATCH_SIZE,
-    max_steps=MAX_STEPS,
-    learning_rate=LEARNING_RATE,
-    warmup_steps=10,  # 先预热,再线性衰减到 0
-    logging_steps=25,
-    save_strategy="no",
-    report_to="none",
-    use_cpu=True,
-    seed=SEED,
-    disable_tqdm=True,
-)
-trainer = Trainer(
-    model=model,
-    args=args,
-    train_dataset=blocks,
-    processing_class=tokenizer,
-    data_collator=default_data_collator,
-)
+
+def make_args(output_dir, **overrides):
+    """这一节几次训练共用的 TrainingArguments(overrides 覆盖其中的项)。"""
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=BATCH_SIZE,
+        max_steps=MAX_STEPS,
+        learning_rate=LEARNING_RATE,
+        warmup_steps=10,  # 先预热 10 步,再线性衰减到 0
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=SEED,
+        disable_tqdm=True,  # 不要进度条……
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def make_trainer(model, args):
+    trainer = Trainer(model=model, args=args, train_dataset=blocks, processing_class=tokenizer,
+                      data_collator=default_data_collator)
+    trainer.remove_callback(PrinterCallback)  # ……也不要把每条日志打印出来
+    return trainer
+
+
+trainer = make_trainer(model, make_args(OUTPUT_DIR / "trainer"))
 loader = trainer.get_train_dataloader()
 print("采样器:", type(loader.batch_sampler.sampler).__name__)
 for epoch in range(2):
@@ -236,36 +298,93 @@ for epoch in range(2):
     print(f"epoch {epoch} 的前两个 batch(block 序号):", list(loader.batch_sampler)[:2])
 
 # %% [markdown]
-# 每个 epoch 都重新打乱。开始训练(CPU 上约半分钟):
+# 每个 epoch 都重新打乱。开始训练:
 
 # %%
 result = trainer.train()
-print(f"{result.global_step} 步,用时 {result.metrics['train_runtime']:.1f} 秒")
+epochs = result.global_step * BATCH_SIZE / len(blocks)
+print(f"{result.global_step} 步(约 {epochs:.0f} 个 epoch),用时 {result.metrics['train_runtime']:.1f} 秒")
 
 # %% [markdown]
-# loss 从约 $\ln 2048 \approx 7.6$(对 2048 个 token 均匀瞎猜)开始下降。`llmtrain.plotting.plot_loss` 从 `trainer.state.log_history` 画出曲线,
-# 图存在 `images/` 下:
+# `llmtrain.plotting.plot_loss` 从 `trainer.state.log_history` 画出 loss 曲线:
 
 # %%
 from llmtrain.plotting import plot_loss
 
 losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-print(f"第一次记录的 loss {losses[0]:.2f},最后一次 {losses[-1]:.2f}")
+print(f"第一次记录的 loss {losses[0]:.2f},最后一次 {losses[-1]:.2f}(均匀瞎猜 {len(tokenizer)} 个 token 时是 "
+      f"ln {len(tokenizer)} = {torch.log(torch.tensor(float(len(tokenizer)))):.2f})")
 display(Image(plot_loss(trainer.state.log_history, str(IMAGES_DIR / "6.1_loss.png"), "6.1 toy pretraining")))
 
 # %% [markdown]
-# 让训练好的模型续写几句(贪心解码,加一点重复惩罚)。它只见过 100 篇短文、约 7 千个 token:
-# 开头常常能"背"出见过的句子,接着就语无伦次了(偶尔出现的 `�` 是半个汉字的字节)。
-# 这正是小模型在小语料上反复训练的样子;真正的预训练用的是数百亿 token,每条数据只看一两遍。
+# ### 梯度累积
+#
+# 显存放不下一个大 batch 时,可以把它拆成几个 micro-batch 依次前向、反向,梯度累加起来再更新一次参数
+# (`gradient_accumulation_steps`)。教材每卡 16 个样本、累积 4 次,等于每卡每次更新看 64 个样本。
+# 验证一下它真的等价:同一个初始模型、同样的数据顺序,训练 5 步,一次用 1 × 8 个 block,一次用 4 个 micro-batch × 2 个 block:
 
 # %%
-model.eval()
-for prompt in ["春天", "训练一个大模型", "学习率"]:
-    inputs = tokenizer(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=30, do_sample=False, repetition_penalty=1.2,
-                             pad_token_id=tokenizer.pad_token_id)
-    print(repr(tokenizer.decode(out[0], skip_special_tokens=False)))
+class StepsRun(TrainerCallback):
+    """记下这一次 train() 真正执行了哪些步。"""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def train_copy(init_state, resume=None, **overrides):
+    """从同一份初始参数出发训练一个新模型(resume:从这个 checkpoint 继续)。"""
+    m = AutoModelForCausalLM.from_config(config)
+    m.load_state_dict(init_state)
+    t = make_trainer(m, make_args(overrides.pop("output_dir", OUTPUT_DIR / "demo"), **overrides))
+    t.add_callback(StepsRun())
+    t.train(resume_from_checkpoint=resume)
+    return m, t
+
+
+torch.manual_seed(SEED)
+init = AutoModelForCausalLM.from_config(config).state_dict()
+start = time.perf_counter()
+full_model, full_trainer = train_copy(init, max_steps=5, per_device_train_batch_size=8)
+accum_model, accum_trainer = train_copy(init, max_steps=5, per_device_train_batch_size=2, gradient_accumulation_steps=4)
+loss_full = [e["loss"] for e in full_trainer.state.log_history if "loss" in e]
+loss_accum = [e["loss"] for e in accum_trainer.state.log_history if "loss" in e]
+diff = max((a - b).abs().max().item() for a, b in zip(full_model.parameters(), accum_model.parameters()))
+print("每步 loss, 1 × 8:      ", [round(x, 4) for x in loss_full])
+print("每步 loss, 4 × 2 累积: ", [round(x, 4) for x in loss_accum])
+print(f"5 步后参数的最大差 {diff:.1e}(两次共用时 {time.perf_counter() - start:.1f} 秒)")
+
+# %% [markdown]
+# 两种做法的 loss 和参数只差浮点舍入。这里每个 block 都是满的 128 个 token;SFT 里样本长短不一,
+# 累积时要按整个大 batch 的 token 数求平均,而不是把每个 micro-batch 的平均 loss 再平均一次,
+# transformers 从 4.46 起已经这样做了(`num_items_in_batch`)。
+#
+# ### 保存 checkpoint 与断点续训
+#
+# 长时间的训练一定会被打断:机器重启、抢占、显存不足……`save_steps` 让 Trainer 定期把模型、优化器状态、学习率调度器、
+# 随机数状态和已经走过的步数存进 `checkpoint-N` 目录;`trainer.train(resume_from_checkpoint=...)` 从那里接着训练。
+# 先不间断地训练 20 步,每 10 步存一次;再假装训练在第 10 步后中断,用一个**新建的**模型从 `checkpoint-10` 继续:
+
+# %%
+ckpt_dir = OUTPUT_DIR / "checkpoints"
+shutil.rmtree(ckpt_dir, ignore_errors=True)
+start = time.perf_counter()
+straight_model, straight = train_copy(init, output_dir=str(ckpt_dir), max_steps=20, save_strategy="steps", save_steps=10)
+print("保存的 checkpoint:", sorted(p.name for p in ckpt_dir.glob("checkpoint-*")))
+resumed_model, resumed = train_copy(init, output_dir=str(ckpt_dir), max_steps=20, resume=str(ckpt_dir / "checkpoint-10"))
+resumed_steps = resumed.callback_handler.pop_callback(StepsRun).steps
+diff = max((a - b).abs().max().item() for a, b in zip(straight_model.parameters(), resumed_model.parameters()))
+print(f"续训这次执行的步: 第 {resumed_steps[0]} … {resumed_steps[-1]} 步(共 {len(resumed_steps)} 步),"
+      f"最终 global_step = {resumed.state.global_step}")
+print(f"第 20 步的 loss: 不间断 {straight.state.log_history[-2]['loss']:.4f},续训 {resumed.state.log_history[-2]['loss']:.4f};"
+      f"参数最大差 {diff:.1e}(用时 {time.perf_counter() - start:.1f} 秒)")
+
+# %% [markdown]
+# 续训从第 11 步接着记,结果与不间断的训练一致:数据顺序(Trainer 跳过了这个 epoch 已经用过的 batch)、
+# 学习率和 Adam 的动量都恢复了。`code/pretrain.py` 更进一步:输出目录里有 checkpoint 时自动从最新的一个继续
+# (`llmtrain.training.find_resume_checkpoint`)。
 
 # %% [markdown]
 # ## 6.1.5 使用 DeepSpeed 实现分布式训练
@@ -278,7 +397,9 @@ for prompt in ["春天", "训练一个大模型", "学习率"]:
 # - **断点续训**:输出目录里已有 checkpoint 时自动从最新的完整 checkpoint 继续
 #   (`llmtrain.training.find_resume_checkpoint`);目录非空却没有 checkpoint 时报错,并提示 `--overwrite_output_dir`;
 # - 追踪工具(wandb、swanlab、tensorboard)通过 `--report_to` 按需开启,默认不联网;
-# - 日志里额外记录 tokens/s 和 MFU(`llmtrain.training.ThroughputCallback`):MFU = 6·N·(tokens/s) ÷ 硬件峰值算力。
+# - 日志里额外记录 tokens/s 和 MFU(`llmtrain.training.ThroughputCallback`):MFU = 6·N·(tokens/s) ÷ 所有设备的峰值算力。
+#   GPU 的峰值查的是数据手册(A100、H100……的 bf16 峰值);**CPU 没有这样的表,用的是本进程的线程实测的 fp32 矩阵乘速度**
+#   (`llmtrain.training.measure_cpu_matmul_flops`),不是硬件峰值,所以 CPU 上的 MFU 只说明"离这台机器上一个大矩阵乘还差多远"。
 #
 # ### ZeRO-2 省了多少显存
 #
@@ -297,20 +418,118 @@ pd.DataFrame(
 ).rename_axis("GiB / 卡")
 
 # %% [markdown]
-# 不切分时,1.5B 模型光是权重、梯度和优化器状态每张卡就要约 23 GiB;8 卡 ZeRO-2 降到约 5.4 GiB,省下的显存留给激活值和更大的 batch。
+# 不切分时,1.5B 模型光是权重、梯度和优化器状态每张卡就要约 23 GiB;8 卡 ZeRO-2 降到约 5.4 GiB。
+
+# %% [markdown]
+# ### 我的显卡放得下吗
 #
+# 上面的 ZeRO 表只算了模型状态(权重、梯度、优化器状态)。真正训练时还有两大块:反向要用的**激活值**,以及词表上的
+# **logits 和 loss 缓冲**。`llmtrain.memory.estimate_training_memory` 把一步训练拆成几项,逐项按字节数计算每张卡的显存:
+#
+# - `weights / gradients / optimizer_states`:和上面的 ZeRO 表相同(bf16 权重 2 字节、梯度 2 字节、Adam 12 字节),ZeRO 把后几项切到各卡;
+# - `activations`:每层为反向保存的张量(两个 RMSNorm 各存一份升到 fp32 的输入,注意力存 q、k、v 和输出,SwiGLU 存 4 个中间维度的张量);
+#   打开激活检查点后每层只存输入;
+# - `layer_backward`:反向经过一层时的额外显存(检查点模式下这一层要重算一遍);
+# - `logits_and_loss`:loss 把 logits 升到 fp32,反向开始时还有 3 份 fp32 缓冲;
+# - `optimizer_step`:只在更新参数时存在(DeepSpeed 把本卡那份梯度转成 fp32)。
+#
+# 峰值 = 模型状态 + max(激活值 + max(logits 缓冲, 一层的反向), 优化器更新)。先看教材的设置:每卡 16 × 2048,4 卡 ZeRO-2:
+
+# %%
+from llmtrain.memory import GIB, estimate_training_memory, fits, plan_for_card
+
+qwen = real  # Qwen2.5-1.5B 的配置
+textbook = dict(per_device_batch=16, seq_len=2048, dtype="bf16", zero_stage=2, num_gpus=4)
+pd.DataFrame({
+    f"检查点{'开' if ckpt else '关'}": estimate_training_memory(qwen, **textbook, activation_checkpointing=ckpt).gib()
+    for ckpt in (False, True)
+}).rename_axis("GiB / 卡 (16 x 2048, bf16, ZeRO-2, 4 卡)")
+
+# %% [markdown]
+# `logits_and_loss` 一项就比激活值大得多,而且检查点对它毫无帮助。这就是上游 happy-llm #106 在 4 × 48 GB 上显存不足的原因,算一下:
+
+# %%
+tokens = 16 * 2048
+print(f"一个 micro-batch 的 logits: {tokens:,} 个位置 x {qwen.vocab_size:,} 词 = {tokens * qwen.vocab_size / 1e9:.1f}e9 个数")
+for what, nbytes in [("bf16 logits", 2), ("fp32 副本 (loss 里 .float())", 4), ("log_softmax 的 fp32 输出", 4),
+                     ("它的梯度 (fp32)", 4), ("logits 的梯度 (fp32)", 4)]:
+    print(f"  {what:<28} {tokens * qwen.vocab_size * nbytes / GIB:6.1f} GiB")
+est = estimate_training_memory(qwen, **textbook, activation_checkpointing=True)
+print(f"反向开始时仍在的 3 个 fp32 缓冲: {est.logits / GIB:.1f} GiB; 峰值 {est.peak / GIB:.1f} GiB, 48 GB 卡放得下吗? {fits(est, 48)}")
+
+# %% [markdown]
+# 前向算 loss 时 bf16 logits、fp32 副本和 log_softmax 的输出同时存在(10 字节/位置);反向开始时前两份已释放,
+# 但 log_softmax 的输出、它的梯度和 logits 的梯度都是 fp32(12 字节/位置)。再看每卡 batch 变小、打开检查点各省多少:
+
+# %%
+pd.DataFrame({
+    f"检查点{'开' if ckpt else '关'}": {
+        b: estimate_training_memory(qwen, b, 2048, "bf16", 2, 4, activation_checkpointing=ckpt).gib()["peak"]
+        for b in (1, 2, 4, 8, 16)}
+    for ckpt in (False, True)
+}).rename_axis("每卡 batch → 峰值 GiB")
+
+# %% [markdown]
+# 峰值几乎和每卡 batch 成正比,所以办法是**缩小 micro-batch、加大梯度累积**(上面刚验证过两者等价),全局 batch 不变。
+# `llmtrain.memory.plan_for_card` 为每种显卡挑出放得下的最大每卡 batch;`code/pretrain.sh` 的 chapter 预设用的就是它
+# (`GPU_MEM_GIB=24|48|80`,命令行版本是 `code/estimate_memory.py`):
+
+# %%
+rows = {}
+for card in (24, 48, 80):
+    for ckpt in (False, True):
+        plan = plan_for_card(qwen, card, 2048, 16 * 4 * 4, 4, dtype="bf16", zero_stage=2, activation_checkpointing=ckpt)
+        rows[(f"{card} GiB", "开" if ckpt else "关")] = plan.__dict__ if plan else {"per_device_batch": "放不下"}
+pd.DataFrame(rows).T.rename_axis(["显卡", "检查点"])
+
+# %% [markdown]
+# 另一条路是不生成完整的 logits:Liger Kernel 的融合线性层 + 交叉熵(`--use_liger_kernel`,只能在 GPU 上用,需要另装 `liger-kernel`)
+# 按块计算 loss 和梯度,logits 一项从几十 GiB 降到 1 GiB 左右:
+
+# %%
+plain = estimate_training_memory(qwen, **textbook, activation_checkpointing=True)
+liger = estimate_training_memory(qwen, **textbook, activation_checkpointing=True, liger_kernel=True)
+pd.DataFrame({"普通 loss": plain.gib(), "Liger 融合 loss": liger.gib()}).rename_axis("GiB / 卡")
+
+# %% [markdown]
+# 模型算得对不对?`bench/memory_model.py` 在 CPU 上真跑一步训练(前向、反向、AdamW 更新),每个配置一个新进程,
+# 用 `/proc/self/status` 里的峰值常驻内存(更新前先清零)量出这一步额外用了多少内存,再和模型的估计比。
+# CPU 上是 fp32 训练(没有混合精度),所以这里验证的是 fp32 的各项;bf16 的激活值公式由 `tests/test_memory.py`
+# 逐个统计 autograd 保存的张量来核对。GPU 上的差别:CUDA 的缓存分配器、DeepSpeed 的通信桶和 CUDA/NCCL 上下文不在模型里,
+# 所以判断"放得下"时只用显存的 90%。下图和表读的是基准保存的结果 `bench/memory_model_cpu.json`:
+
+# %%
+import matplotlib.pyplot as plt
+
+bench_rows = json.loads((ROOT / "bench" / "memory_model_cpu.json").read_text())
+fig, ax = plt.subplots(figsize=(5, 5))
+for r in bench_rows:
+    ax.scatter(r["measured_step_mib"], r["estimated_step_mib"], label=r["name"])
+top = max(max(r["measured_step_mib"], r["estimated_step_mib"]) for r in bench_rows) * 1.1
+ax.plot([0, top], [0, top], "k--", lw=1, label="estimate = measured")
+ax.fill_between([0, top], [0, 0.8 * top], [0, 1.2 * top], color="grey", alpha=0.15, label="±20%")
+ax.set_xlabel("measured: peak RSS of one step - RSS before (MiB)")
+ax.set_ylabel("llmtrain.memory estimate (MiB)")
+ax.legend(fontsize=7)
+fig.savefig(IMAGES_DIR / "6.1_memory_model.png", dpi=120, bbox_inches="tight")
+plt.close(fig)
+display(Image(str(IMAGES_DIR / "6.1_memory_model.png")))
+pd.DataFrame(bench_rows)[["name", "estimated_step_mib", "measured_step_mib", "ratio"]]
+
+# %% [markdown]
 # ### DeepSpeed 配置
 #
 # `code/ds_config_zero2.json` 沿用教材的配置,值为 `"auto"` 的项由 Trainer 按命令行参数填写(学习率、batch size、是否 bf16……)。
 # 唯一的改动:删掉了 `WarmupLR` 调度器。它预热结束后让学习率**一直停在最大值**,
 # 而教材的命令行里 `--warmup_steps 200` 看起来像是"预热后衰减"。去掉它之后由 Trainer 负责调度(预热 + 线性衰减)。
-# 下面用 DeepSpeed 自己的 `WarmupLR` 类和刚才 Trainer 实际用过的学习率对比一下:
+# 下面用 DeepSpeed 自己的 `WarmupLR` 类和 6.1.4 里 Trainer 每一步实际用过的学习率对比一下:
 
 # %%
 from deepspeed.runtime.lr_schedules import WarmupLR
 
 from llmtrain.plotting import plot_series
 
+logging.getLogger("DeepSpeed").setLevel(logging.ERROR)  # WarmupLR 构造时会警告"调度器还没开始",这里无关紧要
 optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=LEARNING_RATE)
 warmup_lr = WarmupLR(optimizer, warmup_min_lr=0.0, warmup_max_lr=LEARNING_RATE, warmup_num_steps=10)
 deepspeed_lrs = []
@@ -320,14 +539,16 @@ for _ in range(MAX_STEPS):
     deepspeed_lrs.append(warmup_lr.get_last_lr()[0])
 logged = [(e["step"], e["learning_rate"]) for e in trainer.state.log_history if "learning_rate" in e]
 steps, trainer_lrs = zip(*logged)
-print(f"第 {steps[-1]} 步的学习率: Trainer {trainer_lrs[-1]:.2e},WarmupLR {deepspeed_lrs[steps[-1] - 1]:.2e}")
+peak_step = steps[trainer_lrs.index(max(trainer_lrs))]
+print(f"Trainer:第 1 步 {trainer_lrs[0]:.1e},第 {peak_step} 步到达最大值 {max(trainer_lrs):.1e},第 {steps[-1]} 步 {trainer_lrs[-1]:.1e}")
+print(f"WarmupLR:第 {steps[-1]} 步仍是 {deepspeed_lrs[steps[-1] - 1]:.1e}")
 display(Image(plot_series(
     {"DeepSpeed WarmupLR (chapter config)": (list(range(1, MAX_STEPS + 1)), deepspeed_lrs),
      "Trainer: warmup + linear decay (ours)": (list(steps), list(trainer_lrs))},
     str(IMAGES_DIR / "6.1_lr_schedule.png"), "step", "learning rate", "Learning-rate schedules")))
 
 # %% [markdown]
-# ### 启动脚本
+# ### 启动脚本:训练 6.2、6.3 用的基座模型
 #
 # `code/pretrain.sh` 把教材的超参数写在脚本顶部,每一项都可以用环境变量覆盖;默认就是教材的真实任务。
 # 在 GPU 机器上(见 README)下载好 Qwen2.5-1.5B 的配置和语料后:
@@ -338,28 +559,79 @@ display(Image(plot_series(
 # HOSTFILE=hostfile bash code/pretrain.sh      # 多机
 # ```
 #
-# 没有 GPU 也能体验同一条路径:`PRESET=toy` 用玩具资产,由 `deepspeed` 启动器拉起 **2 个 CPU 进程**,
-# 进程之间用 gloo 通信,ZeRO-2 把优化器状态和梯度切成两份,数据也在两个进程之间切分。
+# 没有 GPU 也能体验同一条路径:`PRESET=toy` 用玩具资产(取值在 `code/presets/toy.env`),由 `deepspeed` 启动器拉起
+# **2 个 CPU 进程**,进程之间用 gloo 通信,ZeRO-2 把优化器状态和梯度切成两份,数据也在两个进程之间切分。
 # (transformers 5 在 CPU 上默认会让每个进程都以为自己是唯一的进程;`llmtrain.training.parse_args` 先建立 gloo 的分布式状态再交给 Trainer,解决了这个问题。)
+#
+# 这一步和 `make run` 的第一步完全相同:从头训练 30 个 epoch,模型存到 `output/toy/pretrain`,
+# 6.2 的 SFT 和 6.3 的 LoRA 都从它出发。先删掉旧的输出目录,否则 `pretrain.py` 会从里面的 checkpoint 接着训练。
+# 下面只打印从保存的 `trainer_state.json` 和 `train_results.json` 读出的摘要,不打印启动日志。
 
 # %%
+BASE_DIR = ROOT / "output" / "toy" / "pretrain"
 if RUN_DEEPSPEED:
-    ds_out = OUTPUT_DIR / "deepspeed"
-    shutil.rmtree(ds_out, ignore_errors=True)
-    log = run_bash_script(ROOT / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(ds_out),
-                          EPOCHS=str(DS_EPOCHS), SAVE_STEPS="1000")
-    print("PRESET=toy bash code/pretrain.sh -> 成功")
-    for line in log.splitlines():
-        if "world size" in line or "documents ->" in line:
-            print(line.split(" - ", 2)[-1])
-    state = json.loads((ds_out / "trainer_state.json").read_text())
+    shutil.rmtree(BASE_DIR, ignore_errors=True)
+    start = time.perf_counter()
+    run_bash_script(ROOT / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(BASE_DIR))
+    wall = time.perf_counter() - start
+    state = json.loads((BASE_DIR / "trainer_state.json").read_text())
+    results = json.loads((BASE_DIR / "train_results.json").read_text())
+    world = results["num_input_tokens_seen"] // (state["global_step"] * state["train_batch_size"] * PRESET["TOY_BLOCK_SIZE"])
     ds_logs = [e for e in state["log_history"] if "loss" in e]
-    print(f"{state['global_step']} 步,loss {ds_logs[0]['loss']:.2f} -> {ds_logs[-1]['loss']:.2f},"
-          f"两进程合计约 {ds_logs[-1]['tokens_per_second']:,.0f} tokens/s,MFU {ds_logs[-1]['mfu']:.2f}")
+    print(f"PRESET=toy bash code/pretrain.sh:{world} 个进程 × 每进程 {state['train_batch_size']} 个 block,"
+          f"{state['global_step']} 步 = {results['epoch']:.0f} 个 epoch")
+    print(f"loss {ds_logs[0]['loss']:.2f}(第 {ds_logs[0]['step']} 步)-> {ds_logs[-1]['loss']:.2f}(第 {ds_logs[-1]['step']} 步)")
+    print(f"训练 {results['train_runtime']:.0f} 秒,连同启动共 {wall:.0f} 秒;"
+          f"最后一段两进程合计 {ds_logs[-1]['tokens_per_second']:,.0f} tokens/s,"
+          f"MFU {ds_logs[-1]['mfu']:.2f}(相对于每个进程单线程实测的矩阵乘速度,不是硬件峰值)")
+else:
+    print("RUN_DEEPSPEED=False:跳过 DeepSpeed 训练,output/toy/pretrain 保持不变")
 
 # %% [markdown]
-# 日志里两个进程都报告 `world size: 2`。保存下来的目录(模型权重 + 分词器)可以直接 `from_pretrained`,
-# 下一节的 SFT 就从这样一个预训练好的模型出发。
+# 保存下来的目录(模型权重 + 分词器)可以直接 `from_pretrained`。
+#
+# ## 基座模型学到了什么
+#
+# 预训练只教模型"接着往下写"。先用预训练语料里的说法考它:给出 "林晓雨的家乡是",看它能不能接上正确的地名。
+# `llmtrain.evaluation.statement_completion_accuracy` 把 `eval.jsonl` 的每个问题改写成这样的开头
+# ("林晓雨的家乡是哪里?" → "林晓雨的家乡是"),贪心续写,续写以正确答案开头就算对。
+# (`RUN_DEEPSPEED=False` 时,比如 CI 里,没有训练新的基座,这里改用 6.1.4 在 notebook 里训练的模型。)
+
+# %%
+from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row, statement_completion_accuracy
+
+if RUN_DEEPSPEED:
+    base, base_tokenizer = AutoModelForCausalLM.from_pretrained(BASE_DIR), AutoTokenizer.from_pretrained(BASE_DIR)
+    print("评测 output/toy/pretrain(DeepSpeed 训练的基座)")
+else:
+    base, base_tokenizer = model, tokenizer
+    print(f"评测 6.1.4 在 notebook 里训练了 {MAX_STEPS} 步的模型")
+EVAL_FILE = str(SAMPLE / "eval.jsonl")
+facts = statement_completion_accuracy(base, base_tokenizer, EVAL_FILE)
+print(f"续写事实陈述的准确率:sft_seen 的 20 人 {facts['sft_seen']:.0%},heldout 的 20 人 {facts['heldout']:.0%}"
+      f"(共 {len(facts['completions'])} 个事实)")
+for split in ("sft_seen", "heldout"):
+    for c in [c for c in facts["completions"] if c["split"] == split][:3]:
+        print(f"  [{split:8s}] {c['prompt']} → {c['completion']!r}  答案 {c['answer']} {'✓' if c['correct'] else '✗'}")
+
+# %% [markdown]
+# 两半的人在预训练语料里的地位完全相同(SFT 还没开始),所以两组准确率的差别只是抽样波动。
+# 接着用 6.2 的成绩单(`llmtrain.evaluation.scorecard_row`)考同一个模型:同样的事实,这次是通过对话模板**提问**,
+# 回答必须给出答案并就此停下才算对;另外报告预训练验证集 `pretrain_valid.jsonl` 上的困惑度
+# 和留出对话 `sft_valid.jsonl` 里助手回复部分的 loss。成绩单存到 `output/notebooks/scorecard.json`,6.2、6.3 会往里添加自己的一行:
+
+# %%
+row = scorecard_row(base, base_tokenizer, EVAL_FILE, [str(SAMPLE / "pretrain_valid.jsonl")], [str(SAMPLE / "sft_valid.jsonl")])
+save_scorecard_row(str(ROOT / "output" / "notebooks" / "scorecard.json"), "base (6.1)", row)
+display(Markdown(format_scorecard({"base (6.1)": row})))
+for r in row["replies"][:3]:
+    print(f"问: {r['question']}  答案: {r['answer']}\n答: {r['reply']!r}\n")
+
+# %% [markdown]
+# 这就是 6.1 的结论,也是成绩单的第一行:基座模型能把见过的陈述句接下去,知识已经在参数里了;
+# 但它从没见过"问题 → 回答"这种形式,被提问时不会作答,问答准确率接近 0。
+# 让它学会回答,正是下一节 SFT 的任务;而 heldout 那一半的人 SFT 从不问起,6.2 的成绩单会告诉我们,
+# 这些只在预训练里学到的知识,SFT 之后能不能被问出来。
 #
 # ## 小结
 #
@@ -369,5 +641,6 @@ if RUN_DEEPSPEED:
 # | 语料不足一个 block 时静默出错 | 报错并给出 token 数 |
 # | `IterableWrapper` + `tokenizer=` | 直接传 `Dataset` + `processing_class=` |
 # | `WarmupLR` 让学习率预热后不再衰减 | Trainer 负责预热 + 衰减 |
+# | 只算模型状态的显存表 | 加上激活值和 logits,按显卡挑每卡 batch 和梯度累积 |
 # | `trust_remote_code=True`、启动时 `wandb.init` | 默认关闭,按需通过参数开启 |
 # | CPU 上 DeepSpeed 多进程各自为战 | gloo 上真正的 2 进程 ZeRO-2 |
