@@ -561,7 +561,7 @@ display(Image(plot_series(
 #
 # 没有 GPU 也能体验同一条路径:`PRESET=toy` 用玩具资产(取值在 `code/presets/toy.env`),由 `deepspeed` 启动器拉起
 # **2 个 CPU 进程**,进程之间用 gloo 通信,ZeRO-2 把优化器状态和梯度切成两份,数据也在两个进程之间切分。
-# (transformers 5 在 CPU 上默认会让每个进程都以为自己是唯一的进程;`llmtrain.training.parse_args` 先建立 gloo 的分布式状态再交给 Trainer,解决了这个问题。)
+# (transformers 5 在 CPU 上默认会让每个进程都以为自己是唯一的进程;`llmtrain.training.start_gloo_for_cpu_deepspeed` 先建立 gloo 的分布式状态再交给 Trainer,解决了这个问题。)
 #
 # 这一步和 `make run` 的第一步完全相同:从头训练 30 个 epoch,模型存到 `output/toy/pretrain`,
 # 6.2 的 SFT 和 6.3 的 LoRA 都从它出发。先删掉旧的输出目录,否则 `pretrain.py` 会从里面的 checkpoint 接着训练。
