@@ -14,13 +14,11 @@ import json
 import resource
 import subprocess
 import sys
-import time
-
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.lora import add_peft_lora, lora_parameter_count
+from llmtrain.lora import add_peft_lora, lora_parameter_count, measure_training_steps
 from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 from llmtrain.toy import ensure_toy_pretrained
@@ -45,23 +43,14 @@ def run_variant(variant: str, steps: int, batch_size: int) -> dict:
                                 tokenizer, max_len=512)
     features = [samples[i] for i in range(len(samples))]
     collate = make_collator(tokenizer, packing=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train()
-    before, tokens = rss_bytes(), 0
-    start = time.perf_counter()
-    for step in range(steps):
-        batch = collate([features[(step * batch_size + j) % len(features)] for j in range(batch_size)])
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        tokens += batch["input_ids"].numel()
-    seconds = time.perf_counter() - start
+    batches = [collate([features[(step * batch_size + j) % len(features)] for j in range(batch_size)])
+               for step in range(steps)]
+    before = rss_bytes()
+    measured = measure_training_steps(model, batches, lr=1e-4)  # the function notebook 6.3 shows
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if torch.is_tensor(t) and t.dim() > 0)
-    return {"trainable": count_parameters(model, trainable_only=True),
-            "total": count_parameters(model), "optimizer_bytes": state,
-            "peak_extra_bytes": max(0, peak - before), "tokens_per_s": tokens / seconds}
+    return {"trainable": measured["trainable_params"], "total": sum(p.numel() for p in model.parameters()),
+            "optimizer_bytes": measured["optimizer"], "peak_extra_bytes": max(0, peak - before),
+            "tokens_per_s": measured["tokens_per_s"]}
 
 
 def main() -> int:

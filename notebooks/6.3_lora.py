@@ -23,38 +23,44 @@
 # 本节的 LoRA 实现在 `code/llmtrain/lora.py`。
 
 # %% tags=["parameters"]
+from llmtrain.toy import toy_preset
+
+PRESET = toy_preset()  # code/presets/toy.env:PRESET=toy USE_LORA=1 bash code/finetune.sh 用的同一组取值
 RANK = 8  # LoRA 的秩 r(教材:一般取 4、8、16)
 ALPHA = 32  # 缩放系数 alpha,更新量乘以 alpha / r(教材的 LoraConfig)
-DROPOUT = 0.1
-EPOCHS = 12
-LEARNING_RATE = 5e-3  # LoRA 的 B 从 0 开始,通常用比全量微调更大的学习率
+DROPOUT = 0.1  # 只作用在 LoRA 旁路上(教材的 LoraConfig)
+EPOCHS = PRESET["TOY_LORA_EPOCHS"]
+LEARNING_RATE = PRESET["TOY_LORA_LR"]  # 单独为 LoRA 调过的学习率,见 6.3.5
+BATCH_SIZE = PRESET["TOY_SFT_BATCH_SIZE"] * PRESET["TOY_NUM_PROCESSES"]  # 和 6.2 一样:脚本两个进程合起来的 batch
+WARMUP_STEPS = PRESET["TOY_SFT_WARMUP_STEPS"]
 SEED = 42
 
 # %%
 import copy
 import inspect
+import math
 import os
-import warnings
-from pathlib import Path
 
-import datasets
 import pandas as pd
 import torch
-import transformers
-from IPython.display import Image, display
+from IPython.display import Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_callback import PrinterCallback
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # 告诉 DeepSpeed 这里只有 CPU,免得它导入时提示一遍
 
 from llmtrain import PROJECT_ROOT as ROOT
+from llmtrain.notebook import setup_notebook, toy_training_args
 from llmtrain.toy import ensure_toy_pretrained
+from llmtrain.training import build_trainer, train_and_save
 
-DATA = ROOT / "data" / "sample" / "sft.jsonl"
+IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和警告;图存在 output/figures(make notebooks 时是 images/)
+SAMPLE = ROOT / "data" / "sample"
+DATA = SAMPLE / "sft.jsonl"
 OUTPUT_DIR = ROOT / "output" / "notebooks" / "6.3"
-IMAGES_DIR = Path(os.environ.get("COURSE_IMAGES_DIR", ROOT / "images"))
-datasets.disable_progress_bars()  # keep the notebook's output readable
-transformers.utils.logging.disable_progress_bar()
-warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from inside peft/transformers
-torch.manual_seed(SEED)
-PRETRAINED = ensure_toy_pretrained()  # output/toy/pretrain;没有时先用 code/pretrain.sh 预训练一个
+SCORECARD = ROOT / "output" / "notebooks" / "scorecard.json"
+PRETRAINED = ensure_toy_pretrained()  # output/toy/pretrain:和 6.2 全量 SFT 相同的起点
 tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
 base_model = AutoModelForCausalLM.from_pretrained(PRETRAINED)
 print("基座模型:", PRETRAINED.relative_to(ROOT))
@@ -73,10 +79,54 @@ print("基座模型:", PRETRAINED.relative_to(ROOT))
 # LoRA 可以看作改进的 Adapter:它的旁路在训练后能**合并回原权重**,推理时没有任何额外计算。
 
 # %% [markdown]
+# 在玩具模型上量一量:同一批打包的对话,全量微调和 LoRA($W_q, W_v$,r=8)各用 torch 的 AdamW 训练 3 步,
+# 再从张量本身数出权重、梯度和优化器状态占多少字节(`llmtrain.lora.measure_training_steps`,
+# `bench/lora_vs_full.py` 用的是同一个函数,另外在独立进程里测峰值内存):
+
+# %%
+from llmtrain.lora import add_peft_lora, measure_training_steps
+from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
+
+train_set = build_sft_dataset(load_sft_dataset([str(DATA)]), tokenizer, max_len=PRESET["TOY_SFT_MAX_LEN"])
+collate = make_collator(tokenizer, packing=True)
+batches = [collate([train_set[i] for i in range(s, s + BATCH_SIZE)]) for s in range(0, 3 * BATCH_SIZE, BATCH_SIZE)]
+memory = {}
+for name in ("全量微调", "LoRA q_proj, v_proj, r=8"):
+    m = AutoModelForCausalLM.from_pretrained(PRETRAINED)
+    m.config.use_cache = False  # 打包训练:见 6.2
+    if name.startswith("LoRA"):
+        m = add_peft_lora(m, ["q_proj", "v_proj"], RANK, ALPHA, DROPOUT)
+    r = measure_training_steps(m, batches)
+    memory[name] = {"可训练参数": f"{r['trainable_params']:,}", "权重 (KiB)": f"{r['weights'] / 2**10:,.0f}",
+                    "梯度 (KiB)": f"{r['gradients'] / 2**10:,.0f}", "AdamW 状态 (KiB)": f"{r['optimizer'] / 2**10:,.0f}",
+                    "AdamW 状态 / 可训练参数 (字节)": r["optimizer"] // r["trainable_params"]}
+pd.DataFrame(memory).T
+
+# %% [markdown]
+# AdamW 为每个可训练参数存两个 fp32 张量(一阶、二阶矩),正好 8 字节;梯度也只为可训练参数存在。LoRA 冻结了原模型,
+# 这两项随可训练参数一起缩小(这里是 56 KiB 和 112 KiB,全量微调是 3,976 KiB 和 7,951 KiB);权重本身一个字节也没少,
+# 反而多了 $A$、$B$ 的 56 KiB。在这个一百万参数的玩具上,这些都只是几 MB;
+# 放到 Qwen2.5-1.5B 上(混合精度 AdamW:fp32 主权重 + 两个矩,每个可训练参数 12 字节)按同样的方式算:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from llmtrain.lora import lora_parameter_count
+from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
+
+with torch.device("meta"):  # 只要形状,不分配内存
+    big = AutoModelForCausalLM.from_config(qwen2_5_1_5b_config())
+n_big, n_big_lora = count_parameters(big), lora_parameter_count(big, ["q_proj", "v_proj"], RANK)
+print(f"Qwen2.5-1.5B 参数 {n_big:,}(十进制 {n_big / 1e6:,.1f}M;教材脚本打印的 {n_big / 2**20:,.2f}M 是 n/2^20)")
+print(f"全量微调:优化器状态 12 × {n_big:,} 字节 = {12 * n_big / 2**30:.1f} GiB,梯度(bf16)再加 {2 * n_big / 2**30:.1f} GiB")
+print(f"LoRA q,v r=8:可训练 {n_big_lora:,} 个,优化器状态 {12 * n_big_lora / 2**20:.1f} MiB,梯度 {2 * n_big_lora / 2**20:.1f} MiB")
+
+# %% [markdown]
 # ## 6.3.2 LoRA 的想法:更新量是低秩的
 #
-# 研究发现(Aghajanyan 等,2020),预训练模型在下游任务上微调时,只需要在一个维度很低的子空间里优化,
-# 就能达到全量微调的大部分效果;这个子空间的维度叫**本征秩**(intrinsic rank),任务越简单,本征秩越低。
+# Aghajanyan 等(2020)发现,预训练模型在下游任务上微调时,只需要在一个维度很低的随机子空间里优化,
+# 就能达到全量微调的大部分效果;能做到这一点的最小子空间维度叫**本征维度**(intrinsic dimension),
+# 预训练越充分、模型越大,本征维度越低。LoRA 的作者(Hu 等,2021)据此进一步假设:微调时权重的**更新量**也有很低的
+# "本征秩"(intrinsic rank),所以可以直接用低秩矩阵来表示它。
 # 用教材的记号:微调后的参数 $\theta^D = \theta^D_0 + \theta^d M$,其中 $\theta^d$ 是低维的可训练参数,
 # $M$ 把它投影回原来的 $D$ 维空间。LoRA 把这个想法落实到每个权重矩阵上。
 #
@@ -152,7 +202,7 @@ print(inspect.getsource(LoraLinear.merge))
 # NBVAL_CHECK_OUTPUT
 from llmtrain.lora import lora_layers, parameter_summary
 
-ours = inject_lora(copy.deepcopy(base_model), TARGETS, r=RANK, alpha=ALPHA)
+ours = inject_lora(copy.deepcopy(base_model), TARGETS, r=RANK, alpha=ALPHA, dropout=DROPOUT)
 print(ours.model.layers[0].self_attn)
 print(parameter_summary(ours))
 print("可训练的参数:", sorted({n.split(".", 4)[-1] for n, p in ours.named_parameters() if p.requires_grad}))
@@ -163,7 +213,11 @@ with torch.no_grad():
 # %% [markdown]
 # ### 和 peft 核对
 #
-# 用 peft 的 `get_peft_model` 在同一个基座上建一个同样配置的 LoRA 模型,把 $B$ 随机化(否则两边都是 0,比不出什么),
+# dropout 只在训练模式下起作用(训练时随机把旁路输入的 10% 置零),推理和下面的核对都在 eval 模式,它什么也不做。
+# `dropout=0` 时我们和 peft 都不建 `nn.Dropout`,而是放一个 `nn.Identity()`(peft 的 `LoraLayer.update_layer`
+# 就是这样写的),所以在 `lora_dropout=0.0` 的配置里打印出来的是 `lora_dropout: Identity()`,并不是漏掉了 dropout。
+#
+# 用 peft 的 `get_peft_model` 在同一个基座上建一个同样配置的 LoRA 模型(dropout 设为 0,两边的前向计算才能逐位比较),把 $B$ 随机化(否则两边都是 0,比不出什么),
 # 再用 `llmtrain.lora.copy_lora_from_peft` 把 peft 的 $A$、$B$ 复制到我们的模型里。两边的输出应当一致;
 # 合并(merge)、取消合并(unmerge)后也应当一致(`tests/test_lora.py` 还核对了几步训练之后两边仍然一致):
 
@@ -179,6 +233,7 @@ for name, p in theirs.named_parameters():
     if "lora_B" in name:
         torch.nn.init.normal_(p, std=0.02)
 print("从 peft 复制的张量数:", copy_lora_from_peft(theirs, ours))
+ours.eval(), theirs.eval()  # inject_lora 新建的 Dropout 默认处于训练模式;核对在 eval 模式(dropout 不起作用)下进行
 print("可训练参数一样多:", sum(p.numel() for p in ours.parameters() if p.requires_grad)
       == sum(p.numel() for p in theirs.parameters() if p.requires_grad))
 with torch.no_grad():
@@ -202,74 +257,82 @@ for name, logits in checks.items():
 # 实际训练时我们直接用 peft。`llmtrain.lora.add_peft_lora` 先检查 `target_modules` 确实能匹配到线性层
 # (匹配不到时列出模型里有哪些线性层),再调用 `get_peft_model`;如果开了梯度检查点,还要调用
 # `enable_input_require_grads()`,否则会报 "element 0 of tensors does not require grad"。
-# 数据和 6.2 节相同(ChatML + 只监督回答 + 打包),训练器也相同:
+# 数据和 6.2 节相同(ChatML + 只监督回答 + 打包),训练器也相同(`build_trainer` + `train_and_save`)。
+#
+# **学习率。** 常听到的说法是"$B$ 从 0 开始,所以 LoRA 需要更大的学习率"。这不成立:$B = 0$ 只让训练开始时的更新量 $BA$ 为 0,
+# 第一步之后 $B$ 就不再是 0,它对该用多大的学习率没有什么直接影响。LoRA 的学习率和全量微调一样,要**测**出来。
+# 玩具预设的取值是在这台 2 核 CPU 上用脚本(`PRESET=toy bash code/finetune.sh`,2 个 DeepSpeed 进程,成绩单 `code/evaluate.py`)
+# 调出来的:全量 SFT 用 5e-4、6 个 epoch,seen 100%、held-out 约 58%;LoRA($W_q, W_v$,r=8)用 5e-3 或只训练 6 个 epoch 时,
+# seen 停在 55% 以下(6 个 epoch 约 50%),用 1e-2、10 个 epoch 时 seen 约 82%、held-out 约 50%。
+# 所以这里的 LoRA 用 1e-2 训练 10 个 epoch,全量 SFT 用 5e-4 训练 6 个 epoch:各自用调过的设置,比较才公平。
 
 # %%
-from transformers import Trainer, TrainingArguments
-
 from llmtrain.lora import add_peft_lora
-from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 
-train_set = build_sft_dataset(load_sft_dataset([str(DATA)]), tokenizer, max_len=512)
-
-
-def lora_sft(targets: list[str], run_name: str):
-    """Fine-tune a fresh copy of the base model with peft LoRA on `targets`; return the trainer."""
-    model = add_peft_lora(AutoModelForCausalLM.from_pretrained(PRETRAINED), targets, RANK, ALPHA, DROPOUT)
-    model.config.use_cache = False  # packing: see 6.2
-    args = TrainingArguments(output_dir=str(OUTPUT_DIR / run_name), per_device_train_batch_size=8,
-                             num_train_epochs=EPOCHS, learning_rate=LEARNING_RATE, warmup_steps=10,
-                             logging_steps=25, save_strategy="no", report_to="none", use_cpu=True, seed=SEED,
-                             disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, processing_class=tokenizer,
-                      data_collator=make_collator(tokenizer, packing=True))
-    trainer.train()
-    model.config.use_cache = True
-    return trainer
-
-
-lora_trainer = lora_sft(TARGETS, "lora-qv")
-lora_trainer.model.print_trainable_parameters()
+model = add_peft_lora(AutoModelForCausalLM.from_pretrained(PRETRAINED), TARGETS, RANK, ALPHA, DROPOUT)
+args = toy_training_args(OUTPUT_DIR / "lora", per_device_train_batch_size=BATCH_SIZE, num_train_epochs=EPOCHS,
+                         learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, seed=SEED)
+lora_trainer = build_trainer(model, args, tokenizer, train_set, data_collator=make_collator(tokenizer, packing=True))
+lora_trainer.remove_callback(PrinterCallback)  # 不逐条打印日志;loss 在 trainer.state.log_history 里
+metrics = train_and_save(lora_trainer, checkpoint=None)  # 存 adapter 到 output/notebooks/6.3/lora
+print(f"{lora_trainer.state.global_step} 步,用时 {metrics['train_runtime']:.1f} 秒,"
+      f"可训练参数 {metrics['trainable_params']:,}")
 
 # %%
 from llmtrain.plotting import plot_loss
 
 losses = [e["loss"] for e in lora_trainer.state.log_history if "loss" in e]
-print(f"第一次记录的 loss {losses[0]:.2f},最后一次 {losses[-1]:.2f}")
+print(f"第一次记录的 loss {losses[0]:.2f},最后一次 {losses[-1]:.2f};ln(词表大小) = {math.log(len(tokenizer)):.2f}")
 display(Image(plot_loss(lora_trainer.state.log_history, str(IMAGES_DIR / "6.3_lora_loss.png"),
                         "6.3 toy LoRA SFT (q_proj, v_proj, r=8)")))
 
 # %% [markdown]
+# 本次运行:LoRA 的 loss 从 4.95 开始,低于 ln(词表大小) = 7.68(完全随机猜的水平),最后降到 1.14。
+# 基座在预训练时就见过 ChatML 格式的对话(`<|im_start|>`、`<|im_end|>` 和系统提示都在预训练语料里),
+# 冻结的词嵌入里这些 token 已经有了有意义的向量;6.2 里基座对"你好"已经能答出"你好!有什么可以帮你的吗?"。
+# 所以 LoRA 不需要从零学这些特殊 token,回答也不再是乱码。
+#
 # 训练得到的是 adapter:`save_pretrained` 只保存 $A$、$B$ 和配置(几十 KB);部署时可以
-# `merge_and_unload()` 合并成一个普通模型,和任何 transformers 模型一样保存、加载。合并后问几个问题:
+# `merge_and_unload()` 合并成一个普通模型,和任何 transformers 模型一样保存、加载。合并后问几个问题
+# (前两个人物在 SFT 数据里,后两个是 held-out):
 
 # %%
 from llmtrain.generation import chat
 
 merged = copy.deepcopy(lora_trainer.model).merge_and_unload()  # keep the trained PeftModel intact
-for q in ["3加5等于几?", "“快”的反义词是什么?", "你好"]:
+for q in ["林晓雨的家乡是哪里?", "周思桐最喜欢的水果是什么?", "王志远的家乡是哪里?", "赵子轩的职业是什么?", "你好", "3加5等于几?"]:
     print(f"问: {q}  LoRA 模型答: {chat(merged, tokenizer, q, max_new_tokens=24)!r}")
 
 # %% [markdown]
-# ### LoRA 的容量和它的局限
+# ### 成绩单:LoRA 和全量 SFT 并排
 #
-# 玩具模型只有一百万个参数,只在 $W_q, W_v$ 上加 r=8 的 LoRA,可训练参数仅 1.4%,学到的东西明显少于 6.2 节的全量 SFT
-# (全量 SFT 的 loss 能降到 1 左右)。把 LoRA 加到全部 7 种线性层上,容量大了约 5 倍:
+# 用 6.2 的成绩单考合并后的模型,写进同一个 `output/notebooks/scorecard.json`。6.2 运行过的话,表里还有全量 SFT 那一行
+# (两者从同一个基座出发、用同样的数据和 batch,各自用调过的学习率和 epoch 数):
 
 # %%
-all_linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-wide_trainer = lora_sft(all_linear, "lora-all-linear")
-summary = {}
-for name, t in [("LoRA q_proj, v_proj", lora_trainer), ("LoRA 全部线性层", wide_trainer)]:
-    logged = [e["loss"] for e in t.state.log_history if "loss" in e]
-    summary[name] = {"可训练参数": f"{sum(p.numel() for p in t.model.parameters() if p.requires_grad):,}",
-                     "最后的 loss": f"{logged[-1]:.2f}"}
-pd.DataFrame(summary).T
+from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
+
+row = scorecard_row(merged, tokenizer, str(SAMPLE / "eval.jsonl"), [str(SAMPLE / "pretrain_valid.jsonl")],
+                    [str(SAMPLE / "sft_valid.jsonl")])
+card = save_scorecard_row(str(SCORECARD), "LoRA SFT (6.3)", row)
+display(Markdown(format_scorecard(card)))
+for split in ("sft_seen", "heldout"):
+    wrong = wrong_person_replies(row, split)
+    print(f"{split}: 答错 {wrong['wrong']} 个,其中 {wrong['other_person']} 个在讲另一个人")
 
 # %% [markdown]
-# 在真正的大模型上,基座已经很强,LoRA 只需要"引导"它按新格式作答,效果通常接近全量微调;
-# 在这个一百万参数的玩具上,我们能清楚地看到容量的限制。这也对应教材最后的提醒:
-# **LoRA 擅长让模型适应任务和格式,但只调整低秩矩阵,很难向模型注入新的知识**,所以一般不用 LoRA 做预训练或需要学习大量新知识的后训练。
+# 本次运行的数字(表里 "full SFT (6.2)" 一行来自 6.2 的运行;单独运行本 notebook 时没有这一行):
+#
+# - **能学到的:格式。** LoRA 只训练 14,336 个参数(1.4%),回答 100% 以 `<|im_end|>` 结束,
+#   seen 人物的问题答对 85%——这些问答就在训练数据里。
+# - **比全量 SFT 差的:** 即使多训练了几个 epoch(10 对 6),seen 85% 对 100%,held-out 47% 对 82%;
+#   留出对话的助手 loss 0.647 对 0.326。held-out 答错的 32 个里有 12 个把问题里的人换成了另一个人
+#   (上面的"周思桐 → 吴浩然"就是一例),其余是人名对了、答案错了,或者人名本身写错("可以先的职业是医生。")。
+# - held-out 的事实只在预训练里出现过,47% 说明 LoRA 也能把基座学到的知识以问答的格式调出来,只是不如全量 SFT 可靠。
+#
+# 这些数字只说明:在这个一百万参数的玩具上,只改 $W_q, W_v$ 的 r=8 LoRA 容量明显不够;它们不能说明 LoRA 在大模型上的表现。
+# 教材最后的提醒(LoRA 擅长适应任务和格式,不适合注入大量新知识)在这里没有被检验:我们的 LoRA 没有学任何新事实,
+# 它和全量 SFT 的差距出现在"调出已有知识"这一步。
 #
 # ### 用脚本运行
 #
@@ -278,7 +341,7 @@ pd.DataFrame(summary).T
 # 下保存合并后的普通模型。`bench/lora_vs_full.py` 比较全量与 LoRA 的可训练参数、优化器状态、峰值内存和速度(结果见 README)。
 #
 # ```bash
-# PRESET=toy USE_LORA=1 bash code/finetune.sh     # 玩具:2 个 CPU 进程
+# PRESET=toy USE_LORA=1 bash code/finetune.sh     # 玩具:2 个 CPU 进程,预设同上
 # USE_LORA=1 bash code/finetune.sh                # 教材设置:Qwen2.5-1.5B + BelleGroup
-# python code/chat.py --model output/toy/sft-lora/merged "你好"
+# python code/evaluate.py --model output/toy/pretrain --adapter output/toy/sft-lora --eval_file data/sample/eval.jsonl
 # ```

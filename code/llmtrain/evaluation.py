@@ -166,7 +166,7 @@ def scorecard_row(
 
 
 SCORECARD_COLUMNS = {
-    "sft_seen": "sft_seen acc", "heldout": "heldout acc", "stopped": "stops at <|im_end|>",
+    "sft_seen": "sft_seen acc", "heldout": "heldout acc", "stopped": "stops at im_end",
     "style": "opens with style prefix", "heldout_ppl": "held-out ppl", "assistant_loss": "held-out assistant loss",
 }
 
@@ -205,3 +205,94 @@ def save_scorecard_row(path: str, name: str, row: dict[str, Any]) -> dict[str, d
         json.dump(rows, f, ensure_ascii=False, indent=1)
     os.replace(tmp, path)
     return rows
+
+
+# 6.1: what a base model knows before any SFT: does it complete the plain statement of a fact?
+QUESTION_ENDINGS = ("哪里?", "什么?")
+
+
+def statement_prompt(question: str) -> str:
+    """6.1: the eval question's fact as the opening of its canonical statement: "X的家乡是哪里?" -> "X的家乡是".
+
+    The toy world's questions end with the asked-for word; the first pretraining phrasing of each
+    fact is the question with the answer in that place (data/sample/build_samples.py).
+    """
+    for ending in QUESTION_ENDINGS:
+        if question.endswith(ending):
+            return question[: -len(ending)]
+    raise LlmtrainError(f"Cannot turn {question!r} into a statement: it does not end with one of {QUESTION_ENDINGS}.")
+
+
+@torch.no_grad()
+def statement_completion_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_file: str,
+    max_new_tokens: int = 8,
+    batch_size: int = 40,
+) -> dict[str, Any]:
+    """6.1: greedy completions of each eval fact's statement ("林晓雨的家乡是" -> "柳河村。"), no chat template.
+
+    A completion counts when it starts with the answer. Returns the accuracy per split and every
+    completion under "completions" ({prompt, answer, split, completion, correct}).
+    """
+    questions = load_eval_questions(eval_file)
+    prompts = [statement_prompt(q.question) for q in questions]
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    model.eval()
+    completions = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            inputs = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                               add_special_tokens=False)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            completions += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+    graded = [dict(prompt=p, answer=q.answer, split=q.split, completion=c, correct=c.startswith(q.answer))
+              for p, q, c in zip(prompts, questions, completions)]
+    result: dict[str, Any] = {}
+    for split in SPLITS:
+        in_split = [g for g in graded if g["split"] == split]
+        result[split] = round(sum(g["correct"] for g in in_split) / len(in_split), 4) if in_split else None
+    result["completions"] = graded
+    return result
+
+
+@torch.no_grad()
+def greedy_token_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    max_new_tokens: int = 24,
+    system_message: str = DEFAULT_SYSTEM_MESSAGE,
+) -> list[int]:
+    """6.2.2: the raw token ids of one greedy reply, special tokens kept (so a run of <|endoftext|> shows)."""
+    chat = [{"role": "system", "content": system_message}, {"role": "user", "content": question}]
+    inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    model.eval()
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                            eos_token_id=tokenizer.convert_tokens_to_ids(IM_END), pad_token_id=tokenizer.pad_token_id)
+    return output[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+ASKED_PERSON = re.compile(r"^(.+?)(?:的|最喜欢的)")
+
+
+def wrong_person_replies(row: dict[str, Any], split: str = "heldout") -> dict[str, Any]:
+    """6.2: of a scorecard row's wrong replies in `split`, those that talk about another person of the eval file.
+
+    The people are the names the eval questions ask about ("<name>的家乡是哪里?"); a wrong reply "names someone
+    else" when it contains another of those names and not the asked one. Returns the counts and those replies.
+    """
+    graded = row["replies"]
+    people = {m.group(1) for g in graded if (m := ASKED_PERSON.match(g["question"]))}
+    wrong = [g for g in graded if g["split"] == split and not g["correct"]]
+    other = []
+    for g in wrong:
+        m = ASKED_PERSON.match(g["question"])
+        asked = m.group(1) if m else None
+        if asked not in g["reply"] and any(p in g["reply"] for p in people - {asked}):
+            other.append(g)
+    return {"wrong": len(wrong), "other_person": len(other), "examples": other}

@@ -190,3 +190,33 @@ def textbook_padded(example: dict[str, list[int]], pad_token_id: int, max_len: i
         "labels": labels + [pad_token_id] * n_pad,
         "attention_mask": [1] * len(example["input_ids"]) + [0] * n_pad,
     }
+
+
+def pad_to_length(example: dict[str, list[int]], pad_token_id: int, max_len: int) -> dict[str, list[int]]:
+    """6.2.2: `textbook_padded`'s layout with the right ignore id: pad to `max_len`, labels -100 off the replies.
+
+    Side by side with `textbook_padded`, only the labels differ, so a run with each shows what the pad id does.
+    """
+    n_pad = max_len - len(example["input_ids"])
+    return {
+        "input_ids": example["input_ids"] + [pad_token_id] * n_pad,
+        "labels": example["labels"] + [IGNORE_INDEX] * n_pad,
+        "attention_mask": [1] * len(example["input_ids"]) + [0] * n_pad,
+    }
+
+
+def chat_template_agreement(conversations: list[Any], tokenizer: PreTrainedTokenizerBase) -> list[dict[str, bool]]:
+    """6.2.2: check `tokenize_conversation` against `apply_chat_template(..., return_assistant_tokens_mask=True)`.
+
+    One dict per conversation: same token ids, same supervision mask, and whether the template's mask marks
+    anything at all (a template without `{% generation %}` returns an all-zero mask and only a warning).
+    """
+    results = []
+    for conv in conversations:
+        ours = tokenize_conversation(conv, tokenizer, max_len=1 << 30)
+        ref = tokenizer.apply_chat_template(normalize_conversation(conv), tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        results.append({"same_ids": ours["input_ids"] == ref["input_ids"],
+                        "same_mask": [t != IGNORE_INDEX for t in ours["labels"]] == [bool(m) for m in ref["assistant_masks"]],
+                        "mask_nonempty": sum(ref["assistant_masks"]) > 0})
+    return results
