@@ -18,6 +18,9 @@ USE_LORA=${USE_LORA:-1}
 LORA_SUFFIX=$([ "$USE_LORA" = 1 ] && echo "-lora" || true)
 
 source "$CODE_DIR/launch_common.sh"
+if [ "$PRESET" = toy ]; then
+  LOGGING_STEPS=${LOGGING_STEPS:-2}   # 24 steps in all: log every other one, for the reward and log-prob curves
+fi
 preset_defaults
 case "$PRESET" in
   chapter)
