@@ -219,10 +219,10 @@ print(f"教材格式:{all_targets:,} 个标签位置中,{pad_targets:,} 个({pad
 # 这样训练会怎样?在 CPU 上补齐到 2048 太慢,下面只补齐到 128(比最长的样例对话还长),其余完全按教材:
 # 标签用 pad id。对照组的输入完全相同,只是标签换成 -100(`llmtrain.sft_data.pad_to_length`)。
 # 两组都从基座出发,学习率和后面正式 SFT 相同,各训练 `PAD_ID_STEPS` 步,然后对几个问题贪心生成,
-# 数一数生成的 token 里有多少是 `<|endoftext|>`(`llmtrain.evaluation.greedy_token_ids` 保留特殊 token):
+# 数一数生成的 token 里有多少是 `<|endoftext|>`(`llmtrain.generation.greedy_token_ids` 保留特殊 token):
 
 # %%
-from llmtrain.evaluation import greedy_token_ids
+from llmtrain.generation import greedy_token_ids
 
 probe_questions = ["林晓雨的家乡是哪里?", "王志远的职业是什么?", "你好", "3加5等于几?", "“快”的反义词是什么?"]
 label_runs = {}

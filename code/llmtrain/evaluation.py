@@ -260,23 +260,6 @@ def statement_completion_accuracy(
     return result
 
 
-@torch.no_grad()
-def greedy_token_ids(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    question: str,
-    max_new_tokens: int = 24,
-    system_message: str = DEFAULT_SYSTEM_MESSAGE,
-) -> list[int]:
-    """6.2.2: the raw token ids of one greedy reply, special tokens kept (so a run of <|endoftext|> shows)."""
-    chat = [{"role": "system", "content": system_message}, {"role": "user", "content": question}]
-    inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    model.eval()
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            eos_token_id=tokenizer.convert_tokens_to_ids(IM_END), pad_token_id=tokenizer.pad_token_id)
-    return output[0, inputs["input_ids"].shape[1]:].tolist()
-
-
 ASKED_PERSON = re.compile(r"^(.+?)(?:的|最喜欢的)")
 
 

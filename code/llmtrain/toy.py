@@ -90,19 +90,24 @@ def ensure_toy_assets() -> Path:
     return TOY_DIR
 
 
+def _train_if_stale(out: Path, newer_than: Path, script: str, **env: str) -> Path:
+    """Train `out` with `PRESET=toy bash code/<script>` unless its weights exist and are newer than `newer_than`."""
+    weights = out / "model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= newer_than.stat().st_mtime:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    run_bash_script(PROJECT_ROOT / "code" / script, PRESET="toy", OUTPUT_DIR=str(out), **env)
+    return out
+
+
 def ensure_toy_pretrained() -> Path:
     """6.2: the toy pretrained model that SFT and LoRA start from (`output/toy/pretrain`, as `make run` leaves it).
 
     When it is missing or older than the toy assets, it is pretrained here the same way:
     `PRESET=toy bash code/pretrain.sh` (DeepSpeed, 2 CPU processes, about a minute).
     """
-    toy, out = ensure_toy_assets(), PROJECT_ROOT / "output" / "toy" / "pretrain"
-    weights = out / "model.safetensors"
-    if weights.is_file() and weights.stat().st_mtime >= (toy / "config.json").stat().st_mtime:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    run_bash_script(PROJECT_ROOT / "code" / "pretrain.sh", PRESET="toy", OUTPUT_DIR=str(out))
-    return out
+    toy = ensure_toy_assets()
+    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "pretrain", toy / "config.json", "pretrain.sh")
 
 
 def ensure_toy_sft() -> Path:
@@ -111,13 +116,9 @@ def ensure_toy_sft() -> Path:
     When it is missing or older than the toy pretrained model, it is fine-tuned here the same way:
     `PRESET=toy bash code/finetune.sh` (DeepSpeed, 2 CPU processes, about a minute).
     """
-    pretrained, out = ensure_toy_pretrained(), PROJECT_ROOT / "output" / "toy" / "sft"
-    weights = out / "model.safetensors"
-    if weights.is_file() and weights.stat().st_mtime >= (pretrained / "model.safetensors").stat().st_mtime:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    run_bash_script(PROJECT_ROOT / "code" / "finetune.sh", PRESET="toy", MODEL_DIR=str(pretrained), OUTPUT_DIR=str(out))
-    return out
+    pretrained = ensure_toy_pretrained()
+    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "sft", pretrained / "model.safetensors", "finetune.sh",
+                           MODEL_DIR=str(pretrained))
 
 
 def run_bash_script(script: Path, **env: str) -> str:
