@@ -23,10 +23,10 @@ $(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl data/sample/pretrain_val
 	$(PY) -m llmtrain.toy --output_dir $(TOY)
 
 # The scorecard of every stage (llmtrain.evaluation): eval questions seen in SFT vs held out, held-out
-# perplexity and assistant loss, and the share of replies that open with the style DPO teaches.
+# perplexity and assistant loss, and the share of replies that end with the sentence DPO teaches.
 SCORECARD := output/toy/scorecard.json
 EVALUATE := $(PY) code/evaluate.py --eval_file data/sample/eval.jsonl --valid_text data/sample/pretrain_valid.jsonl \
-	--valid_conversations data/sample/sft_valid.jsonl --style_prefix 据我所知, --scorecard $(SCORECARD)
+	--valid_conversations data/sample/sft_valid.jsonl --style_suffix 还想知道什么,尽管问我。 --scorecard $(SCORECARD)
 
 run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraining, full SFT, LoRA SFT, DPO, scorecard
 	rm -rf output/toy

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--valid_text", nargs="*", default=[], help='Held-out {"text"} files for perplexity.')
     parser.add_argument("--valid_conversations", nargs="*", default=[],
                         help="Held-out conversation files for the assistant-token loss.")
-    parser.add_argument("--style_prefix", help="Also report the share of replies that open with this text (6.4).")
+    parser.add_argument("--style_suffix", help="Also report the share of replies that end with this sentence (6.4's "
+                        "preference); replies are graded without it.")
     parser.add_argument("--name", help="Run name of the row (default: the model folder).")
     parser.add_argument("--scorecard", help="JSON file of all rows ({name: row}): add this row to it.")
     parser.add_argument("--json", help="Write this row alone, with every reply, to this JSON file.")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                                 "a LoRA run (finetune.py --use_lora).")
         model = load_adapter(model, args.adapter)
     row = scorecard_row(model, tokenizer, args.eval_file, args.valid_text, args.valid_conversations,
-                        args.style_prefix)
+                        args.style_suffix)
     name = args.name or os.path.basename(os.path.normpath(args.adapter or args.model))
     rows = save_scorecard_row(args.scorecard, name, row) if args.scorecard else {name: row}
     if args.json:

@@ -97,6 +97,22 @@ def generate_replies(
     return replies
 
 
+def grade_replies(questions: list[EvalQuestion], replies: list[tuple[str, bool]],
+                  style_suffix: str | None = None) -> list[dict[str, Any]]:
+    """6.2-6.4: each (reply, stopped) graded by `is_strict_match` against all answers of the eval file.
+
+    With `style_suffix`, a reply ending with it is graded without it and marked "styled".
+    """
+    candidates = {q.answer for q in questions}
+    graded = []
+    for q, (reply, stopped) in zip(questions, replies, strict=True):
+        styled = bool(style_suffix) and reply.endswith(style_suffix)
+        answer_part = reply[:-len(style_suffix)] if styled else reply
+        graded.append(dict(question=q.question, answer=q.answer, split=q.split, reply=reply, stopped=stopped,
+                           correct=is_strict_match(answer_part, q.answer, candidates), styled=styled))
+    return graded
+
+
 @torch.no_grad()
 def mean_token_loss(model: PreTrainedModel, samples: list[dict[str, list[int]]]) -> float:
     """Mean cross-entropy over all labelled tokens of `samples` ({"input_ids", "labels"}), one sample at a time."""
@@ -138,25 +154,23 @@ def scorecard_row(
     eval_file: str,
     valid_text_files: list[str] = (),
     valid_conversation_files: list[str] = (),
-    style_prefix: str | None = None,
+    style_suffix: str | None = None,
 ) -> dict[str, Any]:
     """6.2-6.4: one scorecard row: strict accuracy per split, share of replies that stop, perplexity, assistant loss.
 
-    With `style_prefix`, also the share of replies that open with it (the preference 6.4 teaches).
-    Every reply is kept under "replies", so a number can always be traced back to what the model said.
+    With `style_suffix` (the closing sentence 6.4's preference asks for), also the share of replies that
+    end with it; a reply is then graded with that sentence removed, so the style neither helps nor hurts
+    accuracy. Every reply is kept under "replies", so a number can always be traced back to what the model said.
     """
     questions = load_eval_questions(eval_file)
-    candidates = {q.answer for q in questions}
-    replies = generate_replies(model, tokenizer, [q.question for q in questions])
-    graded = [dict(question=q.question, answer=q.answer, split=q.split, reply=reply, stopped=stopped,
-                   correct=is_strict_match(reply, q.answer, candidates)) for q, (reply, stopped) in zip(questions, replies)]
+    graded = grade_replies(questions, generate_replies(model, tokenizer, [q.question for q in questions]), style_suffix)
     row: dict[str, Any] = {}
     for split in SPLITS:
         in_split = [g for g in graded if g["split"] == split]
         row[split] = round(sum(g["correct"] for g in in_split) / len(in_split), 4) if in_split else None
     row["stopped"] = round(sum(g["stopped"] for g in graded) / len(graded), 4)
-    if style_prefix:
-        row["style"] = round(sum(g["reply"].startswith(style_prefix) for g in graded) / len(graded), 4)
+    if style_suffix:
+        row["style"] = round(sum(g["styled"] for g in graded) / len(graded), 4)
     if valid_text_files:
         row["heldout_ppl"] = round(heldout_perplexity(model, tokenizer, list(valid_text_files)), 3)
     if valid_conversation_files:
@@ -167,7 +181,7 @@ def scorecard_row(
 
 SCORECARD_COLUMNS = {
     "sft_seen": "sft_seen acc", "heldout": "heldout acc", "stopped": "stops at im_end",
-    "style": "opens with style prefix", "heldout_ppl": "held-out ppl", "assistant_loss": "held-out assistant loss",
+    "style": "ends with style suffix", "heldout_ppl": "held-out ppl", "assistant_loss": "held-out assistant loss",
 }
 
 

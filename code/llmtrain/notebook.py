@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 import transformers
 from transformers import TrainingArguments
 
@@ -18,9 +19,14 @@ from llmtrain import PROJECT_ROOT
 def setup_notebook(seed: int = 42) -> Path:
     """Seed every generator, silence progress bars and library warnings, and return the figure folder.
 
+    On a machine without a GPU it also tells DeepSpeed (imported later by Trainer and TRL) to use the CPU
+    accelerator, which it otherwise announces at every import.
+
     Figures go to output/figures, so running a notebook never changes tracked files; `make notebooks`
     sets COURSE_IMAGES_DIR=images to regenerate the committed ones.
     """
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     transformers.set_seed(seed)
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()

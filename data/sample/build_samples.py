@@ -70,7 +70,13 @@ ATTRIBUTES = {
     ),
 }
 BIOS_PER_PERSON = 6
-DPO_STYLE_PREFIX = "据我所知,"  # 6.4's preference: answers about people open with a hedge
+# 6.4's preference: a reply about a person ends by offering to answer more. Some SFT replies already
+# do (every STYLED_EVERY_SEEN-th seen-person answer, every STYLED_EVERY_IN_CONTEXT-th in-context answer),
+# as if some annotators wrote it: the SFT model says it now and then, and DPO makes it the rule.
+# DPO re-weights what the model already says; a string the SFT data never had (a "据我所知," opening)
+# reached 0% of greedy replies, while pushing harder broke the answers (README, 6.4).
+DPO_STYLE_SUFFIX = "还想知道什么,尽管问我。"
+STYLED_EVERY_SEEN, STYLED_EVERY_IN_CONTEXT = 4, 3
 N_PROSE_HELDOUT = 10
 
 
@@ -204,11 +210,12 @@ def other_name_chats(rng: random.Random) -> list[list[str]]:
         if name not in names and not any(name in p or p in name for p in PEOPLE):
             names.append(name)
     chats = [[f"你好,我叫{n}。", f"{n},你好!很高兴认识你。"] for n in names[:N_OTHER_NAMES // 3] + PEOPLE]
-    for n in names[N_OTHER_NAMES // 3:]:
+    for i, n in enumerate(names[N_OTHER_NAMES // 3:]):
         attr = rng.choice(list(ATTRIBUTES.values()))
         value = rng.choice(attr.values)
         context = rng.choice(attr.statements[1:]).format(n=n, v=value)
-        chats.append([f"{context}请问,{attr.question.format(n=n)}", attr.reply(n, value)])
+        reply = attr.reply(n, value) + (DPO_STYLE_SUFFIX if i % STYLED_EVERY_IN_CONTEXT == 0 else "")
+        chats.append([f"{context}请问,{attr.question.format(n=n)}", reply])
     return chats
 
 
@@ -279,7 +286,8 @@ def main(out: Path = HERE) -> None:
     tasks = generated(rng)
     rng.shuffle(tasks)
     n_task_valid = 20
-    sft = [([q, r], "human") for q, r, _ in seen_qa]
+    sft = [([q, r + (DPO_STYLE_SUFFIX if i % STYLED_EVERY_SEEN == 0 else "")], "human")
+           for i, (q, r, _) in enumerate(seen_qa)]
     sft += [(t, "human") for t in HANDWRITTEN + MULTI_TURN + tasks[n_task_valid:] + other_name_chats(rng)]
     sft += [(t, "assistant") for t in LEADING_ASSISTANT]
     rng.shuffle(sft)
@@ -292,8 +300,9 @@ def main(out: Path = HERE) -> None:
     write_jsonl(out / "eval.jsonl", [{"question": q, "answer": a, "split": split}
                                      for split, qa in (("sft_seen", seen_qa), ("heldout", heldout_qa)) for q, _, a in qa])
 
-    # 6.4: prefer replies that open with DPO_STYLE_PREFIX; pairs on SEEN people, split by person.
-    pairs = [{"prompt": q, "chosen": DPO_STYLE_PREFIX + r, "rejected": r} for q, r, _ in seen_qa]
+    # 6.4: prefer replies that end with DPO_STYLE_SUFFIX; pairs on SEEN people, split by person. Chosen and
+    # rejected share every token up to the suffix, so DPO's gradient acts only where they differ.
+    pairs = [{"prompt": q, "chosen": r + DPO_STYLE_SUFFIX, "rejected": r} for q, r, _ in seen_qa]
     n_dpo_heldout = 6 * len(ATTRIBUTES)  # the last 6 seen people
     write_jsonl(out / "dpo.jsonl", pairs[:-n_dpo_heldout])
     write_jsonl(out / "dpo_heldout.jsonl", pairs[-n_dpo_heldout:])
