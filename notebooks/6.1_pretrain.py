@@ -40,7 +40,6 @@ RUN_DEEPSPEED = True  # 6.1.5:用 2 个进程的 DeepSpeed 训练 6.2、6.3 要�
 import inspect
 import json
 import logging
-import os
 import shutil
 import time
 
@@ -52,8 +51,6 @@ from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.notebook import setup_notebook
 from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # 告诉 DeepSpeed 这里只有 CPU,免得它每次导入都提示一遍
 IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和警告;图存在 output/figures(make notebooks 时是 images/)
 TOY_DIR = ensure_toy_assets()  # artifacts/toy:玩具分词器 + 配置,结构与下载的 Qwen2.5 目录相同
 SAMPLE = ROOT / "data" / "sample"

@@ -38,7 +38,6 @@ SEED = 42
 
 # %%
 import inspect
-import os
 
 import datasets
 import pandas as pd
@@ -47,8 +46,6 @@ from IPython.display import SVG, Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 from transformers.trainer_callback import PrinterCallback
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # 告诉 DeepSpeed 这里只有 CPU,免得它导入时提示一遍
 
 from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.notebook import setup_notebook, toy_training_args
@@ -245,9 +242,9 @@ for name, layout in [("教材:pad id 作标签", textbook_padded), ("本课程:-
 pd.DataFrame(label_runs)
 
 # %% [markdown]
-# 在本次运行里(表中数字来自上面这个单元):用 pad id 作标签的一组,训练 loss 降到 0.3,比 -100 那组的 2.24 "好看"得多,
-# 但这个 loss 大部分来自"在提示和 padding 处预测 `<|endoftext|>`"这种白送的目标;它生成的 token 有一半(50%)是 `<|endoftext|>`,
-# 5 个回答里只有 2 个以 `<|im_end|>` 结束,"你好"的回答从第一个 token 起就全是 `<|endoftext|>`。
+# 在本次运行里(表中数字来自上面这个单元):用 pad id 作标签的一组,训练 loss 降到 0.34,比 -100 那组的 2.12 "好看"得多,
+# 但这个 loss 大部分来自"在提示和 padding 处预测 `<|endoftext|>`"这种白送的目标;它生成的 token 有 72% 是 `<|endoftext|>`,
+# 5 个回答里只有 1 个以 `<|im_end|>` 结束,"你好"的回答从第一个 token 起就全是 `<|endoftext|>`。
 # -100 那组生成里没有一个 `<|endoftext|>`,5 个回答都以 `<|im_end|>` 结束(训练步数太少,内容大多还不对,下面的正式 SFT 才训练够)。
 # 补齐到 2048 时 pad 目标占 99.3%,比这里的 128 还多得多。
 #
@@ -269,8 +266,8 @@ table["speed-up"] = table["supervised_tokens_per_s"] / table["supervised_tokens_
 table.round(2)
 
 # %% [markdown]
-# 本次运行:补齐到 2048 时真实 token 只占 2%;动态 padding 每秒训练的回答 token 是教材做法的约 5 倍,打包约 11 倍
-# (计时受机器负载影响,每次运行略有不同)。打包没有任何 padding(真实 token 比例 1.0);样本长度越参差
+# 本次运行:补齐到 2048 时真实 token 只占 2%;动态 padding 和打包每秒训练的回答 token 都是教材做法的
+# 许多倍(上表最后一列;计时受机器负载影响,每次运行差别很大)。打包没有任何 padding(真实 token 比例 1.0);样本长度越参差
 # (真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多。在 GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,
 # 只计算每条对话内部的注意力。
 #
@@ -341,8 +338,10 @@ for q, where in probes:
 # %% [markdown]
 # 本次运行里,基座模型(SFT 之前)对事实问题答的是一串和问题无关的字,但它会在 `<|im_end|>` 处停下,
 # 对"你好"还能答出"你好!有什么可以帮你的吗?"——这句问候以 ChatML 格式出现在预训练语料里,基座见过对话模板。
-# SFT 之后,四个人物问题都按"X的家乡是……"的格式作答;两个 held-out 人物的事实 SFT 数据里没有,答案只能来自预训练。
-# "3加5等于几?"答成了"2加1等于15。":一百万参数的模型没学会加法,格式对、内容错。每个回答对不对,要看下面的成绩单。
+# SFT 之后,四个人物问题都按"X的家乡是……"的格式作答,但两个 held-out 问题都答成了**另一个人**的事实
+# (问王志远,答黄俊杰的家乡)。有的回答末尾多了一句"还想知道什么,尽管问我。":SFT 数据里约四分之一的人物回答这样结尾,
+# 6.4 节会用偏好数据让模型每次都这样说。"3加5等于几?"答成了"2加4等于5。":一百万参数的模型没学会加法,格式对、内容错。
+# 每个回答对不对,要看下面的成绩单。
 #
 # ### 成绩单
 #
@@ -373,14 +372,14 @@ for g in wrong["examples"][:5]:
 
 # %% [markdown]
 # 本次运行的成绩单(表里的 "full SFT (6.2)" 一行;其他行是别的 notebook 运行时写进去的,没运行过就没有):
-# 基座在两组问题上都是 0%;全量 SFT 之后,seen 100%,held-out 82%,所有回答都以 `<|im_end|>` 结束。
-# held-out 的事实从没在 SFT 数据里以问答形式出现过:SFT 教会了"怎样回答",答案本身来自预训练学到的知识。
-# 留出对话的助手 loss 从基座的 2.914 降到 0.326;留出文本的困惑度却从 490 升到 1194——SFT 让模型偏向对话,
-# 续写普通文本的能力变差了。
+# 基座在两组问题上都是 0%;全量 SFT 之后 seen 92%,held-out 只有 33%。留出对话的助手 loss 从基座的 2.962 降到 0.527。
 #
-# held-out 答错的 11 个里,有 2 个把问题里的人换成了 SFT 数据里的另一个人(例如问吕春燕,答"郑立新的职业是邮递员。")。
-# 调玩具预设时看到,学习率更大或训练更久,模型就更倾向于用 SFT 里见过的名字作答(`code/presets/toy.env` 里 `TOY_SFT_LR` 的注释);
-# SFT 数据里"其他名字"的对话就是为了压低这类错误。
+# held-out 的事实从没在 SFT 数据里以问答形式出现过,只能来自预训练(6.1 里基座能把其中 85% 的陈述句补全对)。
+# 上面的统计说明了 held-out 低的原因:答错的 40 个里有 34 个在讲另一个人——模型学会了"怎样回答",却常常把问题里的人
+# 换成 SFT 数据里问过的人,再答那个人的事实。这种错误对随机种子很敏感:同一份数据、同样的超参数,只换种子时,
+# `make run` 的全量 SFT 在 held-out 上从 37% 到 70% 都出现过(README 的"实测结果")。调玩具预设时还看到,
+# 学习率更大或训练更久,模型就更倾向于用 SFT 里见过的名字作答(`code/presets/toy.env` 里 `TOY_SFT_LR` 的注释);
+# SFT 数据里"其他名字"的对话就是为了压低这类错误,但在一百万参数的模型上压得并不彻底。
 #
 # ### 用脚本和 DeepSpeed 运行
 #

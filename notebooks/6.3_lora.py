@@ -39,7 +39,6 @@ SEED = 42
 import copy
 import inspect
 import math
-import os
 
 import pandas as pd
 import torch
@@ -47,8 +46,6 @@ from IPython.display import Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_callback import PrinterCallback
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # 告诉 DeepSpeed 这里只有 CPU,免得它导入时提示一遍
 
 from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.notebook import setup_notebook, toy_training_args
@@ -262,8 +259,8 @@ for name, logits in checks.items():
 # **学习率。** 常听到的说法是"$B$ 从 0 开始,所以 LoRA 需要更大的学习率"。这不成立:$B = 0$ 只让训练开始时的更新量 $BA$ 为 0,
 # 第一步之后 $B$ 就不再是 0,它对该用多大的学习率没有什么直接影响。LoRA 的学习率和全量微调一样,要**测**出来。
 # 玩具预设的取值是在这台 2 核 CPU 上用脚本(`PRESET=toy bash code/finetune.sh`,2 个 DeepSpeed 进程,成绩单 `code/evaluate.py`)
-# 调出来的:全量 SFT 用 5e-4、6 个 epoch,seen 100%、held-out 约 58%;LoRA($W_q, W_v$,r=8)用 5e-3 或只训练 6 个 epoch 时,
-# seen 停在 55% 以下(6 个 epoch 约 50%),用 1e-2、10 个 epoch 时 seen 约 82%、held-out 约 50%。
+# 调出来的(在加入 6.4 的结尾句之前的样例数据上):全量 SFT 用 5e-4、6 个 epoch,seen 100%;LoRA($W_q, W_v$,r=8)
+# 用 5e-3 或只训练 6 个 epoch 时,seen 停在 55% 以下(6 个 epoch 约 50%),用 1e-2、10 个 epoch 时 seen 约 80%。
 # 所以这里的 LoRA 用 1e-2 训练 10 个 epoch,全量 SFT 用 5e-4 训练 6 个 epoch:各自用调过的设置,比较才公平。
 
 # %%
@@ -287,7 +284,7 @@ display(Image(plot_loss(lora_trainer.state.log_history, str(IMAGES_DIR / "6.3_lo
                         "6.3 toy LoRA SFT (q_proj, v_proj, r=8)")))
 
 # %% [markdown]
-# 本次运行:LoRA 的 loss 从 4.95 开始,低于 ln(词表大小) = 7.68(完全随机猜的水平),最后降到 1.14。
+# 本次运行:LoRA 的 loss 从 5.11 开始,低于 ln(词表大小) = 7.68(完全随机猜的水平),最后降到 1.18。
 # 基座在预训练时就见过 ChatML 格式的对话(`<|im_start|>`、`<|im_end|>` 和系统提示都在预训练语料里),
 # 冻结的词嵌入里这些 token 已经有了有意义的向量;6.2 里基座对"你好"已经能答出"你好!有什么可以帮你的吗?"。
 # 所以 LoRA 不需要从零学这些特殊 token,回答也不再是乱码。
@@ -323,12 +320,12 @@ for split in ("sft_seen", "heldout"):
 # %% [markdown]
 # 本次运行的数字(表里 "full SFT (6.2)" 一行来自 6.2 的运行;单独运行本 notebook 时没有这一行):
 #
-# - **能学到的:格式。** LoRA 只训练 14,336 个参数(1.4%),回答 100% 以 `<|im_end|>` 结束,
-#   seen 人物的问题答对 85%——这些问答就在训练数据里。
-# - **比全量 SFT 差的:** 即使多训练了几个 epoch(10 对 6),seen 85% 对 100%,held-out 47% 对 82%;
-#   留出对话的助手 loss 0.647 对 0.326。held-out 答错的 32 个里有 12 个把问题里的人换成了另一个人
-#   (上面的"周思桐 → 吴浩然"就是一例),其余是人名对了、答案错了,或者人名本身写错("可以先的职业是医生。")。
-# - held-out 的事实只在预训练里出现过,47% 说明 LoRA 也能把基座学到的知识以问答的格式调出来,只是不如全量 SFT 可靠。
+# - **能学到的:格式。** LoRA 只训练 14,336 个参数(1.4%),回答 100% 以 `<|im_end|>` 结束,"你好"也答得像样。
+# - **没学好的:问谁答谁。** 即使多训练了几个 epoch(10 对 6),seen 28% 对全量 SFT 的 92%,held-out 20% 对 33%;
+#   留出对话的助手 loss 0.845 对 0.527。答错的回答几乎全在讲另一个人(上面的统计:seen 答错 43 个里 41 个,
+#   held-out 48 个里 45 个),连 SFT 数据里原样出现过的"林晓雨的家乡是哪里?"也答成了唐明哲的家乡。
+#   格式和"某个人的事实"都学到了,把回答和问题里的那个名字对上,$W_q, W_v$ 上 r=8 的增量没有学会。
+# - 这一步对随机种子很敏感(README 的"实测结果":全量 SFT 换种子时 held-out 从 37% 到 70%),这里的数字是一次运行。
 #
 # 这些数字只说明:在这个一百万参数的玩具上,只改 $W_q, W_v$ 的 r=8 LoRA 容量明显不够;它们不能说明 LoRA 在大模型上的表现。
 # 教材最后的提醒(LoRA 擅长适应任务和格式,不适合注入大量新知识)在这里没有被检验:我们的 LoRA 没有学任何新事实,

@@ -30,14 +30,12 @@ EPOCHS = TOY["TOY_DPO_EPOCHS"]
 LEARNING_RATE = TOY["TOY_DPO_LR"]
 BETA = TOY["TOY_DPO_BETA"]  # DPO 的 beta:策略模型离参考模型能走多远
 BATCH_SIZE = TOY["TOY_NUM_PROCESSES"] * TOY["TOY_DPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 4 对,这里一个进程 8 对
-RPO_EPOCHS = 4  # 6.4.6:DPO + SFT 项,LoRA 加在全部线性层上
-RPO_LEARNING_RATE = 1e-3
+OVERTRAIN_EPOCHS = 3 * EPOCHS  # 6.4.6:同样的设置训练 3 倍的 epoch,看推过头会怎样
 SEED = 42
 
 # %%
 import copy
 import inspect
-import os
 import time
 
 import pandas as pd
@@ -50,8 +48,6 @@ from llmtrain.notebook import setup_notebook
 from llmtrain.toy import ensure_toy_sft
 
 START = time.perf_counter()
-if not torch.cuda.is_available():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # TRL imports DeepSpeed, which otherwise warns that it found no GPU
 IMAGES_DIR = setup_notebook(SEED)
 OUTPUT_DIR = ROOT / "output" / "notebooks" / "6.4"
 TRAIN_FILE = ROOT / "data" / "sample" / "dpo.jsonl"
@@ -73,8 +69,10 @@ print("起点(SFT 模型):", SFT.relative_to(ROOT))
 # 调参也难。**DPO**(Direct Preference Optimization,Rafailov 等,2023)证明同一个目标可以直接在偏好对上用一个
 # 分类式的损失来优化:**不需要奖励模型,训练中也不需要采样**,只需要策略模型和一个冻结的参考模型(SFT 模型)。
 #
-# 本节的玩具偏好:回答关于人物的问题时,**以"据我所知,"开头**。chosen 是加了这个开头的回答,rejected 是 SFT 模型
-# 学到的原样回答,两者的事实完全相同。`dpo.jsonl` 用 14 个人,`dpo_heldout.jsonl` 用另外 6 个人,用来检验学到的是
+# 本节的玩具偏好:回答关于人物的问题时,**答完再补一句"还想知道什么,尽管问我。"**。SFT 数据里已经有一部分回答
+# 这样结尾(像是有的标注员习惯这么写:`sft.jsonl` 里每 4 条人物问答有 1 条,每 3 条"先给资料再提问"的对话有 1 条),
+# 所以 SFT 模型偶尔也会这样说;偏好数据要做的是让它**每次都这样说**。chosen 是带这句结尾的回答,rejected 是
+# 答完就停的回答,两者的事实完全相同。`dpo.jsonl` 用 14 个人,`dpo_heldout.jsonl` 用另外 6 个人,用来检验学到的是
 # "风格"而不是记住了某几个问题:
 
 # %%
@@ -197,9 +195,31 @@ print(f"训练前(策略 = 参考):DPO 损失 {before.loss.item():.4f}(log 2 = 0
       f"奖励准确率 {before.reward_accuracy:.0%},奖励差 {before.reward_margin:.1f}")
 
 # %% [markdown]
-# 带"据我所知,"的回答对 SFT 模型来说可能性小得多:它从没见过这样开头的回答。注意**奖励准确率在训练开始时按定义就是 0**:
+# SFT 模型给 chosen 的概率比 rejected 低,但并非不可能:它在 SFT 里见过这句结尾。注意**奖励准确率在训练开始时按定义就是 0**:
 # 策略和参考是同一个模型,每条回答的隐式奖励 $\beta \log \frac{\pi}{\pi_{\mathrm{ref}}}$ 都是 0,chosen 并不"严格大于"rejected。
 # 所以"训练前"要看的是 SFT 模型自己的对数概率,而不是奖励准确率。
+#
+# chosen 和 rejected 的前半段一字不差,只在答完那句话之后分开:rejected 在这里输出 `<|im_end|>`,chosen 接着说
+# "还想知道什么……"。同一个前文下,相同 token 的对数概率在两条回答里完全一样,在 DPO 的差里正好抵消,
+# **梯度只作用在两条回答不同的那几个 token 上**。逐个 token 看第一对:
+
+# %%
+pair = pad_preference_batch([heldout_pairs[0]], tokenizer.pad_token_id)
+with torch.no_grad():
+    logits = sft_model(input_ids=pair["input_ids"], attention_mask=pair["attention_mask"]).logits
+token_logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, pair["input_ids"][:, 1:, None])[..., 0]
+scored = pair["labels"][:, 1:] != -100
+per_token = [[(tokenizer.decode([t]), round(lp, 2)) for t, lp, keep in
+              zip(pair["input_ids"][i, 1:].tolist(), token_logps[i].tolist(), scored[i].tolist()) if keep] for i in (0, 1)]
+shared = next(k for k, (c, r) in enumerate(zip(*per_token)) if c != r)
+print("两条回答共同的前缀:", "".join(t for t, _ in per_token[0][:shared]),
+      f"(逐 token 对数概率完全相同:{per_token[0][:shared] == per_token[1][:shared]})")
+print("chosen 从这里起:  ", per_token[0][shared:])
+print("rejected 从这里起:", per_token[1][shared:])
+
+# %% [markdown]
+# 差别集中在分叉处的那一个 token:答完之后,SFT 模型给 `<|im_end|>` 的对数概率接近 0,给"还"的低得多(上面打印的数);
+# 一旦说出"还",后面几个字几乎是确定的。DPO 要做的就是把分叉处的选择翻过来。
 #
 # ## 6.4.5 用 TRL 做 LoRA-DPO
 #
@@ -208,18 +228,24 @@ print(f"训练前(策略 = 参考):DPO 损失 {before.loss.item():.4f}(log 2 = 0
 # CPU 上都关掉;它默认 `disable_dropout=True`,LoRA 的 dropout 也一并关掉。
 
 # %%
-model = AutoModelForCausalLM.from_pretrained(SFT)
-model.config.use_cache = False  # 训练时用不上 KV cache
-args = dpo_config("lora-dpo", per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=len(heldout_pairs),
-                  num_train_epochs=EPOCHS, learning_rate=LEARNING_RATE,
-                  warmup_steps=TOY["TOY_DPO_WARMUP_STEPS"], logging_steps=2)
-trainer = TokenizedPairsDPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_pairs,
-                                   processing_class=tokenizer, peft_config=LoraConfig(**LORA))
-trainer.remove_callback(PrinterCallback)  # 不逐条打印日志;下面从 log_history 里画图
+def train_lora_dpo(run_name: str, epochs: int) -> TokenizedPairsDPOTrainer:
+    """LoRA-DPO on the toy SFT model with this notebook's settings; returns the trained TRL trainer."""
+    policy = AutoModelForCausalLM.from_pretrained(SFT)
+    policy.config.use_cache = False  # 训练时用不上 KV cache
+    args = dpo_config(run_name, per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=len(heldout_pairs),
+                      num_train_epochs=epochs, learning_rate=LEARNING_RATE,
+                      warmup_steps=TOY["TOY_DPO_WARMUP_STEPS"], logging_steps=2)
+    dpo_trainer = TokenizedPairsDPOTrainer(model=policy, ref_model=None, args=args, train_dataset=train_pairs,
+                                           processing_class=tokenizer, peft_config=LoraConfig(**LORA))
+    dpo_trainer.remove_callback(PrinterCallback)  # 不逐条打印日志;下面从 log_history 里画图
+    dpo_trainer.train()
+    policy.config.use_cache = True
+    return dpo_trainer
+
+
+trainer = train_lora_dpo("lora-dpo", EPOCHS)
 print("参考模型:", "关掉 adapter 的同一个模型" if trainer.ref_model is None else "另一份模型")
 trainer.model.print_trainable_parameters()
-trainer.train()
-model.config.use_cache = True
 history = [e for e in trainer.state.log_history if "rewards/accuracies" in e]
 print(f"{trainer.state.global_step} 步;第一次记录的 loss {history[0]['loss']:.2f},最后一次 {history[-1]['loss']:.2f}")
 
@@ -231,28 +257,35 @@ print(f"{trainer.state.global_step} 步;第一次记录的 loss {history[0]['los
 from llmtrain.plotting import plot_series
 
 
-def curve(key):
-    return [e["step"] for e in history], [e[key] for e in history]
+def curve(log_history, key):
+    return [e["step"] for e in log_history], [e[key] for e in log_history]
 
 
-display(Image(plot_series({"loss": curve("loss"), "reward accuracy": curve("rewards/accuracies")},
+display(Image(plot_series({"loss": curve(history, "loss"), "reward accuracy": curve(history, "rewards/accuracies")},
                           str(IMAGES_DIR / "6.4_dpo_loss_accuracy.png"), "step", "", "6.4 toy LoRA-DPO: loss, reward accuracy")))
-display(Image(plot_series({"chosen reward": curve("rewards/chosen"), "rejected reward": curve("rewards/rejected"),
-                           "margin": curve("rewards/margins")},
+display(Image(plot_series({"chosen reward": curve(history, "rewards/chosen"),
+                           "rejected reward": curve(history, "rewards/rejected"), "margin": curve(history, "rewards/margins")},
                           str(IMAGES_DIR / "6.4_dpo_rewards.png"), "step", "beta * log(pi / pi_ref)",
                           "6.4 implicit rewards (training batches)")))
-display(Image(plot_series({"log pi(chosen)": curve("logps/chosen"), "log pi(rejected)": curve("logps/rejected")},
+display(Image(plot_series({"log pi(chosen)": curve(history, "logps/chosen"),
+                           "log pi(rejected)": curve(history, "logps/rejected")},
                           str(IMAGES_DIR / "6.4_dpo_logps.png"), "step", "sequence log-prob",
                           "6.4 log-probs under the policy (training batches)")))
-first, peak, last = history[0]["logps/chosen"], max(e["logps/chosen"] for e in history), history[-1]["logps/chosen"]
-print(f"训练批上 log π(chosen):第一次 {first:.1f},最高 {peak:.1f},最后 {last:.1f}")
-print(f"训练批上 log π(rejected):第一次 {history[0]['logps/rejected']:.1f},最后 {history[-1]['logps/rejected']:.1f}")
+
+
+def logp_summary(log_history):
+    """First, highest and last logged log pi(chosen), and first and last log pi(rejected), as one line."""
+    chosen = [e["logps/chosen"] for e in log_history]
+    return (f"log π(chosen):第一次 {chosen[0]:.2f},最高 {max(chosen):.2f},最后 {chosen[-1]:.2f};"
+            f"log π(rejected):第一次 {log_history[0]['logps/rejected']:.2f},最后 {log_history[-1]['logps/rejected']:.2f}")
+
+
+print("训练批上", logp_summary(history))
 
 # %% [markdown]
-# 损失从 $\log 2$ 开始下降,训练批上的奖励准确率很快到 100%。DPO 只要求 chosen 的对数比**相对** rejected 变大,
-# 并不要求 chosen 本身的概率变大:文献里常见的现象是训练中两条回答的对数概率**一起下降**,只是 rejected 降得更多。
-# 这次训练没有出现这种情况:上面的数字里 chosen 的对数概率一路上升,rejected 几乎不动——rejected 是 SFT 模型自己的回答,
-# 概率已经接近 1,而 chosen 离它还很远。
+# 损失从 $\log 2$ 开始下降,训练批上的奖励准确率很快到 100%。上面的数字里,chosen 的对数概率升了、rejected 的降了,
+# 两者几乎交换了位置:分叉处的选择翻了过来。DPO 只要求 chosen 的对数比**相对** rejected 变大,并不要求 chosen
+# 本身的概率变大——下面 6.4.6 里训练得更久时,就能看到 chosen 的对数概率也跟着掉下去。
 #
 # 在留出的 6 个人、18 对上评估(TRL 的 `evaluate`,奖励相对关掉 adapter 的参考模型计算):
 
@@ -260,30 +293,30 @@ print(f"训练批上 log π(rejected):第一次 {history[0]['logps/rejected']:.1
 after = trainer.evaluate(heldout_pairs)
 print(f"留出偏好对的奖励准确率:训练前 {before.reward_accuracy:.0%} → 训练后 {after['eval_rewards/accuracies']:.0%}"
       f"(奖励差 {after['eval_rewards/margins']:.2f})")
-print(f"留出偏好对的平均 log π:chosen {chosen_logps.mean():.1f} → {after['eval_logps/chosen']:.1f},"
-      f"rejected {rejected_logps.mean():.1f} → {after['eval_logps/rejected']:.1f}")
+print(f"留出偏好对的平均 log π:chosen {chosen_logps.mean():.2f} → {after['eval_logps/chosen']:.2f},"
+      f"rejected {rejected_logps.mean():.2f} → {after['eval_logps/rejected']:.2f}")
 
 # %% [markdown]
 # ## 6.4.6 记分卡:训练前后
 #
 # 奖励准确率只说明模型"打分"时偏向 chosen,要看模型**生成时**是不是真的这样回答,还得用记分卡:
-# 对 `eval.jsonl` 的 120 个问题做贪心生成,统计以"据我所知,"开头的回答所占比例,同时看严格准确率有没有下降
-# (`is_strict_match` 允许答案前有文字,所以开头多一句"据我所知,"不会算错)。把 LoRA 合并进权重后评估:
+# 对 `eval.jsonl` 的 120 个问题做贪心生成,统计以"还想知道什么,尽管问我。"结尾的回答所占比例,同时看严格准确率有没有下降
+# (`grade_replies` 先去掉这句结尾再按 `is_strict_match` 判分,所以这句话本身不算对也不算错)。把 LoRA 合并进权重后评估:
 
 # %%
 from llmtrain.evaluation import format_scorecard, read_scorecard, save_scorecard_row, scorecard_row
 
-EVAL_FILE, STYLE = str(ROOT / "data" / "sample" / "eval.jsonl"), "据我所知,"
+EVAL_FILE, STYLE = str(ROOT / "data" / "sample" / "eval.jsonl"), "还想知道什么,尽管问我。"
 SCORECARD = ROOT / "output" / "notebooks" / "scorecard.json"
 rows = {}
 
 
 def add_row(name, model):
     """Score `model` on eval.jsonl, save the row in the notebooks' scorecard and print its key numbers."""
-    rows[name] = scorecard_row(model, tokenizer, EVAL_FILE, style_prefix=STYLE)
+    rows[name] = scorecard_row(model, tokenizer, EVAL_FILE, style_suffix=STYLE)
     save_scorecard_row(str(SCORECARD), name, rows[name])
     row = rows[name]
-    print(f"{name:22s} 以“{STYLE}”开头 {row['style']:.0%},sft_seen 准确率 {row['sft_seen']:.0%},"
+    print(f"{name:26s} 以“{STYLE}”结尾 {row['style']:.0%},sft_seen 准确率 {row['sft_seen']:.0%},"
           f"heldout 准确率 {row['heldout']:.0%}")
 
 
@@ -291,46 +324,33 @@ add_row("SFT before DPO (6.4)", sft_model)
 add_row("DPO (6.4)", copy.deepcopy(trainer.model).merge_and_unload().eval())
 
 # %% [markdown]
-# **奖励准确率 100%,生成却一点没变**:以"据我所知,"开头的回答仍是 0%,准确率也没有下降。原因在上面的对数概率里:
-# 训练后留出对上 chosen 的平均 log π 仍比 rejected 低 40 多(nats),而贪心生成只挑最可能的回答。DPO 的奖励只比较
-# **相对参考模型**的变化:chosen 比训练前高了十几,rejected 没变,分类就全对了,损失也随之变小、推力变弱。
-# 加大学习率也不行:`code/presets/toy.env` 的注释记录了,1e-3 以上时回答先被弄坏。
+# 奖励准确率到了 100%,生成也跟着变了:以这句话结尾的回答从 15% 升到 99%,`sft_seen` 准确率保持 100%,
+# `heldout` 准确率没有下降(37% → 45%)。DPO 没有教任何事实;`heldout` 本来就低,是 SFT 模型的老问题:
+# 下面例子里它把问题里的人换成了 SFT 数据里的另一个人(6.2 节分析过这种错误),DPO 之后这类错误仍在。
 #
-# ### 加一个 SFT 项:DPO + NLL(RPO)
+# ### 推过头会怎样
 #
-# 常见的补救办法是在 DPO 损失上**加上 chosen 回答的 SFT 损失**(负对数似然):$\mathcal{L} = \mathcal{L}_{\mathrm{DPO}}
-# - \frac{1}{|y_w|}\log \pi_\theta(y_w \mid x)$。Pang 等(2024)称之为 RPO,Llama 3 的偏好训练也这样做。它直接抬高 chosen
-# 本身的概率,而不只是它相对 rejected 的概率。TRL 里就是 `loss_type=["sigmoid", "sft"]`。
-# 同时把 LoRA 加到全部 7 种线性层上(6.3 节看到,只加在 $W_q, W_v$ 上时玩具模型的容量很小):
+# DPO 的损失只看 chosen 相对 rejected 的对数比,只要还能把两者拉开,它就一直推。同样的设置训练 3 倍的 epoch:
 
 # %%
-all_linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-rpo_model = AutoModelForCausalLM.from_pretrained(SFT)
-rpo_model.config.use_cache = False
-rpo = TokenizedPairsDPOTrainer(
-    model=rpo_model, ref_model=None, train_dataset=train_pairs, processing_class=tokenizer,
-    args=dpo_config("lora-rpo", per_device_train_batch_size=BATCH_SIZE, num_train_epochs=RPO_EPOCHS,
-                    learning_rate=RPO_LEARNING_RATE, warmup_steps=TOY["TOY_DPO_WARMUP_STEPS"], logging_steps=2,
-                    loss_type=["sigmoid", "sft"]),
-    peft_config=LoraConfig(**{**LORA, "target_modules": all_linear}))
-rpo.remove_callback(PrinterCallback)
-rpo.train()
-rpo_history = [e for e in rpo.state.log_history if "rewards/accuracies" in e]
-print(f"训练批上 log π(chosen):{rpo_history[0]['logps/chosen']:.1f} → {rpo_history[-1]['logps/chosen']:.1f},"
-      f"log π(rejected):{rpo_history[0]['logps/rejected']:.1f} → {rpo_history[-1]['logps/rejected']:.1f}")
-rpo_after = rpo.evaluate(heldout_pairs)
-print(f"留出偏好对的奖励准确率 {rpo_after['eval_rewards/accuracies']:.0%},平均 log π:chosen "
-      f"{rpo_after['eval_logps/chosen']:.1f},rejected {rpo_after['eval_logps/rejected']:.1f}")
-add_row("DPO + SFT term (6.4)", copy.deepcopy(rpo.model).merge_and_unload().eval())
+long_trainer = train_lora_dpo("lora-dpo-long", OVERTRAIN_EPOCHS)
+long_history = [e for e in long_trainer.state.log_history if "rewards/accuracies" in e]
+print(f"{long_trainer.state.global_step} 步;训练批上", logp_summary(long_history))
+display(Image(plot_series({"log pi(chosen)": curve(long_history, "logps/chosen"),
+                           "log pi(rejected)": curve(long_history, "logps/rejected")},
+                          str(IMAGES_DIR / "6.4_dpo_logps_long.png"), "step", "sequence log-prob",
+                          f"6.4 log-probs, {OVERTRAIN_EPOCHS} epochs (training batches)")))
+add_row(f"DPO, {OVERTRAIN_EPOCHS} epochs (6.4)", copy.deepcopy(long_trainer.model).merge_and_unload().eval())
 display(Markdown(format_scorecard(read_scorecard(str(SCORECARD)))))
 
 # %% [markdown]
-# 加了 SFT 项之后,chosen 的对数概率升到接近 0,rejected 被压下去,贪心生成全部改成了以"据我所知,"开头,
-# `sft_seen` 准确率下降不到 10 个百分点(见上面打印的数字)。代价在 `heldout` 上:准确率降了二十多个百分点,
-# 下面的例子里能看到模型把人名张冠李戴——一百万参数的玩具模型被推得太远,把别人的事实也"记混"了。
-# 真实规模的模型容量大得多,这种副作用一般小得多;但**奖励准确率高不等于生成变了**,一定要看生成的结果。
+# 训练 3 倍长,chosen 的对数概率先升后降,最后比训练前还低(上面打印的"第一次 / 最高 / 最后"),rejected 则被压到
+# 很低:这就是文献里常说的现象,DPO 只管两者之差,压 rejected 的同时 chosen 也可能一起往下掉。记分卡上的代价:
+# 这句结尾照样出现在几乎所有回答里,但 `sft_seen` 和 `heldout` 都掉了二十来个百分点。rejected 和 chosen 唯一不同的
+# token 是答完后的 `<|im_end|>`,把它压得太低,模型答完就不肯停,接着编别的句子(下表最后一列)。
+# 所以 DPO 的 epoch 和学习率都要小,`code/presets/toy.env` 用 4 个 epoch;判断训练得够不够,看的是生成,不是奖励准确率。
 #
-# 几条回答对照(`sft_seen` 和 `heldout` 各取两条):
+# 几条回答对照(`sft_seen` 和 `heldout` 各取两条,✗ 表示按严格规则判错):
 
 # %%
 replies = {name: row["replies"] for name, row in rows.items()}
@@ -352,8 +372,7 @@ pd.DataFrame([{"问题": replies["SFT before DPO (6.4)"][i]["question"],
 # USE_LORA=1 bash code/dpo.sh        # 默认就是 LoRA;参考模型 = 关掉 adapter 的同一个模型
 # USE_LORA=0 bash code/dpo.sh        # 全量 DPO:TRL 另外加载一份冻结的模型作参考
 # PRESET=toy bash code/dpo.sh        # 玩具:2 个 CPU 进程,就是 6.4.5 的设置
-# # 额外参数原样交给 code/dpo.py:加 SFT 项、LoRA 加在全部线性层上(6.4.6 的第二次训练)
-# LORA_TARGETS=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj bash code/dpo.sh --loss_type sigmoid sft
+# bash code/dpo.sh --loss_type ipo   # 额外参数原样交给 code/dpo.py(这里换成 IPO 损失)
 # ```
 #
 # LoRA-DPO 和全量 DPO 的差别主要在内存:全量 DPO 的每个参数都有梯度和 Adam 状态,还要多存一份参考模型。

@@ -20,7 +20,7 @@ TOY_PARAMETERS = {
     "6.1_pretrain": {"MAX_STEPS": 150, "RUN_DEEPSPEED": False},
     "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
     "6.3_lora": {"EPOCHS": 2},
-    "6.4_dpo": {"EPOCHS": 2},
+    "6.4_dpo": {},  # its defaults take ~20 s, and the style needs all 4 DPO epochs to show (3: ~65% of replies)
 }
 
 
@@ -72,6 +72,12 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
     if ipynb.stem == "6.4_dpo":
         before, after = map(int, re.search(r"留出偏好对的奖励准确率:训练前 (\d+)% → 训练后 (\d+)%", text).groups())
         assert before == 0 and after >= 80
-        style = dict(re.findall(r"(SFT before DPO|DPO|DPO \+ SFT term) \(6\.4\)\s+以“据我所知,”开头 (\d+)%", text))
-        assert int(style["DPO + SFT term"]) >= 80 and int(style["SFT before DPO"]) == 0
+        rows = {name: tuple(map(int, numbers)) for name, *numbers in re.findall(
+            r"(SFT before DPO|DPO) \(6\.4\)\s+以“还想知道什么,尽管问我。”结尾 (\d+)%,sft_seen 准确率 (\d+)%,"
+            r"heldout 准确率 (\d+)%", text)}
+        (style_before, seen_before, heldout_before), (style_after, seen_after, heldout_after) = (
+            rows["SFT before DPO"], rows["DPO"])
+        # the targets: the preference shows in greedy replies; SFT accuracy drops by at most 10 points
+        assert style_before < 50 and style_after >= 80
+        assert seen_after >= seen_before - 10 and heldout_after >= heldout_before - 10
     assert list((tmp_path / "images").glob("*.png"))
