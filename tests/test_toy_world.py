@@ -59,11 +59,15 @@ def test_heldout_facts_are_only_in_pretraining(world):
         assert len(stating) >= world.BIOS_PER_PERSON - 1, item
 
 
-def test_sft_seen_questions_are_asked_in_the_sft_data_with_their_answer():
+def test_sft_seen_questions_are_asked_in_the_sft_data_with_their_answer(world):
     asked = {r["conversations"][0]["value"]: r["conversations"][1]["value"] for r in read("sft.jsonl")
              if r["conversations"][0]["from"] == "human"}
     seen = [e for e in read("eval.jsonl") if e["split"] == "sft_seen"]
-    assert seen and all(asked[e["question"]].endswith(e["answer"] + "。") for e in seen)
+    replies = [asked[e["question"]] for e in seen]
+    assert seen and all(r.removesuffix(world.DPO_STYLE_SUFFIX).endswith(e["answer"] + "。") for r, e in zip(replies, seen))
+    # 6.4's closing sentence: some SFT replies already have it (so DPO re-weights it), most do not
+    styled = sum(r.endswith(world.DPO_STYLE_SUFFIX) for r in replies)
+    assert 0 < styled < len(replies) / 2
 
 
 def test_toy_tokenizer_decodes_every_sample_token_to_whole_characters(toy_tokenizer):
