@@ -19,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 toy: $(TOY)/config.json  ## build the toy tokenizer + tiny Qwen2 config (artifacts/toy)
 
-$(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl data/sample/pretrain_valid.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
+$(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl data/sample/pretrain_valid.jsonl data/sample/sft.jsonl data/sample/sft_valid.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
 	$(PY) -m llmtrain.toy --output_dir $(TOY)
 
 # The scorecard of every stage (llmtrain.evaluation): eval questions seen in SFT vs held out, held-out

@@ -22,8 +22,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.dpo import build_preference_dataset, dpo_batch_loss, load_preference_dataset, pad_preference_batch
-from llmtrain.lora import add_peft_lora, lora_parameter_count
+from llmtrain.dpo import (build_preference_dataset, dpo_batch_loss, dpo_model_state_bytes, load_preference_dataset,
+                          pad_preference_batch)
+from llmtrain.lora import add_peft_lora
 from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
 from llmtrain.toy import ensure_toy_pretrained
 
@@ -101,15 +102,13 @@ def main() -> int:
               f"{r['optimizer_bytes'] / 2**10:,.0f} KiB | {r['peak_extra_bytes'] / 2**20:,.0f} MiB | "
               f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} |")
 
-    with torch.device("meta"):
-        big = AutoModelForCausalLM.from_config(qwen2_5_1_5b_config())
-    n, n_lora = count_parameters(big), lora_parameter_count(big, TARGETS, RANK)
-    print("\nQwen2.5-1.5B, computed model states: bf16 weights (2 B/param), bf16 grads (2 B) and mixed-precision "
-          "AdamW (12 B) per trainable parameter")
+    print("\nQwen2.5-1.5B, computed model states (`llmtrain.dpo.dpo_model_state_bytes`): bf16 weights (2 B/param), "
+          "bf16 grads (2 B) and mixed-precision AdamW (12 B) per trainable parameter")
     print("| variant | policy + grads + optimizer | reference | total |\n| --- | ---: | ---: | ---: |")
-    full, lora = 16 * n, 2 * n + 16 * n_lora
-    print(f"| full DPO | {full / 2**30:.1f} GiB | {2 * n / 2**30:.1f} GiB | {(full + 2 * n) / 2**30:.1f} GiB |")
-    print(f"| LoRA-DPO | {lora / 2**30:.2f} GiB | 0 (adapter off) | {lora / 2**30:.2f} GiB |")
+    for label, targets in (("full DPO", None), ("LoRA-DPO", TARGETS)):
+        states = dpo_model_state_bytes(qwen2_5_1_5b_config(), targets, RANK)
+        reference = f"{states['reference'] / 2**30:.1f} GiB" if states["reference"] else "0 (adapter off)"
+        print(f"| {label} | {states['policy'] / 2**30:.2f} GiB | {reference} | {sum(states.values()) / 2**30:.2f} GiB |")
     return 0
 
 

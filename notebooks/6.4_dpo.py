@@ -218,7 +218,7 @@ print("chosen 从这里起:  ", per_token[0][shared:])
 print("rejected 从这里起:", per_token[1][shared:])
 
 # %% [markdown]
-# 差别集中在分叉处的那一个 token:答完之后,SFT 模型给 `<|im_end|>` 的对数概率接近 0,给"还"的低得多(上面打印的数);
+# 差别集中在分叉处的那一个 token:答完之后,SFT 模型更倾向于输出 `<|im_end|>`,给"还"的对数概率低得多(上面打印的数);
 # 一旦说出"还",后面几个字几乎是确定的。DPO 要做的就是把分叉处的选择翻过来。
 #
 # ## 6.4.5 用 TRL 做 LoRA-DPO
@@ -304,9 +304,10 @@ print(f"留出偏好对的平均 log π:chosen {chosen_logps.mean():.2f} → {af
 # (`grade_replies` 先去掉这句结尾再按 `is_strict_match` 判分,所以这句话本身不算对也不算错)。把 LoRA 合并进权重后评估:
 
 # %%
+from llmtrain.evaluation import TOY_STYLE_SUFFIX as STYLE
 from llmtrain.evaluation import format_scorecard, read_scorecard, save_scorecard_row, scorecard_row
 
-EVAL_FILE, STYLE = str(ROOT / "data" / "sample" / "eval.jsonl"), "还想知道什么,尽管问我。"
+EVAL_FILE = str(ROOT / "data" / "sample" / "eval.jsonl")
 SCORECARD = ROOT / "output" / "notebooks" / "scorecard.json"
 rows = {}
 
@@ -324,9 +325,10 @@ add_row("SFT before DPO (6.4)", sft_model)
 add_row("DPO (6.4)", copy.deepcopy(trainer.model).merge_and_unload().eval())
 
 # %% [markdown]
-# 奖励准确率到了 100%,生成也跟着变了:以这句话结尾的回答从 15% 升到 99%,`sft_seen` 准确率保持 100%,
-# `heldout` 准确率没有下降(37% → 45%)。DPO 没有教任何事实;`heldout` 本来就低,是 SFT 模型的老问题:
-# 下面例子里它把问题里的人换成了 SFT 数据里的另一个人(6.2 节分析过这种错误),DPO 之后这类错误仍在。
+# 奖励准确率到了 100%,生成也跟着变了:以这句话结尾的回答从 22% 升到 95%,`sft_seen` 准确率保持 100%,
+# `heldout` 准确率从 58% 到 53%,降了 5 个百分点。DPO 没有教任何事实,SFT 模型答错的问题 DPO 之后照样答错
+# (下面例子的第 4 行)。换随机种子重跑整条流程,结尾句都到了 95% 以上,两组准确率的变化在 −6 到 +7 个百分点之间
+# (`bench/seed_spread.py`,README 的"实测结果")。
 #
 # ### 推过头会怎样
 #
@@ -346,8 +348,9 @@ display(Markdown(format_scorecard(read_scorecard(str(SCORECARD)))))
 # %% [markdown]
 # 训练 3 倍长,chosen 的对数概率先升后降,最后比训练前还低(上面打印的"第一次 / 最高 / 最后"),rejected 则被压到
 # 很低:这就是文献里常说的现象,DPO 只管两者之差,压 rejected 的同时 chosen 也可能一起往下掉。记分卡上的代价:
-# 这句结尾照样出现在几乎所有回答里,但 `sft_seen` 和 `heldout` 都掉了二十来个百分点。rejected 和 chosen 唯一不同的
-# token 是答完后的 `<|im_end|>`,把它压得太低,模型答完就不肯停,接着编别的句子(下表最后一列)。
+# 这句结尾照样出现在几乎所有回答里,`sft_seen` 却从 100% 掉到 50%,`heldout` 从 53% 掉到 25%。每一对里 rejected
+# 和 chosen 只在答完之后分叉,可 LoRA 的参数在所有位置共用:把"答完就停"压得太狠,整条回答都被带偏了
+# (下表最后一列:回答不再以问到的人开头,事实也张冠李戴)。
 # 所以 DPO 的 epoch 和学习率都要小,`code/presets/toy.env` 用 4 个 epoch;判断训练得够不够,看的是生成,不是奖励准确率。
 #
 # 几条回答对照(`sft_seen` 和 `heldout` 各取两条,✗ 表示按严格规则判错):

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import ROOT, run_script
 from llmtrain.errors import LlmtrainError
-from llmtrain.evaluation import (EvalQuestion, format_scorecard, grade_replies, is_strict_match, load_eval_questions,
-                                 save_scorecard_row)
+from llmtrain.evaluation import (TOY_STYLE_SUFFIX, EvalQuestion, format_scorecard, grade_replies, is_strict_match,
+                                 load_eval_questions, save_scorecard_row)
 
 TOWNS = {"青石镇", "柳河村", "石桥村"}
 
@@ -32,9 +32,9 @@ def test_strict_rule(reply, counts):
 
 def test_style_suffix_is_counted_and_left_out_of_grading():
     questions = [EvalQuestion("王志远的家乡是哪里?", "青石镇", "heldout")] * 3
-    replies = [("王志远的家乡是青石镇。还想知道什么,尽管问我。", True), ("王志远的家乡是青石镇。", True),
-               ("王志远的家乡是青石镇。还想知道", False)]
-    graded = grade_replies(questions, replies, "还想知道什么,尽管问我。")
+    replies = [("王志远的家乡是青石镇。" + TOY_STYLE_SUFFIX, True), ("王志远的家乡是青石镇。", True),
+               ("王志远的家乡是青石镇。" + TOY_STYLE_SUFFIX[:4], False)]
+    graded = grade_replies(questions, replies, TOY_STYLE_SUFFIX)
     assert [(g["correct"], g["styled"]) for g in graded] == [(True, True), (True, False), (False, False)]
     assert [g["correct"] for g in grade_replies(questions, replies)] == [False, True, False]
 
@@ -70,7 +70,7 @@ def test_evaluate_script_writes_a_row_for_the_toy_base(toy_pretrained, tmp_path)
     out = tmp_path / "row.json"
     result = run_script(["python", "code/evaluate.py", "--model", str(toy_pretrained), "--json", str(out),
                          "--valid_text", "data/sample/pretrain_valid.jsonl",
-                         "--valid_conversations", "data/sample/sft_valid.jsonl", "--style_suffix", "还想知道什么,尽管问我。"])
+                         "--valid_conversations", "data/sample/sft_valid.jsonl", "--style_suffix", TOY_STYLE_SUFFIX])
     assert result.returncode == 0, result.stdout
     row = json.loads(out.read_text(encoding="utf-8"))
     assert len(row["replies"]) == 120 and row["heldout_ppl"] > 1 and row["assistant_loss"] > 0

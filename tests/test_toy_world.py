@@ -64,9 +64,9 @@ def test_sft_seen_questions_are_asked_in_the_sft_data_with_their_answer(world):
              if r["conversations"][0]["from"] == "human"}
     seen = [e for e in read("eval.jsonl") if e["split"] == "sft_seen"]
     replies = [asked[e["question"]] for e in seen]
-    assert seen and all(r.removesuffix(world.DPO_STYLE_SUFFIX).endswith(e["answer"] + "。") for r, e in zip(replies, seen))
+    assert seen and all(r.removesuffix(world.TOY_STYLE_SUFFIX).endswith(e["answer"] + "。") for r, e in zip(replies, seen))
     # 6.4's closing sentence: some SFT replies already have it (so DPO re-weights it), most do not
-    styled = sum(r.endswith(world.DPO_STYLE_SUFFIX) for r in replies)
+    styled = sum(r.endswith(world.TOY_STYLE_SUFFIX) for r in replies)
     assert 0 < styled < len(replies) / 2
 
 
@@ -77,3 +77,20 @@ def test_toy_tokenizer_decodes_every_sample_token_to_whole_characters(toy_tokeni
     partial = sum("\ufffd" in toy_tokenizer.decode([i]) for i in ids)
     assert partial / len(ids) <= 0.005
     assert len(toy_tokenizer) < 4096  # merging stops once every character is one token: the toy stays fast
+
+
+def test_sft_edits_without_new_characters_leave_the_toy_tokenizer_unchanged(tmp_path):
+    from llmtrain.toy import TOKENIZER_CHARACTER_FILES, TOKENIZER_TRAIN_FILES, build_toy_assets
+
+    train, (sft, sft_valid) = [str(p) for p in TOKENIZER_TRAIN_FILES], [str(p) for p in TOKENIZER_CHARACTER_FILES]
+    lines = (SAMPLE / "sft.jsonl").read_text(encoding="utf-8").splitlines()
+    edited = tmp_path / "sft.jsonl"  # 50 conversations twice: every count changes, no new character
+    edited.write_text("\n".join(lines + lines[:50]) + "\n", encoding="utf-8")
+
+    def vocab(name, train_files, character_files):
+        build_toy_assets(str(tmp_path / name), train_files, character_files)
+        return json.loads((tmp_path / name / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+
+    assert vocab("a", train, [sft, sft_valid]) == vocab("b", train, [str(edited), sft_valid])
+    # what the toy did before: learning merges from the conversations too renumbers the tokens after such an edit
+    assert vocab("c", train + [sft], []) != vocab("d", train + [str(edited)], [])

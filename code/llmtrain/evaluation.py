@@ -28,6 +28,8 @@ from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
 SPLITS = ("sft_seen", "heldout")
 EVAL_HINT = ('each line must be one JSON object like {"question": "...", "answer": "...", '
              '"split": "sft_seen" | "heldout"}')
+# 6.4's toy preference: a reply about a person ends with this sentence (data/sample/build_samples.py).
+TOY_STYLE_SUFFIX = "还想知道什么,尽管问我。"
 # What may follow the answer in a reply that counts: closing punctuation and space, nothing else.
 CLOSING = re.compile(r"[\s。.!！]*")
 

@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmtrain.evaluation import TOY_STYLE_SUFFIX
 from llmtrain.sft_data import normalize_conversation, render_chatml
 
 HERE = Path(__file__).parent
@@ -70,12 +71,11 @@ ATTRIBUTES = {
     ),
 }
 BIOS_PER_PERSON = 6
-# 6.4's preference: a reply about a person ends by offering to answer more. Some SFT replies already
-# do (every STYLED_EVERY_SEEN-th seen-person answer, every STYLED_EVERY_IN_CONTEXT-th in-context answer),
+# 6.4's preference: a reply about a person ends with TOY_STYLE_SUFFIX, an offer to answer more. Some SFT replies
+# already do (every STYLED_EVERY_SEEN-th seen-person answer, every STYLED_EVERY_IN_CONTEXT-th in-context answer),
 # as if some annotators wrote it: the SFT model says it now and then, and DPO makes it the rule.
 # DPO re-weights what the model already says; a string the SFT data never had (a "据我所知," opening)
 # reached 0% of greedy replies, while pushing harder broke the answers (README, 6.4).
-DPO_STYLE_SUFFIX = "还想知道什么,尽管问我。"
 STYLED_EVERY_SEEN, STYLED_EVERY_IN_CONTEXT = 4, 3
 N_PROSE_HELDOUT = 10
 
@@ -214,7 +214,7 @@ def other_name_chats(rng: random.Random) -> list[list[str]]:
         attr = rng.choice(list(ATTRIBUTES.values()))
         value = rng.choice(attr.values)
         context = rng.choice(attr.statements[1:]).format(n=n, v=value)
-        reply = attr.reply(n, value) + (DPO_STYLE_SUFFIX if i % STYLED_EVERY_IN_CONTEXT == 0 else "")
+        reply = attr.reply(n, value) + (TOY_STYLE_SUFFIX if i % STYLED_EVERY_IN_CONTEXT == 0 else "")
         chats.append([f"{context}请问,{attr.question.format(n=n)}", reply])
     return chats
 
@@ -286,7 +286,7 @@ def main(out: Path = HERE) -> None:
     tasks = generated(rng)
     rng.shuffle(tasks)
     n_task_valid = 20
-    sft = [([q, r + (DPO_STYLE_SUFFIX if i % STYLED_EVERY_SEEN == 0 else "")], "human")
+    sft = [([q, r + (TOY_STYLE_SUFFIX if i % STYLED_EVERY_SEEN == 0 else "")], "human")
            for i, (q, r, _) in enumerate(seen_qa)]
     sft += [(t, "human") for t in HANDWRITTEN + MULTI_TURN + tasks[n_task_valid:] + other_name_chats(rng)]
     sft += [(t, "assistant") for t in LEADING_ASSISTANT]
@@ -300,9 +300,9 @@ def main(out: Path = HERE) -> None:
     write_jsonl(out / "eval.jsonl", [{"question": q, "answer": a, "split": split}
                                      for split, qa in (("sft_seen", seen_qa), ("heldout", heldout_qa)) for q, _, a in qa])
 
-    # 6.4: prefer replies that end with DPO_STYLE_SUFFIX; pairs on SEEN people, split by person. Chosen and
+    # 6.4: prefer replies that end with TOY_STYLE_SUFFIX; pairs on SEEN people, split by person. Chosen and
     # rejected share every token up to the suffix, so DPO's gradient acts only where they differ.
-    pairs = [{"prompt": q, "chosen": r + DPO_STYLE_SUFFIX, "rejected": r} for q, r, _ in seen_qa]
+    pairs = [{"prompt": q, "chosen": r + TOY_STYLE_SUFFIX, "rejected": r} for q, r, _ in seen_qa]
     n_dpo_heldout = 6 * len(ATTRIBUTES)  # the last 6 seen people
     write_jsonl(out / "dpo.jsonl", pairs[:-n_dpo_heldout])
     write_jsonl(out / "dpo_heldout.jsonl", pairs[-n_dpo_heldout:])
