@@ -20,7 +20,7 @@ TOY_PARAMETERS = {
     "6.1_pretrain": {"MAX_STEPS": 150, "RUN_DEEPSPEED": False},
     "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
     "6.3_lora": {"EPOCHS": 2},
-    "6.4_dpo": {},  # its defaults take ~20 s, and the style needs all 4 DPO epochs to show (3: ~65% of replies)
+    "6.4_dpo": {"SEED": 42},  # its defaults (~20 s): the style needs all 4 DPO epochs to show (3: ~65% of replies)
 }
 
 
@@ -51,7 +51,8 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in out.cells)
     text = "\n".join(o.get("text", "") for c in out.cells if c.cell_type == "code" for o in c.outputs)
     first, last = map(float, re.search(r"第一次记录的 loss ([\d.]+),最后一次 ([\d.]+)", text).groups())
-    assert last < first - (0.2 if ipynb.stem == "6.4_dpo" else 0.5)  # DPO starts at log 2 = 0.69
+    # DPO starts at log 2 = 0.69 and its preferred ending is already likely under the SFT model: it ends near 0.55
+    assert last < first - (0.1 if ipynb.stem == "6.4_dpo" else 0.5)
     if ipynb.stem == "6.1_pretrain":
         assert "150 步" in text
         assert "100.00% 解码为完整字符" in text  # every token a whole character: no "\ufffd"
@@ -80,4 +81,8 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
         # the targets: the preference shows in greedy replies; SFT accuracy drops by at most 10 points
         assert style_before < 50 and style_after >= 80
         assert seen_after >= seen_before - 10 and heldout_after >= heldout_before - 10
+        # the long run shows what the prose says: log pi(chosen) rises, then ends below where it started
+        first, peak, last = map(float, re.search(
+            r"\d+ 步;训练批上 log π\(chosen\):第一次 ([-\d.]+),最高 ([-\d.]+),最后 ([-\d.]+)", text).groups())
+        assert peak > first > last
     assert list((tmp_path / "images").glob("*.png"))
