@@ -1,9 +1,11 @@
-"""The course notebooks' shared set-up: seed, quiet output, a figure folder, and toy TrainingArguments."""
+"""The course notebooks' shared set-up: seed, quiet output, a figure folder, a fresh output folder, the toy base
+model, and toy TrainingArguments."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,13 +13,19 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from transformers import TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from llmtrain import PROJECT_ROOT
+from llmtrain.toy import ensure_toy_pretrained
+
+# The warnings the notebooks' libraries raise that say nothing to a learner of the toy runs:
+# (category, start of the message). Anything else still shows, so a new warning is seen and judged.
+QUIET_WARNINGS: list[tuple[type[Warning], str]] = [
+]
 
 
 def setup_notebook(seed: int = 42) -> Path:
-    """Seed every generator, silence progress bars and library warnings, and return the figure folder.
+    """Seed every generator, silence progress bars and the warnings in QUIET_WARNINGS; return the figure folder.
 
     On a machine without a GPU it also tells DeepSpeed (imported later by Trainer and TRL) to use the CPU
     accelerator, which it otherwise announces at every import.
@@ -34,11 +42,28 @@ def setup_notebook(seed: int = 42) -> Path:
     transformers.utils.logging.set_verbosity_error()
     for name in ("DeepSpeed", "accelerate", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     folder = Path(os.environ.get("COURSE_IMAGES_DIR", PROJECT_ROOT / "output" / "figures"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def fresh_output_dir(notebook: str) -> Path:
+    """output/notebooks/<notebook>, emptied: what a notebook writes there (models, its scorecard) is from this run."""
+    folder = PROJECT_ROOT / "output" / "notebooks" / notebook
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def load_toy_base() -> tuple[Path, PreTrainedTokenizerBase, PreTrainedModel]:
+    """6.2/6.3: the toy pretrained base (`output/toy/pretrain`, as `make run` leaves it), its tokenizer and model.
+
+    Missing or older than the toy assets, it is pretrained first the same way (`llmtrain.toy.ensure_toy_pretrained`).
+    """
+    path = ensure_toy_pretrained()
+    return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
 
 
 def toy_training_args(output_dir: str | Path, **overrides: Any) -> TrainingArguments:
