@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import datasets
+import torch
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
@@ -178,6 +179,15 @@ def make_collator(tokenizer: PreTrainedTokenizerBase, packing: bool) -> Any:
     if packing:
         return DataCollatorWithFlattening()
     return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX)
+
+
+def packed_position_ids(examples: list[dict[str, list[int]]]) -> torch.Tensor:
+    """6.2.2: the position_ids of a padding-free packed batch, shape (1, total tokens): 0, 1, 2, ... per sample.
+
+    The same ids `DataCollatorWithFlattening` (make_collator(packing=True)) builds: counting restarts at 0 at
+    each conversation, and that restart is where the model cuts the attention into per-conversation blocks.
+    """
+    return torch.tensor([[position for ex in examples for position in range(len(ex["input_ids"]))]])
 
 
 def textbook_padded(example: dict[str, list[int]], pad_token_id: int, max_len: int = 2048) -> dict[str, list[int]]:
