@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 STAMP := $(VENV)/.installed
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-fast test-notebooks notebooks sync lab clean
+.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean
 
 setup: $(STAMP)  ## create .venv and install requirements.txt + llmtrain (editable)
 
@@ -63,6 +63,9 @@ test-fast: toy  ## everything but the slow tests (DeepSpeed launches, kill-and-r
 
 test-notebooks: toy  ## notebooks only: pairs in sync, papermill on toy parameters, nbval on the committed outputs
 	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py $(NBVAL)
+
+check-exercises: toy  ## grade your exercises/ (EX=6.4: one notebook; SOLUTION=reference: grade llmtrain's own code)
+	$(PY) -m exercises.check $(if $(EX),--notebook $(EX)) $(if $(SOLUTION),--solution $(SOLUTION))
 
 sync: $(STAMP)  ## re-pair notebooks/*.ipynb and *.py after editing either side
 	$(VENV)/bin/jupytext --sync notebooks/*.py
