@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig
 
 from llmtrain.dpo import (
     TokenizedPairsDPOTrainer, build_preference_dataset, compare_with_trl, dpo_batch_loss, dpo_loss,
-    load_preference_dataset, pad_preference_batch, sequence_logprobs,
+    load_preference_dataset, pad_preference_batch, sequence_logprobs, train_lora_dpo_by_hand,
 )
 from llmtrain.errors import LlmtrainError
 from llmtrain.modeling import toy_config
@@ -124,6 +124,34 @@ def test_lora_reference_is_the_base_with_the_adapter_disabled_as_in_trl(tmp_path
     loss, logged = trl_batch_loss(trainer, trainer.data_collator(examples))
     assert loss == pytest.approx(ours.loss.item(), abs=1e-5)
     assert logged["rewards/margins"] == pytest.approx(ours.reward_margin, abs=1e-5)
+
+
+def test_hand_written_lora_dpo_loop_follows_trl_step_by_step(tmp_path, pairs, toy_tokenizer):
+    lora = dict(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    steps, lr = len(pairs), 1e-2
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), beta=BETA, max_length=128, bf16=False,
+                     activation_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
+                     disable_tqdm=True, per_device_train_batch_size=1, max_steps=steps, learning_rate=lr,
+                     lr_scheduler_type="constant", optim="adamw_torch", train_sampling_strategy="sequential",
+                     logging_steps=1)
+    trainer = TokenizedPairsDPOTrainer(model=toy_model(toy_tokenizer, seed=3), ref_model=None, args=args,
+                                       train_dataset=pairs, processing_class=toy_tokenizer,
+                                       peft_config=LoraConfig(**lora))
+    # our policy: the same base and the very adapter TRL starts from (A random, B = 0); dropout off, as TRL's
+    policy = get_peft_model(toy_model(toy_tokenizer, seed=3), LoraConfig(**lora, lora_dropout=0.0))
+    policy.load_state_dict(trainer.model.state_dict())
+    ours = train_lora_dpo_by_hand(policy, [pairs[i] for i in range(steps)], toy_tokenizer.pad_token_id, BETA, lr,
+                                  pairs_per_step=1, steps=steps)
+    trainer.train()
+    trl = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(trl) == steps and ours[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(ours[-1] - ours[0]) > 1e-3  # the adapter learned, so agreement is not two flat lines
+    assert max(abs(a - b) for a, b in zip(ours, trl)) <= 1e-5
+    trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert max((p - trained[n]).abs().max().item() for n, p in policy.named_parameters() if p.requires_grad) <= 1e-5
+    with pytest.raises(LlmtrainError, match="4 steps of 1 pairs need 4 pairs, got 3"):
+        train_lora_dpo_by_hand(policy, [pairs[i] for i in range(steps)], toy_tokenizer.pad_token_id, BETA, lr,
+                               pairs_per_step=1, steps=4)
 
 
 def test_dpo_loss_on_hand_computed_numbers():

@@ -242,16 +242,56 @@ def dpo_batch_loss(
     return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
 
 
+def train_lora_dpo_by_hand(
+    policy: torch.nn.Module,
+    examples: list[dict[str, list[int]]],
+    pad_token_id: int,
+    beta: float,
+    learning_rate: float,
+    pairs_per_step: int,
+    steps: int,
+    max_grad_norm: float = 1.0,
+) -> list[float]:
+    """6.4: DPO training written out: `steps` AdamW updates of a peft LoRA policy on `examples` in order; each loss.
+
+    The reference is the policy with its adapter disabled (`dpo_batch_loss`). The optimizer is TRL's with
+    `optim="adamw_torch"`, `lr_scheduler_type="constant"` and its default `weight_decay=0` and `max_grad_norm=1`;
+    step k uses pairs k*n .. k*n+n-1, as TRL's batches under `train_sampling_strategy="sequential"`. Each returned
+    loss is the one the step's update descends (computed before the update), as TRL logs it.
+    """
+    if steps * pairs_per_step > len(examples):
+        raise LlmtrainError(f"{steps} steps of {pairs_per_step} pairs need {steps * pairs_per_step} pairs, "
+                            f"got {len(examples)}")
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # LoRA: only the adapter's A and B
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    policy.train()
+    losses = []
+    for step in range(steps):
+        # 1. 按顺序取下一批 n 对, 拼成 2n 行 (先 chosen 后 rejected)
+        batch = pad_preference_batch(examples[step * pairs_per_step:(step + 1) * pairs_per_step], pad_token_id)
+        # 2. 策略带 adapter 前向, 参考关掉 adapter 前向, 得到 DPO 损失
+        loss = dpo_batch_loss(policy, batch, beta).loss
+        # 3. 反向传播, 梯度裁剪到 max_grad_norm, AdamW 更新
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 class TokenizedPairsDPOTrainer(DPOTrainer):
     """6.4: TRL's DPOTrainer on the pairs `build_preference_dataset` already rendered and tokenized.
 
     Left to itself, TRL renders pairs again: through the chat template its replies also take the
     `\n` after `<|im_end|>`, and string pairs get no ChatML at all but an `<|endoftext|>`. Feeding it
     our ids keeps one rendering (SFT's) for both implementations; its collator, loss and logging stay TRL's.
+    `_prepare_dataset` is private to TRL (no public option skips it for text pairs), so a TRL release may
+    change it: requirements.txt pins trl to 1.16.x and tests/test_dpo.py checks this class against TRL's loss.
     """
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        return dataset
+        return dataset  # the pairs already hold TRL's columns: prompt_ids, chosen_ids, rejected_ids
 
 
 def compare_with_trl(trainer: DPOTrainer, examples: list[dict[str, list[int]]]) -> dict[str, float]:
