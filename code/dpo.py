@@ -10,11 +10,11 @@ the held-out reward accuracy and margin are measured after training (before it t
 reference, so every implicit reward is 0).
 
     python code/dpo.py --model_name_or_path output/toy/sft --train_files data/sample/dpo.jsonl \
-        --eval_files data/sample/dpo_heldout.jsonl --use_lora --output_dir output/try-dpo --max_steps 20 \
-        --bf16 false --activation_checkpointing false
+        --eval_files data/sample/dpo_heldout.jsonl --use_lora --output_dir output/try-dpo --max_steps 20
 """
 
 import logging
+import sys
 from dataclasses import dataclass, field, fields, make_dataclass
 
 from transformers import HfArgumentParser, set_seed
@@ -27,7 +27,8 @@ from llmtrain.lora import check_targets, parameter_summary
 from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
 from llmtrain.training import (
-    delete_checkpoints, find_resume_checkpoint, setup_logging, start_gloo_for_cpu_deepspeed, train_and_save,
+    add_machine_precision, delete_checkpoints, find_resume_checkpoint, set_deepspeed_safe_cuda_arch_list,
+    setup_logging, start_gloo_for_cpu_deepspeed, train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,19 +63,32 @@ def lora_config(model, lora_args: LoraArguments):
                       lora_dropout=lora_args.lora_dropout, target_modules=targets)
 
 
+def trl_checkpointing_default(args: list[str]) -> list[str]:
+    """TRL's configs turn checkpointing on under its deprecated name (a FutureWarning on every run): pass the
+    same default under the new name, unless the command line sets either name."""
+    if any(a.split("=")[0] in ("--activation_checkpointing", "--gradient_checkpointing") for a in args):
+        return args
+    return [*args, "--activation_checkpointing", "true"]
+
+
 def main() -> None:
     # 1. 解析参数:偏好数据、LoRA、RunArguments 与 TRL 的 DPOConfig;CPU 上的 DeepSpeed 先建 gloo 进程组
     parser = HfArgumentParser(
         (DPOModelArguments, DataArguments, PreferenceArguments, LoraArguments, RunArguments, DPOConfig)
     )
+    # 精度随机器(TRL 的 DPOConfig 默认开 bf16,CPU 上会直接报错);检查点用新名字 --activation_checkpointing
     model_args, data_args, pref_args, lora_args, run_args, training_args = parser.parse_args_into_dataclasses(
-        args=start_gloo_for_cpu_deepspeed())
+        args=start_gloo_for_cpu_deepspeed(trl_checkpointing_default(add_machine_precision(sys.argv[1:]))))
+    set_deepspeed_safe_cuda_arch_list()
     setup_logging(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
         raise LlmtrainError('Pass --train_files with JSON-lines files of {"prompt", "chosen", "rejected"} pairs.')
     if not model_args.model_name_or_path:
         raise LlmtrainError("DPO starts from an SFT model: pass --model_name_or_path (a model folder).")
+    if lora_args.use_qlora:
+        raise LlmtrainError("--use_qlora: dpo.py trains LoRA on the unquantised SFT model; QLoRA is in finetune.py "
+                            "(USE_QLORA=1 bash code/finetune.sh). Use --use_lora here.")
     if data_args.validation_split_percentage:
         raise LlmtrainError("DPO holds out pairs from a file of their own: pass --eval_files, not "
                             "--validation_split_percentage.")

@@ -2,7 +2,7 @@
 # 6.4: launch code/dpo.py (DPO through TRL) with the deepspeed launcher (ZeRO-2, code/ds_config_zero2.json).
 #
 #   bash code/dpo.sh                 the chapter-scale job: the SFT'd Qwen2.5-1.5B (bash code/finetune.sh) on
-#                                    llamafactory/DPO-En-Zh-20k (zh), 1 epoch, bf16, LoRA r=8
+#                                    llamafactory/DPO-En-Zh-20k (zh), 1 epoch, bf16 (fp16 on V100/T4), LoRA r=8
 #   PRESET=toy bash code/dpo.sh      the toy SFT model on data/sample/dpo.jsonl, 2 CPU processes, LoRA
 #   USE_LORA=0 ...                   full DPO: every weight trains and TRL holds a second, frozen copy of
 #                                    the model as the reference (LoRA: the adapter disabled is the reference)
@@ -18,6 +18,7 @@ USE_LORA=${USE_LORA:-1}
 LORA_SUFFIX=$([ "$USE_LORA" = 1 ] && echo "-lora" || true)
 
 source "$CODE_DIR/launch_common.sh"
+check_switch USE_LORA
 if [ "$PRESET" = toy ]; then
   LOGGING_STEPS=${LOGGING_STEPS:-2}   # 24 steps in all: log every other one, for the reward and log-prob curves
 fi
@@ -37,7 +38,6 @@ case "$PRESET" in
     BLOCK_SIZE=${BLOCK_SIZE:-1024}
     BETA=${BETA:-0.1}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    PRECISION=${PRECISION:---bf16}
     ;;
   toy)
     MODEL_DIR=${MODEL_DIR:-$ROOT/output/toy/sft}
@@ -52,7 +52,6 @@ case "$PRESET" in
     BLOCK_SIZE=${BLOCK_SIZE:-$TOY_DPO_BLOCK_SIZE}
     BETA=${BETA:-$TOY_DPO_BETA}
     SAVE_STEPS=${SAVE_STEPS:-100}
-    PRECISION=${PRECISION:---bf16 false}   # fp32 on CPU (TRL's DPOConfig turns bf16 on unless told)
     CHECKPOINTING=${CHECKPOINTING:---activation_checkpointing false}   # TRL's default is on
     if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
       echo "No toy SFT model in $MODEL_DIR: fine-tuning it first"

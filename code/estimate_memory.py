@@ -3,11 +3,13 @@
     python code/estimate_memory.py --preset qwen2.5-1.5b --per_device_train_batch_size 16 --block_size 2048 \
         --num_gpus 4 --zero_stage 2 --dtype bf16 --activation_checkpointing --gpu_memory_gib 48
 
-prints one row per term (GiB) and the peak per device; `--json` prints one JSON object instead
-(`peak_gib` holds the peak). With `--gpu_memory_gib` it also prints the largest per-device batch
-that fits and the gradient accumulation that keeps the global batch (default: the chapter's
-16 x 4 per GPU). `--shell_plan` prints only `BATCH_SIZE=.. GRAD_ACC=..` for code/pretrain.sh and
-code/finetune.sh. `--gpu_memory_gib auto` reads the size of GPU 0.
+prints one row per term (GiB), the allocated peak per device (what torch.cuda.max_memory_allocated
+reports) and the card memory that peak needs (x the caching allocator's measured reserve, + the CUDA
+context; `--expandable_segments` for PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True); `--json` prints
+one JSON object instead (`peak_gib`, `card_gib`). With `--gpu_memory_gib` it also prints the largest
+per-device batch that fits and the gradient accumulation that keeps the global batch (default: the
+chapter's 16 x 4 per GPU). `--shell_plan` prints only `BATCH_SIZE=.. GRAD_ACC=..` for the launch scripts
+(code/launch_common.sh). `--gpu_memory_gib auto` reads the size of GPU 0. QLoRA: `--lora_r 8 --load_in_4bit`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from llmtrain.errors import LlmtrainError, run_cli
 
 PRESETS = ("qwen2.5-1.5b",)
 CHAPTER_BATCH_PER_GPU = 16 * 4   # the chapter's per-device batch x gradient accumulation
+MAX_PLANNED_BATCH = 16           # plans never go above the chapter's per-device batch, the largest measured on a GPU
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Liger's fused linear cross-entropy (GPU only, `pip install liger-kernel`)")
     parser.add_argument("--lora_r", type=int, help="LoRA rank: gradients and Adam states for the adapters only")
     parser.add_argument("--lora_target_modules", default="q_proj,v_proj")
+    parser.add_argument("--load_in_4bit", action="store_true",
+                        help="QLoRA: the frozen base in 4-bit NF4 with double quantisation (needs --lora_r)")
+    parser.add_argument("--expandable_segments", action="store_true",
+                        help="the run sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (smaller allocator reserve)")
     parser.add_argument("--gpu_memory_gib", help="card size in GiB, or 'auto' to read GPU 0")
     parser.add_argument("--global_batch_size", type=int,
                         help=f"samples per optimizer step (default: {CHAPTER_BATCH_PER_GPU} x --num_gpus, the chapter's)")
@@ -65,6 +72,11 @@ def check_args(args: argparse.Namespace) -> None:
             raise LlmtrainError(f"--deepspeed {args.deepspeed}: cannot read zero_optimization.stage ({err}).") from err
     if args.zero_stage not in (0, 1, 2, 3):
         raise LlmtrainError(f"--zero_stage must be 0, 1, 2 or 3, not {args.zero_stage}.")
+    if args.load_in_4bit and not args.lora_r:
+        raise LlmtrainError("--load_in_4bit is QLoRA: 4-bit weights are frozen, so pass --lora_r (the adapters train).")
+    if args.load_in_4bit and args.zero_stage == 3:
+        raise LlmtrainError("--load_in_4bit with ZeRO-3: 4-bit weights are not sharded here; use ZeRO-2 "
+                            "(code/ds_config_zero2.json).")
     if args.shell_plan and args.gpu_memory_gib is None:
         raise LlmtrainError("--shell_plan needs --gpu_memory_gib (a number or 'auto').")
 
@@ -88,13 +100,13 @@ def gpu_memory_gib(value: str) -> float:
 
 def no_fit_advice(estimate, card: float, block_size: int) -> str:
     """What to change when not even per-device batch 1 fits `card` GiB."""
-    from llmtrain.memory import GIB, USABLE_FRACTION
+    from llmtrain.memory import GIB
 
     states = (estimate.model_states + estimate.optimizer_step) / GIB
-    if states > USABLE_FRACTION * card:
+    if states > card / 2:
         return (f"Not even per-device batch 1 x {block_size} fits {card:g} GiB: weights, gradients and Adam states "
                 f"alone take {states:.1f} GiB per GPU. Use more GPUs (ZeRO shards them), ZeRO-3 with CPU offload "
-                "(DS_CONFIG=code/ds_config_zero3.json) or LoRA (USE_LORA=1 bash code/finetune.sh).")
+                "(DS_CONFIG=code/ds_config_zero3.json), LoRA (USE_LORA=1 bash code/finetune.sh) or QLoRA (USE_QLORA=1).")
     return (f"Not even per-device batch 1 x {block_size} fits {card:g} GiB: try --use_liger_kernel (USE_LIGER=1), "
             "activation checkpointing or a shorter --block_size.")
 
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     check_args(args)
     from llmtrain.memory import (
-        GIB, USABLE_FRACTION, estimate_training_memory, fits, lora_trainable_params, plan_for_card,
+        GIB, card_memory_needed, estimate_training_memory, fits, lora_trainable_params, plan_for_card,
     )
     from llmtrain.modeling import load_config, qwen2_5_1_5b_config
 
@@ -114,13 +126,16 @@ def main(argv: list[str] | None = None) -> None:
         "liger_kernel": args.use_liger_kernel,
         "trainable_params": lora_trainable_params(config, args.lora_target_modules.split(","), args.lora_r)
         if args.lora_r else None,
+        "load_in_4bit": args.load_in_4bit,
     }
+    expandable = args.expandable_segments
     estimate = estimate_training_memory(config, args.per_device_train_batch_size, args.block_size,
                                         num_gpus=args.num_gpus, **setup)
     report = {
         "per_device_train_batch_size": args.per_device_train_batch_size, "block_size": args.block_size,
         "num_gpus": args.num_gpus, **{k: v for k, v in setup.items() if k != "trainable_params"},
         "trainable_params": setup["trainable_params"], "terms_gib": estimate.gib(), "peak_gib": estimate.gib()["peak"],
+        "expandable_segments": expandable, "card_gib": round(card_memory_needed(estimate, expandable) / GIB, 2),
     }
     if args.gpu_memory_gib is not None:
         card = gpu_memory_gib(args.gpu_memory_gib)
@@ -128,8 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             raise LlmtrainError(f"--gpu_memory_gib {card:g}: smaller than the weights alone "
                                 f"({estimate.weights / GIB:.2f} GiB per GPU); shard them with ZeRO-3 or use a bigger card.")
         global_batch = args.global_batch_size or CHAPTER_BATCH_PER_GPU * args.num_gpus
-        plan = plan_for_card(config, card, args.block_size, global_batch, args.num_gpus, **setup)
-        report.update(gpu_memory_gib=round(card, 2), fits=fits(estimate, card),
+        plan = plan_for_card(config, card, args.block_size, global_batch, args.num_gpus, expandable,
+                             MAX_PLANNED_BATCH, **setup)
+        report.update(gpu_memory_gib=round(card, 2), fits=fits(estimate, card, expandable),
                       plan=None if plan is None else plan.__dict__)
         if plan is None:
             report["advice"] = no_fit_advice(estimate, card, args.block_size)
@@ -139,17 +155,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"BATCH_SIZE={plan.per_device_batch} GRAD_ACC={plan.gradient_accumulation_steps}")
             print(f"# {card:g} GiB per GPU: per-device batch {plan.per_device_batch} x grad-acc "
                   f"{plan.gradient_accumulation_steps} x {args.num_gpus} GPU(s) = {plan.global_batch} samples "
-                  f"per step, peak {plan.peak_gib} GiB (python code/estimate_memory.py)", file=sys.stderr)
+                  f"per step, allocated peak {plan.peak_gib} GiB, card memory needed {plan.card_gib} GiB "
+                  "(python code/estimate_memory.py)", file=sys.stderr)
             return
     if args.json:
         print(json.dumps(report))
         return
-    print_table(report, USABLE_FRACTION)
+    print_table(report)
 
 
-def print_table(report: dict, usable_fraction: float) -> None:
-    """The human-readable form: one row per term, the peak, and the card's verdict and plan."""
-    lora = f", LoRA ({report['trainable_params']:,} trainable)" if report["trainable_params"] else ""
+def print_table(report: dict) -> None:
+    """The human-readable form: one row per term, the allocated peak, the card memory it needs, the card's plan."""
+    from llmtrain.memory import CUDA_CONTEXT_GIB, RESERVE_FACTOR, RESERVE_FACTOR_EXPANDABLE
+
+    lora = f", {'QLoRA' if report['load_in_4bit'] else 'LoRA'} ({report['trainable_params']:,} trainable)" \
+        if report["trainable_params"] else ""
     print(f"Per-GPU memory: batch {report['per_device_train_batch_size']} x {report['block_size']} tokens, "
           f"{report['dtype']}, ZeRO-{report['zero_stage']} on {report['num_gpus']} GPU(s), activation checkpointing "
           f"{'on' if report['activation_checkpointing'] else 'off'}{', Liger kernel' if report['liger_kernel'] else ''}"
@@ -159,19 +179,24 @@ def print_table(report: dict, usable_fraction: float) -> None:
     for term, gib in report["terms_gib"].items():
         print(f"| {term:<18} | {gib:>8.2f} |")
     print("\npeak = weights + gradients + optimizer_states + max(activations + max(logits_and_loss, layer_backward), "
-          f"optimizer_step) = {report['peak_gib']:.2f} GiB per GPU")
+          f"optimizer_step) = {report['peak_gib']:.2f} GiB allocated per GPU")
+    factor = RESERVE_FACTOR_EXPANDABLE if report["expandable_segments"] else RESERVE_FACTOR
+    allocator = "expandable_segments:True" if report["expandable_segments"] else "default caching allocator"
+    print(f"card memory needed = peak x {factor} (allocator reserve, {allocator}) + {CUDA_CONTEXT_GIB} GiB "
+          f"(CUDA context) = {report['card_gib']:.2f} GiB per GPU (reserve and context measured on an H200, "
+          "bench/results/gpu_h200_2026-11-30.json)")
     if "gpu_memory_gib" not in report:
         return
     card = report["gpu_memory_gib"]
-    verdict = "fits" if report["fits"] else "does NOT fit"
-    print(f"\nOn a {card:g} GiB card ({usable_fraction:.0%} usable: CUDA context, NCCL, fragmentation): {verdict}.")
+    print(f"\nOn a {card:g} GiB card: {'fits' if report['fits'] else 'does NOT fit'}.")
     plan = report["plan"]
     if plan is None:
         print(report["advice"])
     else:
         print(f"Largest fitting plan: per-device batch {plan['per_device_batch']} x gradient accumulation "
               f"{plan['gradient_accumulation_steps']} x {report['num_gpus']} GPU(s) = {plan['global_batch']} samples "
-              f"per optimizer step (peak {plan['peak_gib']:.2f} GiB).")
+              f"per optimizer step (allocated peak {plan['peak_gib']:.2f} GiB, card memory needed "
+              f"{plan['card_gib']:.2f} GiB).")
 
 
 if __name__ == "__main__":

@@ -5,23 +5,26 @@ id -100, not the pad id), no padding to 2048 (padding-free packing by default, `
 pads each batch to its longest sample), `--max_train_samples` instead of a hard-coded 10,000
 lines, and the same resume, logging, tracker and error behaviour as code/pretrain.py.
 `--use_lora` trains peft LoRA adapters instead (6.3.5); `--merge_lora` also writes a merged model.
+`--use_qlora` loads the base in 4-bit NF4 (bitsandbytes) and trains LoRA adapters on it (QLoRA).
 
     python code/finetune.py --model_name_or_path output/toy/pretrain \
         --train_files data/sample/sft.jsonl --block_size 512 --output_dir output/try-sft --max_steps 20
 """
 
 import logging
+import sys
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from llmtrain.args import DataArguments, LoraArguments, ModelArguments, RunArguments, SFTArguments
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.lora import add_peft_lora, parameter_summary
-from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
+from llmtrain.lora import add_peft_lora, load_adapter, parameter_summary
+from llmtrain.modeling import load_model, load_model_4bit, load_tokenizer, resolve_block_size
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 from llmtrain.training import (
-    build_trainer, delete_checkpoints, find_resume_checkpoint, setup_logging, split_for_eval,
-    start_gloo_for_cpu_deepspeed, train_and_save,
+    add_machine_precision, build_trainer, check_liger_kernel, delete_checkpoints, find_resume_checkpoint,
+    set_deepspeed_safe_cuda_arch_list, setup_logging, split_for_eval, start_gloo_for_cpu_deepspeed, train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,10 +35,13 @@ def main() -> None:
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, SFTArguments, LoraArguments, RunArguments, TrainingArguments)
     )
+    # 精度随机器:有 bf16 的 GPU 用 bf16,较老的 GPU 用 fp16,CPU 上 fp32(显式的 --bf16/--fp16 优先,做不到就报错)
     model_args, data_args, sft_args, lora_args, run_args, training_args = parser.parse_args_into_dataclasses(
-        args=start_gloo_for_cpu_deepspeed())
+        args=start_gloo_for_cpu_deepspeed(add_machine_precision(sys.argv[1:])))
+    set_deepspeed_safe_cuda_arch_list()
     # 2. 日志与断点:从最新的完整 checkpoint 继续
     setup_logging(training_args)
+    check_liger_kernel(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
         raise LlmtrainError("Pass --train_files with one or more JSON-lines files of {\"conversations\": ...} records.")
@@ -46,8 +52,14 @@ def main() -> None:
     checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
-    # 3. 加载预训练模型与分词器(6.2);--use_lora 时只训练注入的低秩矩阵(6.3.5)
-    model = load_model(None, model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code)
+    # 3. 加载预训练模型与分词器(6.2);--use_lora 时只训练注入的低秩矩阵(6.3.5);
+    #    --use_qlora 时基座以 4-bit NF4 加载,只训练它上面的 LoRA(QLoRA)
+    if lora_args.use_qlora:
+        compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+        model = load_model_4bit(model_args.model_name_or_path, training_args.device, compute_dtype,
+                                model_args.trust_remote_code)
+    else:
+        model = load_model(None, model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code)
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                model_args.trust_remote_code)
     max_len = resolve_block_size(model, data_args.block_size, default=2048)
@@ -71,7 +83,11 @@ def main() -> None:
     train_and_save(trainer, checkpoint)
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
         merged_dir = f"{training_args.output_dir}/merged"
-        trainer.model.merge_and_unload().save_pretrained(merged_dir)
+        merged = trainer.model
+        if lora_args.use_qlora:  # merge into the full-precision base, not into its 4-bit copy
+            base = load_model(None, model_args.model_name_or_path, model_args.dtype, model_args.trust_remote_code)
+            merged = load_adapter(base, training_args.output_dir)
+        merged.merge_and_unload().save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
         logger.info("Base model + LoRA adapter merged into a plain model: %s", merged_dir)
 

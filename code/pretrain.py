@@ -9,6 +9,7 @@ checkpoint, and clear errors for bad input. Run it through code/pretrain.sh, or 
 """
 
 import logging
+import sys
 
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -17,8 +18,8 @@ from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
 from llmtrain.pretrain_data import build_pretrain_dataset, load_text_dataset
 from llmtrain.training import (
-    build_trainer, delete_checkpoints, find_resume_checkpoint, setup_logging, split_for_eval,
-    start_gloo_for_cpu_deepspeed, train_and_save,
+    add_machine_precision, build_trainer, check_liger_kernel, delete_checkpoints, find_resume_checkpoint,
+    set_deepspeed_safe_cuda_arch_list, setup_logging, split_for_eval, start_gloo_for_cpu_deepspeed, train_and_save,
 )
 
 logger = logging.getLogger(__name__)
@@ -27,10 +28,13 @@ logger = logging.getLogger(__name__)
 def main() -> None:
     # 1. 解析参数(6.1.5):脚本自己的参数 + TrainingArguments 的全部参数;CPU 上的 DeepSpeed 先建 gloo 进程组
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    # 精度随机器:有 bf16 的 GPU 用 bf16,较老的 GPU 用 fp16,CPU 上 fp32(显式的 --bf16/--fp16 优先,做不到就报错)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
-        args=start_gloo_for_cpu_deepspeed())
+        args=start_gloo_for_cpu_deepspeed(add_machine_precision(sys.argv[1:])))
+    set_deepspeed_safe_cuda_arch_list()
     # 2. 日志与断点(6.1.5):从最新的完整 checkpoint 继续
     setup_logging(training_args)
+    check_liger_kernel(training_args)
     logger.info("Training arguments: %s", training_args)
     if not data_args.train_files:
         raise LlmtrainError("Pass --train_files with one or more JSON-lines files of {\"text\": ...} records.")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_script
-from llmtrain.memory import estimate_training_memory, fits
+from llmtrain.memory import card_memory_needed, estimate_training_memory, fits
 from llmtrain.modeling import qwen2_5_1_5b_config, toy_config
 
 CLI = [sys.executable, "code/estimate_memory.py"]
@@ -32,7 +32,19 @@ def test_textbook_job_does_not_fit_4_x_48gb_but_the_plan_does():
     assert report["peak_gib"] > 48 and report["fits"] is False   # happy-llm #106: OOM on 4 x 48 GB
     plan = report["plan"]
     assert plan["per_device_batch"] * plan["gradient_accumulation_steps"] * 4 == 16 * 4 * 4
-    assert plan["peak_gib"] < 48
+    assert plan["peak_gib"] < plan["card_gib"] <= 48   # the allocated peak and what the card must hold for it
+    assert report["card_gib"] == round(card_memory_needed(expected) / 2**30, 2)
+
+
+def test_qlora_needs_half_the_weights_and_the_table_shows_both_numbers():
+    lora = run_json("--preset", "qwen2.5-1.5b", "--per_device_train_batch_size", "1", "--lora_r", "8",
+                    "--activation_checkpointing", "--use_liger_kernel", "--expandable_segments")
+    qlora = run_json("--preset", "qwen2.5-1.5b", "--per_device_train_batch_size", "1", "--lora_r", "8",
+                     "--activation_checkpointing", "--use_liger_kernel", "--expandable_segments", "--load_in_4bit")
+    assert qlora["terms_gib"]["weights"] == 1.5 and lora["terms_gib"]["weights"] == 2.88
+    assert qlora["card_gib"] < 8 - 2   # QLoRA of 1.5B on an 8 GiB card, with room for batch > 1
+    table = run_script([*CLI, "--preset", "qwen2.5-1.5b", "--lora_r", "8", "--load_in_4bit"]).stdout
+    assert "GiB allocated per GPU" in table and "card memory needed = peak x 1.36" in table and "QLoRA" in table
 
 
 def test_config_folder_and_fp32_terms(tmp_path, capsys):
@@ -66,6 +78,8 @@ def test_shell_plan_the_chapter_preset_evals_fits_24gb(tmp_path):
     (["--preset", "qwen2.5-1.5b", "--block_size", "-1"], "must be positive"),
     (["--preset", "qwen2.5-1.5b", "--zero_stage", "4"], "must be 0, 1, 2 or 3"),
     (["--preset", "qwen2.5-1.5b", "--gpu_memory_gib", "2"], "smaller than the weights alone"),
+    (["--preset", "qwen2.5-1.5b", "--load_in_4bit"], "--load_in_4bit is QLoRA"),
+    (["--preset", "qwen2.5-1.5b", "--load_in_4bit", "--lora_r", "8", "--zero_stage", "3"], "--load_in_4bit with ZeRO-3"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_1(args, message):
     result = run_script([*CLI, *args])

@@ -1,12 +1,17 @@
-"""6.1.5: the memory model: ZeRO accounting (paper, DeepSpeed), saved activations counted, plans per card."""
+"""6.1.5: the memory model: ZeRO accounting (paper, DeepSpeed), saved activations counted, plans per card,
+the allocator reserve measured on an H200, and QLoRA's 4-bit weights (checked against bitsandbytes)."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from llmtrain.memory import (
-    estimate_training_memory, fits, largest_weight_numel, layer_activation_bytes_per_token, plan_for_card,
-    zero_memory_per_gpu,
+    CUDA_CONTEXT_GIB, GIB, RESERVE_FACTOR, RESERVE_FACTOR_EXPANDABLE, card_memory_needed, estimate_training_memory,
+    fits, largest_weight_numel, layer_activation_bytes_per_token, linear_weight_numel, plan_for_card,
+    weight_bytes_4bit, zero_memory_per_gpu,
 )
 from llmtrain.modeling import qwen2_5_1_5b_config, qwen2_parameter_formula
 
@@ -86,19 +91,74 @@ def test_textbook_batch_does_not_fit_48gb_as_in_happy_llm_106():
 def test_plans_per_card_fit_and_keep_the_global_batch(card, checkpointing):
     config = qwen2_5_1_5b_config()
     setup = dict(dtype="bf16", zero_stage=2, activation_checkpointing=checkpointing)
-    plan = plan_for_card(config, card, 2048, 256, 4, **setup)
+    plan = plan_for_card(config, card, 2048, 256, 4, expandable_segments=True, **setup)   # as the chapter launches
     assert plan.per_device_batch * plan.gradient_accumulation_steps * 4 == 256
-    assert fits(estimate_training_memory(config, plan.per_device_batch, 2048, num_gpus=4, **setup), card)
-    assert not fits(estimate_training_memory(config, plan.per_device_batch * 2, 2048, num_gpus=4, **setup), card)
+    assert fits(estimate_training_memory(config, plan.per_device_batch, 2048, num_gpus=4, **setup), card, True)
+    assert not fits(estimate_training_memory(config, plan.per_device_batch * 2, 2048, num_gpus=4, **setup), card, True)
+    assert plan.card_gib <= card < plan.card_gib * 2
 
 
-def test_chapter_default_fits_80gb_with_checkpointing_and_liger_frees_the_logits():
+def test_chapter_batch_needs_more_than_80gb_with_the_reserve_and_liger_frees_the_logits():
     config = qwen2_5_1_5b_config()
-    assert plan_for_card(config, 80, 2048, 256, 4, activation_checkpointing=True).per_device_batch == 16
     plain = estimate_training_memory(config, 16, 2048, num_gpus=4, activation_checkpointing=True)
+    assert plain.peak < 80 * GIB and not fits(plain, 80, expandable_segments=True)   # allocated fits, reserve does not
+    assert plan_for_card(config, 80, 2048, 256, 4, True, activation_checkpointing=True).per_device_batch == 8
     liger = estimate_training_memory(config, 16, 2048, num_gpus=4, activation_checkpointing=True, liger_kernel=True)
     assert liger.logits < plain.logits / 20
-    assert fits(liger, 24)
+    assert fits(liger, 24, expandable_segments=True)
+    assert plan_for_card(config, 80, 2048, 256, 4, True, 16, activation_checkpointing=True,
+                         liger_kernel=True).per_device_batch == 16   # capped at the chapter's batch
+
+
+H200 = Path(__file__).resolve().parents[1] / "bench" / "results" / "gpu_h200_2026-11-30.json"
+
+
+def test_reserve_factors_cover_what_the_h200_reserved_and_predict_nvidia_smi():
+    result = json.loads(H200.read_text())
+    for row in [r for r in result["rows"] if r["status"] == "ok" and r["memory_fraction"] is None]:
+        expandable = "expandable_segments:True" in (row["pytorch_cuda_alloc_conf"] or "")
+        factor = RESERVE_FACTOR_EXPANDABLE if expandable else RESERVE_FACTOR
+        assert row["reserved_gib"] / row["allocated_gib"] <= factor, row["name"]
+        assert abs(row["nvidia_smi_gib"] - row["reserved_gib"] - CUDA_CONTEXT_GIB) < 0.05, row["name"]
+        config = qwen2_5_1_5b_config()
+        estimate = estimate_training_memory(config, row["per_device_batch"], 2048, "bf16", 2, 1,
+                                            row["activation_checkpointing"], row["liger"])
+        assert round(estimate.peak / GIB, 2) == row["estimate_gib"], row["name"]
+        # the card memory the plan holds vs what nvidia-smi showed: the model's own error (<= 6%) at most below
+        assert card_memory_needed(estimate, expandable) / GIB > 0.94 * row["nvidia_smi_gib"], row["name"]
+
+
+def test_4bit_weights_of_1_5b():
+    config = qwen2_5_1_5b_config()
+    assert linear_weight_numel(config) == 28 * (2 * 1536**2 + 2 * 1536 * 256 + 3 * 1536 * 8960)
+    # 1.31 B linear weights at ~0.516 bytes + 0.23 B (embedding, norms, biases) in fp32
+    assert round(weight_bytes_4bit(config) / GIB, 2) == 1.5
+    qlora = estimate_training_memory(config, 1, 2048, activation_checkpointing=True, trainable_params=1_089_536,
+                                     load_in_4bit=True)
+    lora = estimate_training_memory(config, 1, 2048, activation_checkpointing=True, trainable_params=1_089_536)
+    assert qlora.weights == weight_bytes_4bit(config) and lora.weights / qlora.weights > 1.9
+    with pytest.raises(ValueError, match="QLoRA needs trainable_params"):
+        estimate_training_memory(config, 1, 2048, load_in_4bit=True)
+
+
+def test_4bit_weight_formula_matches_what_bitsandbytes_stores(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from llmtrain.modeling import load_model_4bit
+
+    config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = load_model_4bit(str(tmp_path), "cpu", torch.float32)
+    stored = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if weight is not None and hasattr(weight, "quant_state"):
+            state = weight.quant_state
+            stored += weight.numel() * weight.element_size() + state.absmax.numel() * state.absmax.element_size()
+            stored += state.state2.absmax.numel() * state.state2.absmax.element_size()   # double quantisation
+            stored += state.state2.code.numel() * 4 + 4                                  # its code book and offset
+    stored += sum(p.numel() * p.element_size() for p in model.parameters() if not hasattr(p, "quant_state"))
+    assert abs(stored / weight_bytes_4bit(config) - 1) < 0.02
 
 
 def test_lora_keeps_gradients_and_adam_states_for_adapters_only():

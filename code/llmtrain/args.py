@@ -107,11 +107,18 @@ class LoraArguments:
     merge_lora: bool = field(
         default=False, metadata={"help": "Also save base + adapter merged into a plain model in <output_dir>/merged."}
     )
+    use_qlora: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: load the base in 4-bit NF4 (bitsandbytes, double quantisation) and train LoRA "
+                          "adapters on it; implies --use_lora."},
+    )
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
             raise LlmtrainError(f"--lora_r must be at least 1, not {self.lora_r}.")
         if not 0 <= self.lora_dropout < 1:
             raise LlmtrainError(f"--lora_dropout must be in [0, 1), not {self.lora_dropout}.")
+        if self.use_qlora:
+            self.use_lora = True
         if not [t for t in self.lora_target_modules.split(",") if t.strip()]:
             raise LlmtrainError("--lora_target_modules is empty: name the modules to adapt, e.g. q_proj,v_proj.")

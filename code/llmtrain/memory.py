@@ -4,7 +4,9 @@ The model counts bytes the way PyTorch and DeepSpeed hold them during one traini
 Qwen2-style causal LM. Peak = model states (weights, gradients, optimizer states, held all the
 time) + the larger of two transients: backward (the saved activations plus the loss buffers over
 the vocabulary at its start, or later the backward of one layer) and the optimizer
-step (DeepSpeed's fp32 gradient partition, or PyTorch AdamW's temporaries). bench/memory_model.py checks it against measured CPU peaks.
+step (DeepSpeed's fp32 gradient partition, or PyTorch AdamW's temporaries). bench/memory_model.py checks it against
+measured CPU peaks; on a GPU the card must also hold the caching allocator's reserve and the CUDA context
+(`card_memory_needed`, measured on an H200: bench/results/gpu_h200_2026-11-30.json).
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ ADAM_STATE_BYTES = {"fp32": 8, "bf16": 12, "fp16": 12}
 # The causal-LM loss per token and vocabulary entry at the start of backward, in fp32: the
 # log-probabilities log_softmax keeps for backward, their gradient, and the gradient of the logits.
 LOSS_BYTES_PER_LOGIT = 3 * 4
-# Not modelled: CUDA context, NCCL and DeepSpeed bucket buffers, allocator fragmentation. A plan
-# fits when the modelled peak stays under this share of the card.
-USABLE_FRACTION = 0.9
+# What a card must hold beyond the allocated peak, measured on one H200 through code/pretrain.sh
+# (bench/results/gpu_h200_2026-11-30.json): PyTorch's caching allocator reserved 1.20-1.35x
+# torch.cuda.max_memory_allocated (1.25x with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True), and
+# nvidia-smi showed 1.68 GiB more than reserved in every run (CUDA context, cuBLAS workspace).
+# NCCL buffers of a multi-GPU run are not in these numbers.
+RESERVE_FACTOR = 1.36
+RESERVE_FACTOR_EXPANDABLE = 1.26
+CUDA_CONTEXT_GIB = 1.7
+# QLoRA (bitsandbytes NF4 with double quantisation): a 4-bit code per weight, one absmax per block of
+# 64 weights stored in 8 bits, and one fp32 scale (plus offset) per block of 256 absmax values.
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 8 / (64 * 256)
 
 
 def zero_memory_per_gpu(
@@ -59,6 +69,26 @@ def zero_memory_per_gpu(
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def linear_weight_numel(config: PretrainedConfig) -> int:
+    """6.3 (QLoRA): elements of the decoder layers' linear weights, the ones bitsandbytes stores in 4 bits.
+
+    Per layer q_proj and o_proj (d x d), k_proj and v_proj (d x kv width under GQA), gate/up/down
+    (d x intermediate each). Biases, norms, the embedding and the (tied) output layer stay unquantised.
+    """
+    d, f = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (d // config.num_attention_heads)
+    return config.num_hidden_layers * (2 * d * d + 2 * d * kv + 3 * d * f)
+
+
+def weight_bytes_4bit(config: PretrainedConfig) -> float:
+    """6.3 (QLoRA): bytes of a model loaded in 4-bit NF4: quantised linear weights plus the rest in fp32.
+
+    The rest (embedding, norms, biases) is kept in fp32 by peft's `prepare_model_for_kbit_training`.
+    """
+    quantised = linear_weight_numel(config)
+    return quantised * NF4_BYTES_PER_PARAM + (qwen2_parameter_formula(config) - quantised) * 4
 
 
 def layer_activation_bytes_per_token(config: PretrainedConfig, dtype: str) -> int:
@@ -196,13 +226,17 @@ def estimate_training_memory(
     activation_checkpointing: bool = False,
     liger_kernel: bool = False,
     trainable_params: int | None = None,
+    load_in_4bit: bool = False,
 ) -> MemoryEstimate:
     """6.1.5: per-device memory of one training step of a Qwen2-style model, term by term.
 
     Gradients are counted as held through forward and backward, as under gradient accumulation
     (the chapter's GRAD_ACC=4) and DeepSpeed's gradient buffers. `trainable_params` < all
     parameters means LoRA: frozen weights still take memory; gradients and optimizer states do not.
+    `load_in_4bit` is QLoRA: the frozen weights in 4-bit NF4 (`weight_bytes_4bit`), never sharded.
     """
+    if load_in_4bit and trainable_params is None:
+        raise ValueError("4-bit weights are frozen: QLoRA needs trainable_params (the LoRA adapters)")
     if per_device_batch <= 0 or seq_len <= 0:
         raise ValueError(f"batch and sequence length must be positive, not {per_device_batch} and {seq_len}")
     if num_gpus <= 0:
@@ -214,6 +248,8 @@ def estimate_training_memory(
     # gradient until the reduce-scatter: one copy of the largest layer each, as DeepSpeed counts it.
     gathered = WORKING_BYTES[dtype] * largest_weight_numel(config) if zero_stage == 3 else 0
     tokens = per_device_batch * seq_len
+    if load_in_4bit:
+        states["weights"], gathered = weight_bytes_4bit(config), 0
     return MemoryEstimate(
         weights=states["weights"] + gathered,
         gradients=states["gradients"] + gathered,
@@ -225,47 +261,70 @@ def estimate_training_memory(
     )
 
 
-def fits(estimate: MemoryEstimate, gpu_memory_gib: float) -> bool:
-    """6.1.5: whether the modelled peak stays under the usable share (USABLE_FRACTION) of the card."""
-    return estimate.peak <= USABLE_FRACTION * gpu_memory_gib * GIB
+def card_memory_needed(estimate: MemoryEstimate, expandable_segments: bool = False) -> float:
+    """6.1.5: bytes a card must have for this step: the allocated peak, the allocator's reserve and the CUDA context.
+
+    The reserve factors and the context were measured on an H200 (bench/results/gpu_h200_2026-11-30.json);
+    `expandable_segments` is PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, which the chapter launch sets.
+    """
+    factor = RESERVE_FACTOR_EXPANDABLE if expandable_segments else RESERVE_FACTOR
+    return estimate.peak * factor + CUDA_CONTEXT_GIB * GIB
 
 
-def largest_fitting_batch(config: PretrainedConfig, gpu_memory_gib: float, seq_len: int, **setup) -> int:
-    """6.1.5: the largest per-device batch whose peak fits the card; 0 when not even batch 1 fits.
+def fits(estimate: MemoryEstimate, gpu_memory_gib: float, expandable_segments: bool = False) -> bool:
+    """6.1.5: whether a card of `gpu_memory_gib` holds the step: `card_memory_needed` within its memory."""
+    return card_memory_needed(estimate, expandable_segments) <= gpu_memory_gib * GIB
+
+
+def largest_fitting_batch(
+    config: PretrainedConfig, gpu_memory_gib: float, seq_len: int, expandable_segments: bool = False,
+    max_batch: int | None = None, **setup,
+) -> int:
+    """6.1.5: the largest per-device batch (at most `max_batch`) that fits the card (`fits`); 0 when not even 1 fits.
 
     `setup` takes the other arguments of `estimate_training_memory` (dtype, zero_stage, ...).
     """
     batch = 0
-    while fits(estimate_training_memory(config, batch + 1, seq_len, **setup), gpu_memory_gib):
+    while (max_batch is None or batch < max_batch) and fits(
+            estimate_training_memory(config, batch + 1, seq_len, **setup), gpu_memory_gib, expandable_segments):
         batch += 1
     return batch
 
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """6.1.5: how a card runs the chapter's global batch: micro-batch x accumulation x GPUs."""
+    """6.1.5: how a card runs the chapter's global batch: micro-batch x accumulation x GPUs.
+
+    `peak_gib` is the modelled allocated peak (what torch.cuda.max_memory_allocated reports);
+    `card_gib` what the card must have for it (`card_memory_needed`: allocator reserve and CUDA context).
+    """
 
     per_device_batch: int
     gradient_accumulation_steps: int
     global_batch: int
     peak_gib: float
+    card_gib: float
 
 
 def plan_for_card(
-    config: PretrainedConfig, gpu_memory_gib: float, seq_len: int, global_batch: int, num_gpus: int = 1, **setup,
+    config: PretrainedConfig, gpu_memory_gib: float, seq_len: int, global_batch: int, num_gpus: int = 1,
+    expandable_segments: bool = False, max_batch: int | None = None, **setup,
 ) -> BatchPlan | None:
     """6.1.5: the largest per-device batch that fits and divides the global batch, with its accumulation.
 
     Keeps `global_batch` = per-device batch x gradient accumulation x `num_gpus` exactly when some
     fitting batch divides it; otherwise the largest fitting batch with accumulation rounded up.
+    `max_batch` caps the per-device batch (the launch scripts: the chapter's 16, the largest measured).
     None when not even batch 1 fits.
     """
-    most = largest_fitting_batch(config, gpu_memory_gib, seq_len, num_gpus=num_gpus, **setup)
+    most = largest_fitting_batch(config, gpu_memory_gib, seq_len, expandable_segments, max_batch,
+                                 num_gpus=num_gpus, **setup)
     if most == 0:
         return None
     per_gpu = global_batch / num_gpus
     dividing = [b for b in range(most, 0, -1) if per_gpu == int(per_gpu) and int(per_gpu) % b == 0]
     batch = dividing[0] if dividing else most
     grad_acc = max(1, -(-global_batch // (batch * num_gpus)))
-    peak = estimate_training_memory(config, batch, seq_len, num_gpus=num_gpus, **setup).peak
-    return BatchPlan(batch, grad_acc, batch * grad_acc * num_gpus, round(peak / GIB, 2))
+    estimate = estimate_training_memory(config, batch, seq_len, num_gpus=num_gpus, **setup)
+    return BatchPlan(batch, grad_acc, batch * grad_acc * num_gpus, round(estimate.peak / GIB, 2),
+                     round(card_memory_needed(estimate, expandable_segments) / GIB, 2))

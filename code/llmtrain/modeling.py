@@ -136,6 +136,39 @@ def load_model(
     return model
 
 
+def load_model_4bit(model_name_or_path: str, device: torch.device | str, compute_dtype: torch.dtype,
+                    trust_remote_code: bool = False) -> PreTrainedModel:
+    """6.3 (QLoRA): pretrained weights with every linear layer of the decoder stored in 4-bit NF4 on `device`.
+
+    bitsandbytes keeps per 64 weights one 4-bit NF4 code each plus one absmax scale, itself quantised
+    to 8 bits per block of 256 scales (double quantisation); matmuls dequantise to `compute_dtype`.
+    The embeddings, norms and (tied) output layer are not quantised; peft's
+    `prepare_model_for_kbit_training` then freezes everything and keeps those in fp32 for stable training.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LlmtrainError("--use_qlora needs bitsandbytes: pip install -r requirements-gpu.txt "
+                            "(or train plain LoRA: drop --use_qlora / USE_QLORA).")
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    _check_folder(model_name_or_path, "--model_name_or_path")
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype)
+    logger.warning("Loading %s with 4-bit NF4 weights (double quantisation, %s compute) on %s",
+                   model_name_or_path, str(compute_dtype).removeprefix("torch."), device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, quantization_config=quantization,
+                                                     device_map={"": device}, dtype=compute_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise LlmtrainError(f"--model_name_or_path {model_name_or_path}: cannot load in 4-bit ({err}).") from err
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    logger.info("4-bit model: %.1f MiB of weights and buffers (get_memory_footprint)", model.get_memory_footprint() / 2**20)
+    return model
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """6.1.2: `AutoTokenizer.from_pretrained` from a local folder, with a clear error when it cannot load."""
     _check_folder(path, "--tokenizer_name")

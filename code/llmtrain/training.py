@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,6 +66,114 @@ def start_gloo_for_cpu_deepspeed(argv: Sequence[str] | None = None) -> list[str]
         if not any(a.startswith("--accelerator_config") for a in args):
             args += ["--accelerator_config", json.dumps({"use_configured_state": True})]
     return args
+
+
+def machine_precision(use_cpu: bool = False) -> str:
+    """6.1.5: the mixed precision this machine trains in: bf16 where the GPU has it, fp16 on older GPUs, fp32 on CPU."""
+    if use_cpu or not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1", "t", "y"), ("false", "no", "0", "f", "n")
+
+
+def _bool_flag(args: Sequence[str], name: str) -> bool | None:
+    """The value of a boolean TrainingArguments flag in `args` (`--x`, `--x true`, `--x=false`); None if absent."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == f"--{name}":
+            following = args[i + 1].lower() if i + 1 < len(args) else ""
+            value = following not in FALSE_WORDS
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1].lower() in TRUE_WORDS
+    return value
+
+
+def add_machine_precision(args: Sequence[str]) -> list[str]:
+    """6.1.5: the script's flags with --bf16/--fp16 set from the machine unless given; an impossible request is an error.
+
+    TrainingArguments alone trains in fp32 on a bf16 GPU, and TRL's configs turn bf16 on even on a CPU
+    (where TrainingArguments then raises). `--bf16` without a bf16 GPU (and without `--use_cpu`, which
+    asks for CPU bf16 autocast) or `--fp16` without a GPU stops here with one clear message.
+    """
+    args = list(args)
+    use_cpu = bool(_bool_flag(args, "use_cpu"))
+    machine = machine_precision(use_cpu)
+    bf16, fp16 = _bool_flag(args, "bf16"), _bool_flag(args, "fp16")
+    gpu = "no CUDA GPU" if not torch.cuda.is_available() else f"{torch.cuda.get_device_name(0)} has no bf16"
+    if bf16 and not use_cpu and machine != "bf16":
+        raise LlmtrainError(f"--bf16: this machine has {gpu}. Drop the flag ({machine} is this machine's default) "
+                            "or add --use_cpu for bf16 autocast on the CPU.")
+    if fp16 and machine == "fp32":
+        raise LlmtrainError("--fp16: fp16 mixed precision needs a CUDA GPU and this run has none. Drop the flag "
+                            "(fp32 is the default on a CPU).")
+    if bf16 is None and fp16 is None:
+        args += {"bf16": ["--bf16", "true"], "fp16": ["--fp16", "true", "--bf16", "false"],
+                 "fp32": ["--bf16", "false"]}[machine]
+    return args
+
+
+def set_deepspeed_safe_cuda_arch_list() -> str | None:
+    """6.1.5: rewrite TORCH_CUDA_ARCH_LIST in os.environ into the form DeepSpeed's JIT builder parses; returns it.
+
+    DeepSpeed 0.19's `compute_capability_args` reads each entry as `major.minor[+PTX]` and fails on an
+    arch suffix (`9.0a`, `10.0f`: "invalid literal for int() with base 10: '0a'"), so FusedAdam does not
+    build. The suffix only enables architecture-specific instructions that DeepSpeed's ops do not use:
+    `8.0;9.0a` becomes `8.0;9.0`, `9.0a+PTX` becomes `9.0+PTX`. Other entries are kept as they are.
+    """
+    value = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if not value or not value.strip():
+        return value
+    entries = [e for e in re.split(r"[;\s]+", value.strip()) if e]
+    cleaned = []
+    for entry in entries:
+        match = re.fullmatch(r"(\d+)\.(\d+)[a-zA-Z]*(\+PTX)?", entry)
+        fixed = f"{match[1]}.{match[2]}{match[3] or ''}" if match else entry
+        if fixed not in cleaned:
+            cleaned.append(fixed)
+    sanitized = ";".join(cleaned)
+    if sanitized != value:
+        logger.warning("TORCH_CUDA_ARCH_LIST=%r -> %r for DeepSpeed's op builder (arch suffixes dropped)",
+                       value, sanitized)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = sanitized
+    return sanitized
+
+
+class _LigerBackendNoise(logging.Filter):
+    """Drops Liger's import-time reports about optional backends (cuTile, CuTe DSL) this machine lacks."""
+
+    PREFIXES = ("Backend impl '", "_discover(")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+def quiet_liger_backend_warnings() -> None:
+    """6.1.5: keep Liger's import-time backend warnings out of the logs; its other warnings stay.
+
+    liger-kernel logs one warning per optional kernel backend it cannot import and warns when it falls
+    back to its default Triton kernels; neither changes what trains. Installs a logging filter on
+    liger_kernel.backends.registry and message filters for those warnings only.
+    """
+    logging.getLogger("liger_kernel.backends.registry").addFilter(_LigerBackendNoise())
+    warnings.filterwarnings("ignore", message=r"Liger .*: requested '.*' implementation not usable")
+    warnings.filterwarnings("ignore", message=r"liger-cute-kernels is not installed")
+
+
+def check_liger_kernel(training_args: TrainingArguments) -> None:
+    """6.1.5: --use_liger_kernel needs a CUDA GPU and liger-kernel installed; say so before any work, and quiet it."""
+    if not getattr(training_args, "use_liger_kernel", False):
+        return
+    if training_args.device.type != "cuda":
+        raise LlmtrainError("--use_liger_kernel: Liger's Triton kernels need a CUDA GPU and this run has none. "
+                            "Drop the flag (USE_LIGER=0).")
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise LlmtrainError("--use_liger_kernel: liger-kernel is not installed. pip install -r requirements-gpu.txt, "
+                            "or drop the flag (USE_LIGER=0).")
+    quiet_liger_backend_warnings()
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
