@@ -21,6 +21,7 @@ from llmtrain.toy import ensure_toy_pretrained
 # The warnings the notebooks' libraries raise that say nothing to a learner of the toy runs:
 # (category, start of the message). Anything else still shows, so a new warning is seen and judged.
 QUIET_WARNINGS: list[tuple[type[Warning], str]] = [
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated"),  # peft reads the pre-5 attribute name
 ]
 
 

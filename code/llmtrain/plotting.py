@@ -81,3 +81,16 @@ def label_mask_svg(tokens: list[str], supervised: list[bool], out_svg: str, widt
     with open(out_svg, "w", encoding="utf-8") as f:
         f.write(svg)
     return out_svg
+
+
+def plot_log_histories(histories: dict[str, list[dict[str, Any]]], out_png: str, title: str,
+                       x: str = "epoch") -> str:
+    """6.3: the training loss of several Trainer log histories on one axis (x: "epoch" or "step"), saved as a PNG.
+
+    Against the epoch, runs with different step counts per epoch (or different epoch counts) line up.
+    """
+    series = {}
+    for name, history in histories.items():
+        points = [(e[x], e["loss"]) for e in history if "loss" in e and x in e]
+        series[name] = tuple(map(list, zip(*points)))
+    return plot_series(series, out_png, x, "training loss (cross-entropy)", title)
