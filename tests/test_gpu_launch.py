@@ -40,6 +40,7 @@ def test_impossible_precision_is_a_clear_error(args, message):
         add_machine_precision(args)
 
 
+@pytest.mark.slow   # launches the script (imports DeepSpeed, TRL)
 @pytest.mark.parametrize("script", ["code/pretrain.py", "code/dpo.py"])
 def test_bf16_on_a_cpu_is_one_line_exit_1_and_nothing_written(tmp_path, toy_dir, script):
     out = tmp_path / "out"
@@ -79,6 +80,7 @@ def test_cuda_arch_list_suffixes_are_dropped(monkeypatch, value, expected):
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == expected
 
 
+@pytest.mark.slow   # launches the script (imports DeepSpeed, TRL)
 def test_deepspeeds_jit_builder_parses_the_sanitised_lists_and_not_the_raw_ones():
     for value, expected in ARCH_LISTS.items():
         before = run_script(["python", "-c", PARSE_AS_DEEPSPEED, value]).stdout
@@ -156,6 +158,7 @@ def test_qlora_plan_fits_an_8_gib_card(tmp_path):
     assert int(got["BATCH_SIZE"]) * int(got["GRAD_ACC"]) == 64
 
 
+@pytest.mark.slow   # launches the script (imports DeepSpeed, TRL)
 def test_use_liger_1_on_a_cpu_is_a_clear_error(tmp_path, toy_dir):
     out = tmp_path / "out"
     result = run_script(["python", "code/pretrain.py", "--config_name", str(toy_dir), "--train_files",
@@ -163,3 +166,24 @@ def test_use_liger_1_on_a_cpu_is_a_clear_error(tmp_path, toy_dir):
     assert result.returncode == 1, result.stdout[-2000:]
     assert "--use_liger_kernel: Liger's Triton kernels need a CUDA GPU" in result.stdout
     assert "Traceback" not in result.stdout and not out.exists()
+
+
+@pytest.mark.slow   # launches the script (imports DeepSpeed, TRL)
+def test_dpo_py_runs_directly_on_a_cpu_without_precision_or_checkpointing_flags(tmp_path, toy_dir):
+    # Issue 18: `python code/dpo.py ...` on a CPU died in TRL's DPOConfig (bf16 on by default) and warned that
+    # `gradient_checkpointing` is deprecated. A random toy model is enough to check both.
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = tmp_path / "model"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(toy_dir)).save_pretrained(model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(toy_dir / name, model_dir / name)
+    out = tmp_path / "dpo"
+    result = run_script(["python", "code/dpo.py", "--model_name_or_path", str(model_dir), "--train_files",
+                         "data/sample/dpo.jsonl", "--output_dir", str(out), "--use_lora", "--max_steps", "1",
+                         "--per_device_train_batch_size", "2", "--report_to", "none"])
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "bf16: False" in result.stdout and (out / "adapter_model.safetensors").exists()
+    assert "`gradient_checkpointing` is deprecated" not in result.stdout

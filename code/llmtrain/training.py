@@ -292,7 +292,8 @@ def measure_cpu_matmul_flops(size: int = 512, seconds: float = 0.3) -> float:
 
 
 class ThroughputCallback(TrainerCallback):
-    """6.1.5: adds tokens/s and MFU (6·N·tokens/s ÷ peak FLOP/s of all devices) to each training log.
+    """6.1.5: adds tokens/s and MFU (6·N·tokens/s ÷ peak FLOP/s of all devices) to each training log, and on a GPU
+    the process's peak allocated and reserved memory (torch.cuda.max_memory_allocated / max_memory_reserved).
 
     Tokens are the Trainer's own count of input tokens seen over all processes (including padding).
     With LoRA, frozen weights skip their weight gradients, so 6·N somewhat overstates the work done.
@@ -317,6 +318,9 @@ class ThroughputCallback(TrainerCallback):
         metrics = {"tokens_per_second": round(new_tokens / seconds, 1)}
         if self.peak:
             metrics["mfu"] = round(6 * self.n_params * new_tokens / seconds / (self.peak * args.world_size), 4)
+        if torch.cuda.is_available():  # this process's peaks so far: what the memory model predicts, what the card holds
+            metrics["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            metrics["max_memory_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
         logs.update(metrics)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(metrics)
