@@ -70,6 +70,15 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
                            for o in c.outputs)
         name = "full SFT (6.2)" if ipynb.stem == "6.2_sft" else "LoRA SFT (6.3)"
         assert re.search(re.escape(f"| {name} |") + r" \d+% \| \d+% \|", tables), tables
+    if ipynb.stem == "6.3_lora":
+        # B = 0, A random: the first step's gradient reaches B only; A's follows once B has left 0
+        (a1, b1), (a2, b2) = re.findall(r"第 \d 步:A 的梯度最大绝对值 ([\d.e+-]+),B 的梯度最大绝对值 ([\d.e+-]+)", text)
+        assert float(a1) == 0 and float(b1) > 0 and float(a2) > 0 and float(b2) > 0
+        assert text.count("与 peft 的最大 logits 差 ≤ 1e-5: True") == 4  # ours, merge, unmerge, peft's merge
+        assert "B = 0 时与基座的最大 logits 差: 0.0" in text
+        markdown = "\n".join(o.get("data", {}).get("text/markdown", "") for c in out.cells if c.cell_type == "code"
+                             for o in c.outputs)
+        assert "| full SFT (6.2) |" in markdown and "sft_seen 与 heldout 之和最高的是学习率" in markdown
     if ipynb.stem == "6.4_dpo":
         before, after = map(int, re.search(r"留出偏好对的奖励准确率:训练前 (\d+)% → 训练后 (\d+)%", text).groups())
         assert before == 0 and after >= 80
