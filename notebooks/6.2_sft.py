@@ -16,51 +16,48 @@
 # %% [markdown]
 # # 6.2 有监督微调(SFT):只在回答上计算损失
 #
-# 上一节得到的预训练模型只会"接着往下写"。要让它按照用户的要求作答,需要用成对的"指令—回答"数据继续训练,
-# 这就是有监督微调(Supervised Fine-Tuning,SFT)。本节跟着教材 6.2.1–6.2.2,从 6.1 训练出的玩具基座出发做一次全量 SFT,
-# 用数字说明教材代码里的两个问题(**忽略标签用错了**、**每条样本都补齐到 2048**),最后用成绩单检查 SFT 到底教会了模型什么。
+# 6.1 训练出的基座只会"接着往下写"。要让它按用户的要求作答,需要用"指令—回答"成对的数据继续训练,
+# 这一步叫有监督微调(Supervised Fine-Tuning,SFT)。本节跟着教材 6.2.1–6.2.2:先看一条对话怎样变成模型的输入和标签,
+# 用实测说明教材代码的两个问题(**忽略标签用错了**、**每条样本都补齐到 2048**),再看打包(packing)怎样把几条对话放进一行;
+# 最后用 `make run` 的同一条命令、同一组超参数做一次全量 SFT,用成绩单检查它学会了什么。
 #
-# 本节用到的函数在 `code/llmtrain/sft_data.py`(数据)、`training.py`(Trainer)、`evaluation.py`(成绩单)、
-# `benchmark.py`(吞吐测量)中。
+# 用到的函数都在 `code/llmtrain/` 下:`sft_data.py`(数据与 collator)、`training.py`(Trainer)、`generation.py`(对话)、
+# `evaluation.py`(成绩单)、`benchmark.py`(吞吐测量)。
 
 # %% tags=["parameters"]
 from llmtrain.toy import toy_preset
 
-PRESET = toy_preset()  # code/presets/toy.env:PRESET=toy bash code/finetune.sh 用的同一组取值
+PRESET = toy_preset()  # code/presets/toy.env:PRESET=toy bash code/finetune.sh(make run 的 SFT)用的同一组取值
 MAX_LEN = PRESET["TOY_SFT_MAX_LEN"]  # 单条对话的最大 token 数(教材 2048;样例对话都很短)
-BATCH_SIZE = PRESET["TOY_SFT_BATCH_SIZE"] * PRESET["TOY_NUM_PROCESSES"]  # 每步的对话条数 = 脚本两个进程合起来的 batch
-EPOCHS = PRESET["TOY_SFT_EPOCHS"]
+EPOCHS = PRESET["TOY_SFT_EPOCHS"]  # 全量 SFT 的 epoch 数,传给 code/finetune.sh;改了它,模型就不再是 make run 的那一个
 LEARNING_RATE = PRESET["TOY_SFT_LR"]
 WARMUP_STEPS = PRESET["TOY_SFT_WARMUP_STEPS"]
 PAD_ID_STEPS = 30  # 用教材的 pad id 标签训练几步
 BENCH_STEPS = 3  # 比较三种组 batch 方式时,每种训练几步
-SEED = 42
+SEED = 42  # notebook 里几个小实验的种子(finetune.sh 用它自己的默认种子,和 make run 相同)
 
 # %%
 import inspect
+import json
+import time
 
 import datasets
 import pandas as pd
 import torch
 from IPython.display import SVG, Image, Markdown, display
-from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+from transformers import AutoModelForCausalLM, default_data_collator
 from transformers.trainer_callback import PrinterCallback
 
-
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.notebook import setup_notebook, toy_training_args
-from llmtrain.toy import ensure_toy_pretrained
-from llmtrain.training import build_trainer, train_and_save
+from llmtrain.notebook import fresh_output_dir, load_toy_base, setup_notebook, toy_training_args
+from llmtrain.training import build_trainer
 
-IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和警告;图存在 output/figures(make notebooks 时是 images/)
+IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和已知的无关警告;图存在 output/figures(make notebooks 时是 images/)
+OUTPUT_DIR = fresh_output_dir("6.2")  # output/notebooks/6.2,每次运行先清空:里面的模型和成绩单都来自这一次运行
+SCORECARD = OUTPUT_DIR / "scorecard.json"
 SAMPLE = ROOT / "data" / "sample"
-DATA = SAMPLE / "sft.jsonl"
-OUTPUT_DIR = ROOT / "output" / "notebooks" / "6.2"
-SCORECARD = ROOT / "output" / "notebooks" / "scorecard.json"
-PRETRAINED = ensure_toy_pretrained()  # output/toy/pretrain:6.1 / make run 用同一配方训练的基座;没有时先训练一个(约 2 分钟)
-tokenizer = AutoTokenizer.from_pretrained(PRETRAINED)
-base_model = AutoModelForCausalLM.from_pretrained(PRETRAINED)
-print("基座模型:", PRETRAINED.relative_to(ROOT), "| 词表", len(tokenizer))
+PRETRAINED, tokenizer, base_model = load_toy_base()  # output/toy/pretrain:6.1 / make run 训练的基座
+print("基座模型:", PRETRAINED.relative_to(ROOT), "| 词表", len(tokenizer), "| 本节的输出:", OUTPUT_DIR.relative_to(ROOT))
 
 # %% [markdown]
 # ## 6.2.1 Pretrain 与 SFT 的区别
@@ -89,12 +86,11 @@ print("基座模型:", PRETRAINED.relative_to(ROOT), "| 词表", len(tokenizer))
 #   ("西瓜是郝丹最喜欢的水果。请问,郝丹最喜欢的水果是什么?")。如果 SFT 数据里出现的人名只有那 20 个,
 #   模型很容易学成"不管问谁,都用这 20 个名字之一作答";这些对话让它学到"回答里的名字要照抄问题里的名字"。
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.evaluation import load_eval_questions
 from llmtrain.sft_data import load_sft_dataset, normalize_conversation
 
-raw = load_sft_dataset([str(DATA)])
+raw = load_sft_dataset([str(SAMPLE / "sft.jsonl")])
 seen_questions = {q.question for q in load_eval_questions(str(SAMPLE / "eval.jsonl")) if q.split == "sft_seen"}
 
 
@@ -125,8 +121,7 @@ example = next(c for c in raw["conversations"] if len(c) == 4)  # 一条多轮�
 # 教材把角色名 `user` 改成了数据里的 `human`;我们把 `human` 映射回 Qwen 的 `user`,这样微调后的模型直接就能配合
 # `apply_chat_template` 和各种 OpenAI 风格的推理框架使用(`llmtrain.sft_data.normalize_conversation` 也接受 `{"role", "content"}` 格式)。
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.sft_data import render_chatml
 
 messages = normalize_conversation(example)
@@ -147,8 +142,7 @@ from llmtrain.sft_data import IGNORE_INDEX, tokenize_conversation
 
 print(inspect.getsource(tokenize_conversation))
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.plotting import label_mask_svg
 
 encoded = tokenize_conversation(example, tokenizer, max_len=MAX_LEN)
@@ -156,20 +150,21 @@ tokens = [tokenizer.decode([i]) for i in encoded["input_ids"]]
 supervised = [label != IGNORE_INDEX for label in encoded["labels"]]
 print(f"{len(tokens)} 个 token,其中 {sum(supervised)} 个参与损失计算:")
 print("".join(f"[{t}]" if s else t for t, s in zip(tokens, supervised)).replace("\n", "↵\n"))
+system_tokens = tokens[:tokens.index("<|im_end|>") + 1]
+print(f"\n系统提示这一轮切成 {len(system_tokens)} 个 token:", " | ".join(t.replace("\n", "↵") for t in system_tokens))
 
 # %%
 display(SVG(label_mask_svg(tokens, supervised, str(IMAGES_DIR / "6.2_label_mask.svg"))))
 
 # %% [markdown]
-# 绿色是参与损失的 token,灰色的标签是 -100。玩具分词器只在样例数据上训练过,英文的系统提示被拆成了单个字母;
-# 每个汉字都是一个完整的 token(分词器不会把汉字拆成字节碎片)。
+# 绿色是参与损失的 token,灰色的标签是 -100。玩具分词器的合并规则是从预训练语料学来的,而预训练语料里的 ChatML 对话
+# 都带着这句英文系统提示,所以它被切成了整词(上面最后一行);每个汉字是一个完整的 token(分词器不会把汉字拆成字节碎片)。
 #
 # 这个掩码和 transformers 自己算出来的一致吗?玩具分词器的模板在助手回答外面包了 `{% generation %}` 标记,
 # `apply_chat_template(..., return_assistant_tokens_mask=True)` 会据此给出"助手 token"掩码。
 # `llmtrain.sft_data.chat_template_agreement` 逐条核对全部样例(`tests/test_sft_data.py` 调用的是同一个函数):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.sft_data import chat_template_agreement
 
 agreement = pd.DataFrame(chat_template_agreement(raw["conversations"], tokenizer))
@@ -183,8 +178,7 @@ print(f"{len(raw)} 条对话:token 完全一致 {agreement['same_ids'].sum()} �
 # 整个数据集用 `llmtrain.sft_data.build_sft_dataset` 处理:逐条渲染、打标签;截断到 `MAX_LEN` 后如果一个回答 token 都不剩,
 # 这条样本会被丢掉并在日志里计数;格式有问题的样本(未知角色、值不是字符串、没有助手回答……)会报错并指出是第几条、id 是什么。
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.sft_data import build_sft_dataset
 
 train_set = build_sft_dataset(raw, tokenizer, max_len=MAX_LEN)
@@ -200,10 +194,9 @@ print(f"共 {n_tokens} 个 token,其中 {n_supervised} 个({n_supervised / n_tok
 #
 # **问题一:忽略标签用了 pad id。** 教材写的是 `IGNORE_TOKEN_ID = tokenizer.pad_token_id`,而 Qwen 的 pad token 是 `<|endoftext|>`。
 # 交叉熵只会跳过 -100,于是所有"不该监督"的位置(系统提示、用户问题、padding)都变成了训练目标:让模型在这些位置输出 `<|endoftext|>`。
-# `llmtrain.sft_data.textbook_padded` 复现了教材的样本格式,统计一下:
+# `llmtrain.sft_data.textbook_padded` 复现了教材的样本格式(补齐到 2048,标签用 pad id),统计一下:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.sft_data import pad_to_length, textbook_padded
 
 chapter = [textbook_padded(f, tokenizer.pad_token_id, 2048) for f in features]
@@ -216,73 +209,129 @@ print(f"教材格式:{all_targets:,} 个标签位置中,{pad_targets:,} 个({pad
 # 这样训练会怎样?在 CPU 上补齐到 2048 太慢,下面只补齐到 128(比最长的样例对话还长),其余完全按教材:
 # 标签用 pad id。对照组的输入完全相同,只是标签换成 -100(`llmtrain.sft_data.pad_to_length`)。
 # 两组都从基座出发,学习率和后面正式 SFT 相同,各训练 `PAD_ID_STEPS` 步,然后对几个问题贪心生成,
-# 数一数生成的 token 里有多少是 `<|endoftext|>`(`llmtrain.generation.greedy_token_ids` 保留特殊 token):
+# 数一数生成的 token 里有多少是 `<|endoftext|>`(`llmtrain.generation.greedy_token_ids` 保留特殊 token)。
+# 训练用的是 6.1 讲过的 Trainer(`llmtrain.training.build_trainer`,下文会看到 `code/finetune.py` 怎样调用它):
 
 # %%
 from llmtrain.generation import greedy_token_ids
 
+IM_END_ID = tokenizer.convert_tokens_to_ids("<|im_end|>")
 probe_questions = ["林晓雨的家乡是哪里?", "王志远的职业是什么?", "你好", "3加5等于几?", "“快”的反义词是什么?"]
-label_runs = {}
+label_runs, label_stats = {}, {}
 for name, layout in [("教材:pad id 作标签", textbook_padded), ("本课程:-100", pad_to_length)]:
+    padded = [layout(f, tokenizer.pad_token_id, 128) for f in features]
     model = AutoModelForCausalLM.from_pretrained(PRETRAINED)
-    trainer = build_trainer(model, toy_training_args(OUTPUT_DIR / "labels", max_steps=PAD_ID_STEPS, per_device_train_batch_size=8,
-                                                     learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS),
-                            tokenizer, datasets.Dataset.from_list([layout(f, tokenizer.pad_token_id, 128) for f in features]),
-                            data_collator=default_data_collator)
+    args = toy_training_args(OUTPUT_DIR / "labels", max_steps=PAD_ID_STEPS, per_device_train_batch_size=8,
+                             learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, seed=SEED, data_seed=SEED)
+    trainer = build_trainer(model, args, tokenizer, datasets.Dataset.from_list(padded), data_collator=default_data_collator)
     trainer.remove_callback(PrinterCallback)  # 不逐条打印日志;loss 在 trainer.state.log_history 里
     trainer.train()
     model.config.use_cache = True
     replies = [greedy_token_ids(model, tokenizer, q, max_new_tokens=24) for q in probe_questions]
+    label_stats[name] = {
+        "loss": [e["loss"] for e in trainer.state.log_history if "loss" in e][-1],
+        "eot_label_share": sum(x == tokenizer.pad_token_id for f in padded for x in f["labels"]) / (128 * len(padded)),
+        "eot_share": sum(t == tokenizer.pad_token_id for r in replies for t in r) / sum(map(len, replies)),
+        "im_end": sum(r[-1] == IM_END_ID for r in replies),
+    }
     label_runs[name] = {
-        "最后的训练 loss": round([e["loss"] for e in trainer.state.log_history if "loss" in e][-1], 2),
-        "<|endoftext|> 占生成 token": f"{sum(t == tokenizer.pad_token_id for r in replies for t in r) / sum(map(len, replies)):.0%}",
-        "以 <|im_end|> 结束的回答": sum(r[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>") for r in replies),
+        "最后的训练 loss": f"{label_stats[name]['loss']:.2f}",
+        "标签里 <|endoftext|> 的比例": f"{label_stats[name]['eot_label_share']:.0%}",
+        "<|endoftext|> 占生成 token": f"{label_stats[name]['eot_share']:.0%}",
+        "以 <|im_end|> 结束的回答": label_stats[name]["im_end"],
         **{q: tokenizer.decode(r).replace("<|endoftext|>", "⟨eot⟩") for q, r in zip(probe_questions, replies)},
     }
 pd.DataFrame(label_runs)
 
+# %%
+pad_run, ours_run = label_stats["教材:pad id 作标签"], label_stats["本课程:-100"]
+display(Markdown(
+    f"本次运行:pad id 作标签的一组,最后的训练 loss 是 {pad_run['loss']:.2f},"
+    f"{'低于' if pad_run['loss'] < ours_run['loss'] else '不低于'} -100 那组的 {ours_run['loss']:.2f}。"
+    f"两个 loss 不能直接比:前者的标签里 {pad_run['eot_label_share']:.0%} 是 `<|endoftext|>`,"
+    f"在提示和 padding 处预测它是很容易学会的目标;后者只在回答上计算。"
+    f"看生成结果:pad id 那组生成的 token 有 {pad_run['eot_share']:.0%} 是 `<|endoftext|>`,"
+    f"{len(probe_questions)} 个回答里 {pad_run['im_end']} 个以 `<|im_end|>` 结束;"
+    f"-100 那组是 {ours_run['eot_share']:.0%} 和 {ours_run['im_end']} 个"
+    f"(只训练了 {PAD_ID_STEPS} 步,内容对不对要看后面正式 SFT 的成绩单)。"
+    f"教材补齐到 2048 时,`<|endoftext|>` 占全部标签的 {pad_targets / all_targets:.1%},比这里补齐到 128 时更多。"))
+
 # %% [markdown]
-# 在本次运行里(表中数字来自上面这个单元):用 pad id 作标签的一组,训练 loss 降到 0.36,比 -100 那组的 2.34 "好看"得多,
-# 但这个 loss 大部分来自"在提示和 padding 处预测 `<|endoftext|>`"这种白送的目标;它生成的 token 有 61% 是 `<|endoftext|>`,
-# 5 个回答里只有 3 个以 `<|im_end|>` 结束,"你好"的回答从第一个 token 起就全是 `<|endoftext|>`。
-# -100 那组生成里没有一个 `<|endoftext|>`,5 个回答里 4 个以 `<|im_end|>` 结束(训练步数太少,内容大多还不对,下面的正式 SFT 才训练够)。
-# 补齐到 2048 时 pad 目标占 99.3%,比这里的 128 还多得多。
-#
-# **问题二:每条样本都补齐到 2048。** 样例对话平均只有几十个 token,补齐到 2048 后,绝大部分计算都花在了 padding 上。
+# **问题二:每条样本都补齐到 2048。** 样例对话只有几十到一两百个 token,补齐到 2048 后,绝大部分计算都花在了 padding 上。
 # 两种更好的组 batch 方式(`llmtrain.sft_data.make_collator`):
 #
 # - **动态 padding**:每个 batch 只补齐到其中最长的样本(transformers 的 `DataCollatorForSeq2Seq`,标签用 -100 补齐);
 # - **无 padding 的打包(packing)**:把一个 batch 的对话首尾相接放进同一行,`position_ids` 在每条对话开头归零,
 #   模型据此让注意力只在各自的对话内部进行(transformers 的 `DataCollatorWithFlattening`)。这是训练脚本的默认方式。
 #
-# `llmtrain.benchmark.compare_sft_batching` 在同一个玩具模型上,用三种方式各训练几步并计时:
+# `llmtrain.benchmark.compare_sft_batching` 在同一个玩具模型上,用三种方式各训练 `BENCH_STEPS` 步并计时
+# ("supervised tokens/s" 是每秒训练的回答 token 数,padding 和提示都不算):
 
 # %%
 from llmtrain.benchmark import compare_sft_batching
 
 results = compare_sft_batching(base_model, tokenizer, features, batch_size=8, steps=BENCH_STEPS)
 table = pd.DataFrame(results).T[["real_token_fraction", "tokens_per_step", "supervised_tokens_per_s"]]
-table["speed-up"] = table["supervised_tokens_per_s"] / table["supervised_tokens_per_s"].iloc[0]
-table.round(2)
+table["vs textbook"] = table["supervised_tokens_per_s"] / table["supervised_tokens_per_s"].iloc[0]
+display(table.round(2))
+textbook_row, dynamic_row, packing_row = results.values()
+speedups = {name: r["supervised_tokens_per_s"] / textbook_row["supervised_tokens_per_s"] for name, r in results.items()}
+display(Markdown(
+    f"本次运行:补齐到 2048 时,真实 token 只占计算位置的 {textbook_row['real_token_fraction']:.1%};"
+    f"动态 padding 是 {dynamic_row['real_token_fraction']:.1%},打包是 {packing_row['real_token_fraction']:.1%}(没有任何 padding)。"
+    f"每秒训练的回答 token,动态 padding 是教材做法的 {speedups['dynamic padding']:.1f} 倍,"
+    f"打包是 {speedups['packing (padding-free)']:.1f} 倍;打包{'快于' if packing_row['supervised_tokens_per_s'] > dynamic_row['supervised_tokens_per_s'] else '慢于'}动态 padding。"
+    f"每种只测了 {BENCH_STEPS} 步,计时受机器负载影响,倍数每次运行都会变。"))
 
 # %% [markdown]
-# 本次运行:补齐到 2048 时真实 token 只占 2%;动态 padding 和打包每秒训练的回答 token 都是教材做法的
-# 许多倍(上表最后一列;计时受机器负载影响,每次运行差别很大)。打包没有任何 padding(真实 token 比例 1.0);样本长度越参差
-# (真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多。在 GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,
-# 只计算每条对话内部的注意力。
+# 在 CPU 上,打包的这一行用块对角的注意力掩码计算(整行长度的平方),动态 padding 则是每条样本各算各的,
+# 所以打包不一定更快;在 GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,只计算每条对话内部的注意力,
+# 样本长度越参差(真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多,打包的优势越大。
 #
+# 上面的倍数只有几步,比较粗。`bench/sft_throughput.py` 用同样的三种方式各训练更多步,结果连同日期、机器、负载和库版本
+# 写进仓库里的 `bench/results/sft_throughput_cpu.json`(README 的表也来自它):
+
+# %%
+bench = json.loads((ROOT / "bench" / "results" / "sft_throughput_cpu.json").read_text(encoding="utf-8"))
+print(f"{bench['date']} · {bench['machine']['cpu']} · {bench['machine']['cores']} 核 · "
+      f"开始时 1 分钟负载 {bench['machine']['load_average_1_5_15_min_at_start'][0]} · "
+      f"torch {bench['versions']['torch']} · transformers {bench['versions']['transformers']}")
+print(f"{bench['data']['conversations']} 条对话,batch {bench['batch_size']},每种 {bench['steps']} 步")
+pd.DataFrame(bench["rows"]).T[["real_token_fraction", "tokens_per_step", "supervised_tokens_per_s", "vs_textbook"]].round(2)
+
+# %% [markdown]
+# ### 打包的 batch 长什么样
+#
+# 把最短的 3 条对话交给训练脚本用的 collator(`make_collator(tokenizer, packing=True)`,即 `DataCollatorWithFlattening`),
+# 看它返回的张量:只有一行,三条对话首尾相接;`position_ids` 在每条对话的第一个 token 处回到 0;
+# 标签在提示处是 -100,在回答和它的 `<|im_end|>` 处等于 `input_ids`(模型计算损失时自己错开一位:第 i 个位置的输出去预测第 i+1 个标签)。
+# collator 还把每条对话第一个位置的标签设成 -100,免得上一条对话的最后一个 token 去预测下一条的开头(这里那个位置是系统提示,本来就是 -100)。
+# 没有 `attention_mask`:对话的边界全靠 `position_ids`。
+
+# %% tags=["nbval-check-output"]
+from llmtrain.sft_data import make_collator
+
+shortest = sorted(range(len(features)), key=lambda i: (len(features[i]["input_ids"]), i))[:3]
+pack = make_collator(tokenizer, packing=True)([features[i] for i in shortest])
+print({key: tuple(value.shape) for key, value in pack.items()})
+starts = (pack["position_ids"][0] == 0).nonzero().flatten().tolist() + [pack["input_ids"].shape[1]]
+for k, (a, b) in enumerate(zip(starts, starts[1:]), 1):
+    print(f"\n对话 {k}:第 {a}–{b - 1} 列")
+    print(pd.DataFrame({
+        "token": [tokenizer.decode([i]).replace("\n", "↵") for i in pack["input_ids"][0, a:b]],
+        "input_ids": pack["input_ids"][0, a:b].tolist(),
+        "position_ids": pack["position_ids"][0, a:b].tolist(),
+        "labels": pack["labels"][0, a:b].tolist(),
+    }).T.to_string(header=False))
+
+# %% [markdown]
 # ### 打包的一个陷阱:KV cache
 #
 # "注意力不跨对话"有个前提:前向计算时既没有 attention mask,也没有 KV cache 对象。而模型配置默认 `use_cache=True`,
 # 训练时的前向计算也会创建一个空的 cache,于是 transformers 不再从 `position_ids` 推断对话边界,打包的对话之间就会互相"偷看"。
-# 把同一条对话放在打包的 batch 里和单独计算,比较 logits:
+# 把上面打包的三条对话和单独计算比较 logits:
 
-# %%
-# NBVAL_CHECK_OUTPUT
-from llmtrain.sft_data import make_collator
-
-pack = make_collator(tokenizer, packing=True)(features[:4])
-starts = (pack["position_ids"][0] == 0).nonzero().flatten().tolist() + [pack["input_ids"].shape[1]]
+# %% tags=["nbval-check-output"]
 probe = AutoModelForCausalLM.from_pretrained(PRETRAINED).train()
 for use_cache in (True, False):
     probe.config.use_cache = use_cache
@@ -296,27 +345,53 @@ for use_cache in (True, False):
 # 所以 `llmtrain.training.build_trainer` 在训练前把 `use_cache` 关掉(训练本来也用不到 cache),`train_and_save` 保存模型前再打开;
 # `tests/test_sft_data.py` 用 Trainer 实际使用的模型和 collator 检查了这一点。
 #
-# ### 用 Trainer 训练
+# ### 用 Trainer 训练:`code/finetune.py`
 #
-# 其余部分与预训练相同:`build_trainer`(教材的 Trainer,换成 transformers 5 的写法)+ `train_and_save`(训练、保存模型和日志),
-# 只是 collator 换成打包的那个。学习率、epoch 数、warmup 取自玩具预设,和 `PRESET=toy bash code/finetune.sh` 相同;
-# 脚本用 2 个进程、每个进程每步 8 条对话,这里一个进程每步 `BATCH_SIZE` 条,每步看到的数据量一样。
+# 教材的 SFT 脚本和 6.1.5 的预训练脚本几乎一样:解析参数、设日志、找 checkpoint、加载模型和分词器,
+# 不同的只有数据处理和 collator。`code/finetune.py` 是它的现代化版本,下面是其中处理数据和训练的两步
+# (第 1–3 步与 `pretrain.py` 相同;`build_trainer` 就是上面 pad id 实验用的那个):
 
 # %%
-model = AutoModelForCausalLM.from_pretrained(PRETRAINED)
-args = toy_training_args(OUTPUT_DIR / "sft", per_device_train_batch_size=BATCH_SIZE, num_train_epochs=EPOCHS,
-                         learning_rate=LEARNING_RATE, warmup_steps=WARMUP_STEPS, seed=SEED)
-trainer = build_trainer(model, args, tokenizer, train_set, data_collator=make_collator(tokenizer, packing=True))
-trainer.remove_callback(PrinterCallback)
-metrics = train_and_save(trainer, checkpoint=None)  # 模型存到 output/notebooks/6.2/sft,6.3 会拿它做对照
-print(f"{trainer.state.global_step} 步,用时 {metrics['train_runtime']:.1f} 秒;模型存在 {OUTPUT_DIR.relative_to(ROOT) / 'sft'}")
+finetune_source = (ROOT / "code" / "finetune.py").read_text(encoding="utf-8")
+print(finetune_source[finetune_source.index("    # 4. SFT 数据"):finetune_source.index("    if lora_args.use_lora and lora_args.merge_lora")])
+print(inspect.getsource(build_trainer))
+
+# %% [markdown]
+# `make run` 里的全量 SFT 就是 `PRESET=toy bash code/finetune.sh`:`deepspeed` 启动器拉起 2 个 CPU 进程(gloo 通信、ZeRO-2),
+# 数据在两个进程之间切分,超参数取自 `code/presets/toy.env`。这里运行**同一条命令**,只把输出目录换成本节的
+# `output/notebooks/6.2/sft`(和 6.1 一样,启动日志不逐行打印)。下面打印启动器实际执行的命令、
+# 每个进程启动时报告的 world size,以及脚本保存的 `TrainingArguments`(`training_args.bin`)里与训练过程相关的几项:
+
+# %%
+from llmtrain.toy import run_bash_script
+
+SFT_DIR = OUTPUT_DIR / "sft"
+start = time.perf_counter()
+log = run_bash_script(ROOT / "code" / "finetune.sh", PRESET="toy", OUTPUT_DIR=str(SFT_DIR), EPOCHS=str(EPOCHS))
+wall = time.perf_counter() - start
+command = next(line for line in log.splitlines() if line.startswith("+ deepspeed"))
+print(command.replace(str(ROOT) + "/", "").replace(" --", "\n    --"))
+ranks = sorted(line.split(" - ")[-1] for line in log.splitlines() if "Process rank:" in line)
+print("\n" + "\n".join(ranks))
+saved_args = torch.load(SFT_DIR / "training_args.bin", weights_only=False)
+print()
+for key in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+            "warmup_steps", "lr_scheduler_type", "weight_decay", "seed"):
+    print(f"{key:>28}: {getattr(saved_args, key)}")
+state = json.loads((SFT_DIR / "trainer_state.json").read_text(encoding="utf-8"))
+train_results = json.loads((SFT_DIR / "train_results.json").read_text(encoding="utf-8"))
+world = len(ranks)
+print(f"\n每步 {world} 个进程 × 每进程 {saved_args.per_device_train_batch_size} 条对话 = "
+      f"{world * saved_args.per_device_train_batch_size} 条;{len(train_set)} 条对话 × {saved_args.num_train_epochs:g} 个 epoch")
+print(f"{state['global_step']} 步,训练 {train_results['train_runtime']:.0f} 秒,连同启动共 {wall:.0f} 秒;"
+      f"模型存在 {SFT_DIR.relative_to(ROOT)}")
 
 # %%
 from llmtrain.plotting import plot_loss
 
-losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+losses = [e["loss"] for e in state["log_history"] if "loss" in e]
 print(f"第一次记录的 loss {losses[0]:.2f},最后一次 {losses[-1]:.2f}(只在回答 token 上计算)")
-display(Image(plot_loss(trainer.state.log_history, str(IMAGES_DIR / "6.2_sft_loss.png"), "6.2 toy SFT")))
+display(Image(plot_loss(state["log_history"], str(IMAGES_DIR / "6.2_sft_loss.png"), "6.2 toy SFT (code/finetune.sh)")))
 
 # %% [markdown]
 # ### 和微调前后的模型聊几句
@@ -328,6 +403,7 @@ display(Image(plot_loss(trainer.state.log_history, str(IMAGES_DIR / "6.2_sft_los
 # %%
 from llmtrain.generation import chat
 
+model = AutoModelForCausalLM.from_pretrained(SFT_DIR)
 probes = [("林晓雨的家乡是哪里?", "SFT 数据里有"), ("周思桐最喜欢的水果是什么?", "SFT 数据里有"),
           ("王志远的家乡是哪里?", "held-out"), ("赵子轩的职业是什么?", "held-out"),
           ("你好", "SFT 数据里有"), ("3加5等于几?", "SFT 数据里有")]
@@ -336,64 +412,107 @@ for q, where in probes:
           f"  SFT 之后: {chat(model, tokenizer, q, max_new_tokens=24)!r}")
 
 # %% [markdown]
-# 本次运行里,基座模型(SFT 之前)对事实问题答的是一串和问题无关的字,但它会在 `<|im_end|>` 处停下,
-# 对"你好"还能答出"你好!有什么可以帮你的吗?"——这句问候以 ChatML 格式出现在预训练语料里,基座见过对话模板。
-# SFT 之后,四个人物问题都按"X的家乡是……"的格式作答;两个 held-out 人物的事实 SFT 数据里没有,答案只能来自预训练。
-# 有的回答末尾多了一句"还想知道什么,尽管问我。"(这里最多生成 24 个 token,所以被截断了):SFT 数据里约四分之一的
-# 人物回答这样结尾,6.4 节会用偏好数据让模型每次都这样说;问赵子轩的那条在答案后面又多说了半句,严格判分会判它错。
-# "3加5等于几?"答成了"3加1等于5。":一百万参数的模型没学会加法,格式对、内容错。
-# 每个回答对不对,要看下面的成绩单。
+# 这里最多生成 24 个 token,长一点的回答会被截断。基座在预训练语料里见过 ChatML 格式的日常对话,却从没被问过这些人的事实;
+# SFT 教的是"被问到时,用一句话给出答案,然后停下"。held-out 两人的事实 SFT 数据里没有,他们的答案只能来自预训练。
+#
+# SFT 数据里,一部分人物回答在答案之后还有一句固定的结尾(6.4 节会用偏好数据让模型每次都这样说):
+
+# %%
+from llmtrain.evaluation import TOY_STYLE_SUFFIX
+
+person_replies = [c[1]["value"] for c in raw["conversations"] if c[0]["value"] in seen_questions]
+with_suffix = sum(r.endswith(TOY_STYLE_SUFFIX) for r in person_replies)
+print(f"SFT 数据里 seen 人物的 {len(person_replies)} 条回答,{with_suffix} 条({with_suffix / len(person_replies):.0%})"
+      f"以“{TOY_STYLE_SUFFIX}”结尾")
+
+# %% [markdown]
+# 每个回答对不对,要看成绩单。
 #
 # ### 成绩单
 #
 # 几个问题说明不了多少。`llmtrain.evaluation.scorecard_row` 用 `data/sample/eval.jsonl` 的全部问题考模型:
 # 40 个人每人 3 个问题,seen 的 60 个、held-out 的 60 个;贪心解码,**严格判分**(回答里恰好出现一次正确答案、
-# 答案后面只有句号之类的结尾、没有出现别的候选答案才算对)。另外还有:回答是否以 `<|im_end|>` 结束、
-# 留出文本的困惑度、留出对话里助手回复部分的 loss。这一行存进 `output/notebooks/scorecard.json`(6.1 写了基座那一行,6.3 会写 LoRA 那一行):
+# 答案后面只有句号之类的结尾、没有出现别的候选答案才算对;上面那句固定结尾先去掉再判分)。另外还有:回答是否以 `<|im_end|>` 结束、
+# 以那句固定结尾收尾的比例、留出文本的困惑度、留出对话里助手回复部分的 loss。
+# 基座和 SFT 模型各考一遍,存进本节的 `output/notebooks/6.2/scorecard.json`:
 
 # %%
 from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row
 
-row = scorecard_row(model, tokenizer, str(SAMPLE / "eval.jsonl"), [str(SAMPLE / "pretrain_valid.jsonl")],
-                    [str(SAMPLE / "sft_valid.jsonl")])
-card = save_scorecard_row(str(SCORECARD), "full SFT (6.2)", row)
-display(Markdown(format_scorecard(card)))
+
+def score(name, scored_model):
+    """One scorecard row of `scored_model`, saved under `name` in this notebook's scorecard."""
+    row = scorecard_row(scored_model, tokenizer, str(SAMPLE / "eval.jsonl"), [str(SAMPLE / "pretrain_valid.jsonl")],
+                        [str(SAMPLE / "sft_valid.jsonl")], style_suffix=TOY_STYLE_SUFFIX)
+    return save_scorecard_row(str(SCORECARD), name, row)[name]
+
+
+base_row = score("base (6.1)", base_model)
+row = score("full SFT (6.2)", model)
+display(Markdown(format_scorecard({"base (6.1)": base_row, "full SFT (6.2)": row})))
+display(Markdown(
+    f"SFT 之后,seen 问题的准确率从 {base_row['sft_seen']:.0%} 变为 {row['sft_seen']:.0%},"
+    f"held-out 从 {base_row['heldout']:.0%} 变为 {row['heldout']:.0%};"
+    f"留出对话上助手回复的 loss 从 {base_row['assistant_loss']:.3f} 变为 {row['assistant_loss']:.3f}。"))
 
 # %% [markdown]
-# held-out 的问题答错时,模型说了什么?`llmtrain.evaluation.wrong_person_replies` 数一数错误回答里有多少在讲**另一个人**
+# ### 和 `make run` 是同一个模型吗
+#
+# 6.3、6.4 和 README 的成绩单用的是 `make run` 训练的 `output/toy/sft`。上面用的是同一条命令、同一个基座、同一组超参数和种子,
+# 训练过程在 CPU 上是确定的,所以两者应该逐位相同。直接比较两份权重:
+
+# %%
+MAKE_RUN_SFT = ROOT / "output" / "toy" / "sft"
+if (MAKE_RUN_SFT / "model.safetensors").exists():
+    make_run_model = AutoModelForCausalLM.from_pretrained(MAKE_RUN_SFT)
+    weight_diff = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(),
+                                                                 make_run_model.state_dict().values()))
+    print(f"本节的 SFT 模型 vs make run 的 output/toy/sft:权重最大差 {weight_diff:.1e}")
+    if weight_diff == 0:
+        display(Markdown("两份权重逐位相同:本节的成绩单一行就是 `make run` 的那一行,6.3、6.4 接着用的就是这个模型。"))
+    elif EPOCHS != PRESET["TOY_SFT_EPOCHS"]:
+        display(Markdown(f"两份权重不同:这次 `EPOCHS={EPOCHS}`,不是预设的 {PRESET['TOY_SFT_EPOCHS']}。"
+                         "用默认参数重新运行本节,两者就会一致。"))
+    else:
+        make_run_row = score("full SFT (make run, output/toy/sft)", make_run_model)
+        display(Markdown(format_scorecard({"full SFT (6.2)": row, "full SFT (make run, output/toy/sft)": make_run_row})))
+        display(Markdown("两份权重不同,成绩单也可能不同:`output/toy/sft` 不是用现在的数据、基座或预设训练的"
+                         "(比如改过数据或重新训练过基座之后,没有重新 `make run`)。重新 `make run` 之后两者就会一致。"))
+else:
+    print("还没有 output/toy/sft(没有运行过 make run):本节的 SFT 模型就是 make run 会得到的那一个")
+
+# %% [markdown]
+# ### held-out 答错时说了什么
+#
+# held-out 的事实从没在 SFT 数据里以问答形式出现过,只能来自预训练。一种可能的错法是:模型把问题里的人换成 SFT 数据里
+# 问过的人,再答那个人的事实。`llmtrain.evaluation.wrong_person_replies` 数一数错误回答里有多少在讲**另一个人**
 # (回答里出现了 eval 文件里别的人名,却没有被问到的那个):
 
 # %%
 from llmtrain.evaluation import wrong_person_replies
 
 wrong = wrong_person_replies(row, "heldout")
-print(f"held-out 答错 {wrong['wrong']} 个,其中 {wrong['other_person']} 个在讲另一个人:")
-for g in wrong["examples"][:5]:
-    print(f"  {g['question']}  ->  {g['reply']}  (正确答案:{g['answer']})")
+if wrong["wrong"] == 0:
+    print("held-out 的问题全部答对,没有答错的回答可分析")
+else:
+    print(f"held-out 答错 {wrong['wrong']} 个,其中 {wrong['other_person']} 个在讲另一个人"
+          f"{':' if wrong['examples'] else ''}")
+    for g in wrong["examples"][:5]:
+        print(f"  {g['question']}  ->  {g['reply']}  (正确答案:{g['answer']})")
 
 # %% [markdown]
-# 本次运行的成绩单(表里的 "full SFT (6.2)" 一行;其他行是别的 notebook 运行时写进去的,没运行过就没有):
-# 基座在两组问题上都是 0%;全量 SFT 之后 seen 90%,held-out 58%。留出对话的助手 loss 从基座的 2.865 降到 0.416。
+# SFT 数据里"其他名字"的对话(打招呼、答案就在问题里)就是为了压低"说成别人"这类错误。一次运行只是一个随机种子;
+# `bench/seed_spread.py` 用同样的数据和超参数、换几个种子把 `make run` 的流程各跑一遍,看这些数字随种子变化多少。
 #
-# held-out 的事实从没在 SFT 数据里以问答形式出现过,只能来自预训练:6.1 里基座只能把其中 63% 的陈述句补全对,
-# 这差不多就是 SFT 能问出来的上限。答错的 25 个里有 7 个在讲另一个人(上面列出的例子),模型把问题里的人换成了
-# SFT 数据里问过的人,再答那个人的事实。这两件事都对随机种子很敏感:同一份数据、同样的超参数,只换种子时,
-# 基座补全 held-out 陈述句的比例在 52%–63%,全量 SFT 的 held-out 准确率在 35%–70%(`bench/seed_spread.py`,
-# README 的"实测结果")。调玩具预设时还看到,
-# 学习率更大或训练更久,模型就更倾向于用 SFT 里见过的名字作答(`code/presets/toy.env` 里 `TOY_SFT_LR` 的注释);
-# SFT 数据里"其他名字"的对话就是为了压低这类错误,但在一百万参数的模型上压得并不彻底。
-#
-# ### 用脚本和 DeepSpeed 运行
-#
-# `code/finetune.py` 是教材 SFT 脚本的现代化版本,参数、日志、断点续训、报错方式都和 `pretrain.py` 一致,另外:
-# 默认打包(`--packing false` 改为动态 padding)、`--max_train_samples` 取代教材写死的前 10,000 条、
-# 数据经 `datasets` 内存映射加载(350 万行的 BelleGroup 文件也不会整个读进 Python 列表)。
+# 在 GPU 机器上运行教材的真实任务:
 #
 # ```bash
-# PRESET=toy bash code/finetune.sh     # 玩具:从 output/toy/pretrain 出发,2 个 CPU 进程,预设同上
 # bash code/finetune.sh                # 教材设置:Qwen2.5-1.5B + BelleGroup,3 个 epoch,bf16,ZeRO-2
-# python code/evaluate.py --model output/toy/sft --eval_file data/sample/eval.jsonl   # 同一张成绩单
+# python code/evaluate.py --model output/toy/sft --eval_file data/sample/eval.jsonl   # 给玩具模型打同一张成绩单
 # ```
+#
+# `code/finetune.py` 的参数、日志、断点续训、报错方式都和 `pretrain.py` 一致;另外默认打包(`--packing false` 改为动态 padding),
+# `--max_train_samples` 取代教材写死的前 10000 条,数据经 `datasets` 内存映射加载(350 万行的 BelleGroup 文件也不会整个读进 Python 列表)。
 #
 # | 教材的写法 | 本课程 |
 # | --- | --- |
