@@ -65,6 +65,11 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
     if ipynb.stem == "6.2_sft":
         n = len((ROOT / "data" / "sample" / "sft.jsonl").read_text(encoding="utf-8").splitlines())
         assert f"{n} 条对话:token 完全一致 {n} 条,监督掩码完全一致 {n} 条,模板掩码非空 {n} 条" in text
+        # one packed row from the collator, whose conversations do not see each other once use_cache is off
+        assert "'position_ids': (1," in text
+        assert "use_cache=False: 各对话打包 vs 单独计算的最大 logits 差 < 1e-3" in text
+        # the SFT ran through make run's command: code/finetune.sh, 2 DeepSpeed processes
+        assert "world size: 2" in text and "每步 2 个进程" in text
     if ipynb.stem in ("6.2_sft", "6.3_lora"):  # each ends with its row on the shared scorecard
         tables = "\n".join(o.get("data", {}).get("text/markdown", "") for c in out.cells if c.cell_type == "code"
                            for o in c.outputs)
