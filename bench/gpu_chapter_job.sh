@@ -14,7 +14,8 @@
 #             run under torch.cuda.set_per_process_memory_fraction((card - CUDA context) / total) so the big GPU
 #             acts as that card: an OOM there is a finding; "no_plan" = the launcher said nothing fits
 #   sft       finetune.sh full SFT, LoRA and QLoRA (USE_QLORA=1) from randomly initialised 1.5B weights
-#   dpo       dpo.sh (LoRA-DPO) from the same weights
+#   dpo       dpo.sh (LoRA-DPO) from the same weights (TRL's trainer logs no tokens/s or allocator peaks: this row
+#             has nvidia-smi only)
 # Every run is capped at RUN_TIMEOUT seconds (default 150); about 8 minutes in all on an H100/H200.
 #
 # A GPU box without network and without datasets/deepspeed/TRL: carry wheels with the checkout. On a machine
