@@ -23,7 +23,7 @@
 # 为了让每个单元都能在笔记本电脑的 CPU 上几分钟内跑完,我们把教材里的 Qwen2.5-1.5B 换成了
 # **同一结构、尺寸缩小的玩具模型**,分词器则是在仓库自带的样例语料上训练的。
 # 代码的写法与真实任务完全相同,换一个配置目录就能在 GPU 上训练真正的 1.5B 模型。
-# 本节最后训练出的基座模型(`output/toy/pretrain`)就是 6.2 SFT 和 6.3 LoRA 的起点。
+# 本节最后用 DeepSpeed 按 `make run` 的配方训练基座模型;`make run` 训练出的 `output/toy/pretrain` 就是 6.2 SFT 和 6.3 LoRA 的起点。
 #
 # 本 notebook 调用的函数都在 `code/llmtrain/` 里,每个单元会注明出处。
 
@@ -692,7 +692,7 @@ display(Image(plot_series(
 # 没有 GPU 也能体验同一条路径:`PRESET=toy` 用玩具资产(取值在 `code/presets/toy.env`),由 `deepspeed` 启动器拉起
 # **2 个 CPU 进程**,进程之间用 gloo 通信,ZeRO-2 把优化器状态和梯度切成两份,数据也在两个进程之间切分。
 # (transformers 5 在 CPU 上默认会让每个进程都以为自己是唯一的进程;`llmtrain.training.start_gloo_for_cpu_deepspeed` 先建立 gloo 的分布式状态再交给 Trainer,解决了这个问题。)
-# `make run` 的第一步就是这条命令,训练出的 `output/toy/pretrain` 是 6.2、6.3 的起点。
+# `make run` 的第一步就是 `PRESET=toy bash code/pretrain.sh`,训练出的 `output/toy/pretrain` 是 6.2、6.3 的起点。
 #
 # 脚本最后执行的到底是哪条命令?把 `deepspeed` 换成一个只打印参数的 shell 函数,"空跑"一遍脚本就知道了(bash 启动时会先读 `BASH_ENV` 指向的文件):
 
