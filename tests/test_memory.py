@@ -142,7 +142,6 @@ def test_4bit_weights_of_1_5b():
 
 
 def test_4bit_weight_formula_matches_what_bitsandbytes_stores(tmp_path):
-    pytest.importorskip("bitsandbytes")
     from llmtrain.modeling import load_model_4bit
 
     config = Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,

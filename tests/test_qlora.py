@@ -34,7 +34,6 @@ def test_dpo_rejects_qlora_with_one_line(tmp_path, toy_dir):
 
 @pytest.mark.slow
 def test_toy_qlora_through_finetune_sh_on_two_cpu_processes(tmp_path, toy_dir):
-    pytest.importorskip("bitsandbytes")
     base = tmp_path / "base"   # a randomly initialised toy model is enough to check the plumbing
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(toy_dir)).save_pretrained(base)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):

@@ -3,6 +3,7 @@
 One module per concern; each public function names the chapter section that teaches it.
 """
 
+import logging
 from pathlib import Path
 
 from llmtrain.errors import LlmtrainError
@@ -10,5 +11,9 @@ from llmtrain.errors import LlmtrainError
 # The repository root (llmtrain is installed editable from code/llmtrain), so notebooks and tests
 # find data/ and artifacts/ however they are started.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# bitsandbytes (QLoRA) looks for the optional `kernels` package's faster CPU kernel when it is imported and logs a
+# warning when it is missing; it then uses its own kernels. That warning would otherwise open every notebook and log.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __all__ = ["PROJECT_ROOT", "LlmtrainError"]
