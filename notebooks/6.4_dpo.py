@@ -17,8 +17,8 @@
 # # 6.4 偏好对齐:从零实现 DPO,和 TRL 核对,再用 LoRA 训练
 #
 # 教材第六章讲完了预训练、SFT 和 LoRA,说 LoRA 同样适用于 DPO、KTO 这类对齐方法,但没有真正演示对齐。
-# 本节补上这一步:推导 DPO 的损失,**自己实现它**并和 TRL 的 `DPOTrainer` 逐项核对,
-# 然后用 TRL + peft 在 6.2 的玩具 SFT 模型上做一次 LoRA-DPO,最后在记分卡上对比训练前后。
+# 本节补上这一步:推导 DPO 的损失,**自己实现它**(损失和一个手写的训练循环),和 TRL 的 `DPOTrainer` 逐项、逐步核对,
+# 然后用 TRL + peft 在 `make run` 训练好的玩具 SFT 模型上做一次 LoRA-DPO,最后在成绩单上对比训练前后。
 #
 # 本节的实现在 `code/llmtrain/dpo.py`,脚本是 `code/dpo.py` / `code/dpo.sh`。
 
@@ -30,12 +30,15 @@ EPOCHS = TOY["TOY_DPO_EPOCHS"]
 LEARNING_RATE = TOY["TOY_DPO_LR"]
 BETA = TOY["TOY_DPO_BETA"]  # DPO 的 beta:策略模型离参考模型能走多远
 BATCH_SIZE = TOY["TOY_NUM_PROCESSES"] * TOY["TOY_DPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 4 对,这里一个进程 8 对
-OVERTRAIN_EPOCHS = 3 * EPOCHS  # 6.4.6:同样的设置训练 3 倍的 epoch,看推过头会怎样
+OVERTRAIN_EPOCHS = 3 * EPOCHS  # 6.4.8:同样的设置训练 3 倍的 epoch,看推过头会怎样
 SEED = 42
 
 # %%
-import copy
 import inspect
+import json
+import logging
+import math
+import re
 import time
 
 import pandas as pd
@@ -44,18 +47,19 @@ from IPython.display import Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.notebook import setup_notebook
+from llmtrain.notebook import fresh_output_dir, setup_notebook
 from llmtrain.toy import ensure_toy_sft
 
 START = time.perf_counter()
 IMAGES_DIR = setup_notebook(SEED)
-OUTPUT_DIR = ROOT / "output" / "notebooks" / "6.4"
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # 它在导入时提示 CPU 上缺 4-bit 内核;本节不用 4-bit
+OUTPUT_DIR = fresh_output_dir("6.4")  # output/notebooks/6.4,每次运行先清空:这里的模型和成绩单都来自这一次运行
 TRAIN_FILE = ROOT / "data" / "sample" / "dpo.jsonl"
 HELDOUT_FILE = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
-SFT = ensure_toy_sft()  # output/toy/sft;没有时先用 code/finetune.sh 做一次 SFT
+SFT = ensure_toy_sft()  # output/toy/sft;缺少或比基座旧时,先按同样的方式(code/finetune.sh)训练一遍
 tokenizer = AutoTokenizer.from_pretrained(SFT)
 sft_model = AutoModelForCausalLM.from_pretrained(SFT).eval()
-print("起点(SFT 模型):", SFT.relative_to(ROOT))
+print("起点:", SFT.relative_to(ROOT), "—— make run 的全量 SFT 模型(PRESET=toy bash code/finetune.sh,DeepSpeed 2 个进程)")
 
 # %% [markdown]
 # ## 6.4.1 为什么 SFT 之后还要偏好对齐
@@ -70,20 +74,37 @@ print("起点(SFT 模型):", SFT.relative_to(ROOT))
 # 分类式的损失来优化:**不需要奖励模型,训练中也不需要采样**,只需要策略模型和一个冻结的参考模型(SFT 模型)。
 #
 # 本节的玩具偏好:回答关于人物的问题时,**答完再补一句"还想知道什么,尽管问我。"**。SFT 数据里已经有一部分回答
-# 这样结尾(像是有的标注员习惯这么写:`sft.jsonl` 里每 4 条人物问答有 1 条,每 3 条"先给资料再提问"的对话有 1 条),
-# 所以 SFT 模型偶尔也会这样说;偏好数据要做的是让它**每次都这样说**。chosen 是带这句结尾的回答,rejected 是
-# 答完就停的回答,两者的事实完全相同。`dpo.jsonl` 用 14 个人,`dpo_heldout.jsonl` 用另外 6 个人,用来检验学到的是
-# "风格"而不是记住了某几个问题:
+# 这样结尾(像是有的标注员习惯这么写),所以 SFT 模型偶尔也会这样说;偏好数据要做的是让它**每次都这样说**。
+# chosen 是带这句结尾的回答,rejected 是答完就停的回答,两者的事实完全相同。训练用的偏好对和留出的偏好对问的是
+# 不同的人,用来检验学到的是"风格"而不是记住了某几个问题。数一数:
 
 # %%
 from llmtrain.dpo import build_preference_dataset, load_preference_dataset
+from llmtrain.evaluation import TOY_STYLE_SUFFIX as STYLE
 
 raw_train, raw_heldout = load_preference_dataset([str(TRAIN_FILE)]), load_preference_dataset([str(HELDOUT_FILE)])
-print(f"训练偏好对 {len(raw_train)} 条,留出偏好对 {len(raw_heldout)} 条")
+
+
+def person(question: str) -> str:
+    """The person a toy question asks about: its name, before 的 or 最喜欢 ("林晓雨最喜欢的水果是什么?")."""
+    return re.match(r"(.+?)(?:最喜欢|的)", question).group(1)
+
+
+def people(pairs):
+    """The people a preference file asks about."""
+    return {person(prompt[-1]["content"]) for prompt in pairs["prompt"]}
+
+
+assert not people(raw_train) & people(raw_heldout)
+print(f"训练偏好对 {len(raw_train)} 条,问到 {len(people(raw_train))} 个人;"
+      f"留出偏好对 {len(raw_heldout)} 条,问到 {len(people(raw_heldout))} 个人;两份共同的人:{len(people(raw_train) & people(raw_heldout))} 个")
 example = raw_train[0]
 print("prompt  :", example["prompt"][-1]["content"])
 print("chosen  :", example["chosen"])
 print("rejected:", example["rejected"])
+with open(ROOT / "data" / "sample" / "sft.jsonl", encoding="utf-8") as f:
+    sft_replies = [turn["value"] for line in f for turn in json.loads(line)["conversations"] if turn["from"] == "assistant"]
+print(f"sft.jsonl 的 {len(sft_replies)} 条助手回答里,{sum(r.endswith(STYLE) for r in sft_replies)} 条以“{STYLE}”结尾")
 
 # %% [markdown]
 # ## 6.4.2 从奖励模型的目标推出 DPO 的损失
@@ -124,8 +145,7 @@ print(inspect.getsource(dpo_loss))
 # 计分的正好是 SFT 训练过的那些 token:回答加上结尾的 `<|im_end|>`。`pad_preference_batch` 把一批 n 对拼成 2n 行
 # (先 n 行 chosen,再 n 行 rejected),右侧补齐。看第一对的 chosen 行里哪些 token 被计分:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.dpo import pad_preference_batch
 
 BLOCK_SIZE = TOY["TOY_DPO_BLOCK_SIZE"]
@@ -138,19 +158,26 @@ print("计分的 token   :", [tokenizer.decode([t]) for t, lab in zip(row, label
 print("批的形状:", tuple(batch["input_ids"].shape), "= (2 对 × chosen/rejected, 最长一行的 token 数)")
 
 # %% [markdown]
-# ### 和 TRL 核对
-#
-# 在同一个模型、同一批数据上,用 TRL 1.16 的 `DPOTrainer` 和我们的实现各算一遍。设置和后面真正训练时一样:
-# 在 SFT 模型上加 LoRA(这里让 $B \neq 0$,否则策略就等于参考,比不出什么),**参考模型就是关掉 adapter 的同一个模型**。
-# `TokenizedPairsDPOTrainer` 让 TRL 直接吃我们渲染好的 token id(TRL 自己渲染时回答会多带一个 `\n`)。
-# `llmtrain.dpo.compare_with_trl` 比较批、参考模型的对数概率、损失和 TRL 记录的各项指标,返回最大差值
-# (`tests/test_dpo.py` 用的是同一个函数):
+# 一批里每一对的损失就是 `dpo_loss` 的四个输入:策略和参考模型各给 chosen、rejected 一个对数概率。
+# 用 LoRA 时参考模型不必另存一份:**关掉 adapter 的同一个模型就是 SFT 模型**。`dpo_batch_loss` 把这几步串起来:
 
 # %%
-from peft import LoraConfig
-from trl import DPOConfig
+from llmtrain.dpo import dpo_batch_loss
 
-from llmtrain.dpo import TokenizedPairsDPOTrainer, compare_with_trl
+print(inspect.getsource(dpo_batch_loss))
+
+# %% [markdown]
+# ## 6.4.4 TRL 的 `DPOTrainer`
+#
+# TRL 的用法和 `Trainer` 一样:一个模型、一份 `DPOConfig`(`TrainingArguments` 加上 `beta` 等 DPO 的参数)、
+# 一个有 `prompt`/`chosen`/`rejected` 三列的数据集。传 `peft_config` 而 `ref_model=None` 时,TRL 自己给模型加上 LoRA,
+# 参考模型就是关掉 adapter 的同一个模型,和上面的 `dpo_batch_loss` 一样。先原样用一次:把偏好对写成对话格式交给它,
+# 看它把第一对渲染成了哪些 token(`.train()` 就能开始训练,6.4.7 再训练):
+
+# %%
+import trl
+from peft import LoraConfig
+from trl import DPOConfig, DPOTrainer
 
 
 def dpo_config(run_name: str, **overrides) -> DPOConfig:
@@ -163,8 +190,43 @@ def dpo_config(run_name: str, **overrides) -> DPOConfig:
 
 
 LORA = dict(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
-check = TokenizedPairsDPOTrainer(model=copy.deepcopy(sft_model), ref_model=None, args=dpo_config("check"),
-                                 train_dataset=train_pairs, processing_class=tokenizer,
+as_messages = raw_train.map(lambda ex: {"chosen": [{"role": "assistant", "content": ex["chosen"]}],
+                                        "rejected": [{"role": "assistant", "content": ex["rejected"]}]})
+plain = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(SFT), args=dpo_config("plain"),
+                   train_dataset=as_messages, processing_class=tokenizer, peft_config=LoraConfig(**LORA))
+print("TRL", trl.__version__, "| 参考模型:", "关掉 adapter 的同一个模型" if plain.ref_model is None else "另一份模型")
+print("prompt 的 token 和我们的相同:", plain.train_dataset[0]["prompt_ids"] == train_pairs[0]["prompt_ids"])
+print("TRL 渲染的 chosen:", repr(tokenizer.decode(plain.train_dataset[0]["chosen_ids"])))
+print("我们渲染的 chosen:", repr(tokenizer.decode(train_pairs[0]["chosen_ids"])))
+del plain
+
+# %% [markdown]
+# prompt 一样,回答差一个 token:TRL 用对话模板渲染"prompt + 回答",再减去 prompt,于是 `<|im_end|>` 后面的换行也算进了
+# 回答。SFT 从没在这个换行上训练过(它的标签是 -100),生成时模型也在 `<|im_end|>` 就停下。为了让两种实现对同一批
+# token 计分,`llmtrain.dpo.TokenizedPairsDPOTrainer` 让 TRL 直接用我们渲染好的 token id。它只改一处:
+# `DPOTrainer.__init__` 调用 `_prepare_dataset` 把文本渲染成 `prompt_ids`/`chosen_ids`/`rejected_ids`,
+# 而 TRL 没有公开的参数能跳过文本偏好对的这一步,所以子类**覆盖这个私有方法**,原样返回已经分好词的数据集。
+# 私有方法在任何一个新版本里都可能改名或改行为:`requirements.txt` 把 TRL 固定在 1.16.x,`tests/test_dpo.py`
+# 每次都拿它和 TRL 的损失核对。其余(collator、损失、日志、训练循环)都还是 TRL 的:
+
+# %%
+from llmtrain.dpo import TokenizedPairsDPOTrainer
+
+print(inspect.getsource(TokenizedPairsDPOTrainer))
+
+# %% [markdown]
+# ### 在同一批数据上核对
+#
+# 在同一个模型、同一批数据上,用 TRL 和我们的实现各算一遍。设置和后面真正训练时一样:在 SFT 模型上加 LoRA
+# (这里让 $B \neq 0$,否则策略就等于参考,比不出什么),参考模型是关掉 adapter 的同一个模型。
+# `llmtrain.dpo.compare_with_trl` 比较批、参考模型的对数概率、损失和 TRL 记录的各项指标,返回最大差值
+# (`tests/test_dpo.py` 用的是同一个函数):
+
+# %%
+from llmtrain.dpo import compare_with_trl
+
+check = TokenizedPairsDPOTrainer(model=AutoModelForCausalLM.from_pretrained(SFT), ref_model=None,
+                                 args=dpo_config("check"), train_dataset=train_pairs, processing_class=tokenizer,
                                  peft_config=LoraConfig(**LORA, init_lora_weights=False))
 check.remove_callback(PrinterCallback)  # TRL's log line goes to log_history only
 diffs = compare_with_trl(check, [train_pairs[i] for i in range(8)])
@@ -172,33 +234,111 @@ pd.DataFrame({"|TRL − 我们|": {k: f"{v:.1e}" for k, v in diffs.items()},
               "≤ 1e-4": {k: v <= 1e-4 for k, v in diffs.items()}})
 
 # %% [markdown]
-# 两边一致(对数概率是十几个 float32 数的和,差在 float32 的舍入量级)。`tests/test_dpo.py` 还核对了参考模型是
-# 另一份独立模型(全量 DPO)的情形。
-
-# %% [markdown]
-# ## 6.4.4 训练前:SFT 模型自己更喜欢哪条回答
+# 两边一致:批完全相同,其余的差在 float32 的舍入量级(一条回答的对数概率是十几个 float32 数的和,
+# TRL 的 LM 头分块计算,求和的顺序和我们不同)。`tests/test_dpo.py` 还核对了参考模型是另一份独立模型(全量 DPO)的情形。
 #
-# 在留出的 18 对上,直接看 SFT 模型给 chosen 和 rejected 的对数概率:
+# ## 6.4.5 手写的训练循环,和 `DPOTrainer` 逐步对照
+#
+# 一步的损失对上了,训练循环里还有什么?取数据的顺序、优化器、学习率调度、梯度裁剪。`train_lora_dpo_by_hand`
+# 把这些写成十几行:
 
 # %%
-from llmtrain.dpo import dpo_batch_loss
+from llmtrain.dpo import train_lora_dpo_by_hand
 
+print(inspect.getsource(train_lora_dpo_by_hand))
+
+# %% [markdown]
+# 让 TRL 在同样的条件下训练同样的步数,两边的差别只剩实现本身:
+#
+# - **同一个起点**:同一个 SFT 模型,同一份 LoRA 初始权重(A 随机,B = 0)。TRL 在构造时自己建 adapter,
+#   我们把它刚建好的 adapter 权重拷进自己的模型。
+# - **同样的顺序**:TRL 默认每个 epoch 打乱数据,这里设 `train_sampling_strategy="sequential"`,第 k 步用第 k 批。
+# - **没有 dropout**:TRL 默认 `disable_dropout=True`,把 LoRA 的 dropout 也关了;我们的 adapter 建成 dropout 0。
+# - **同样的优化器**:`adamw_torch`,不衰减权重,学习率不预热、不衰减(`constant`),梯度裁剪到 TRL 的默认值。
+
+# %%
+from peft import get_peft_model
+
+LOOP_STEPS, LOOP_PAIRS = 10, TOY["TOY_DPO_BATCH_SIZE"]
+loop_args = dpo_config("loop", per_device_train_batch_size=LOOP_PAIRS, max_steps=LOOP_STEPS, learning_rate=LEARNING_RATE,
+                       lr_scheduler_type="constant", optim="adamw_torch", train_sampling_strategy="sequential",
+                       logging_steps=1)
+trl_loop = TokenizedPairsDPOTrainer(model=AutoModelForCausalLM.from_pretrained(SFT), ref_model=None, args=loop_args,
+                                    train_dataset=train_pairs, processing_class=tokenizer, peft_config=LoraConfig(**LORA))
+trl_loop.remove_callback(PrinterCallback)
+print(f"两边的设置:β = {BETA},学习率 {LEARNING_RATE:g}({loop_args.lr_scheduler_type.value}),{LOOP_STEPS} 步 × {LOOP_PAIRS} 对,"
+      f"优化器 {loop_args.optim.value},weight_decay {loop_args.weight_decay},max_grad_norm {loop_args.max_grad_norm},"
+      f"disable_dropout {loop_args.disable_dropout},取数据 {loop_args.train_sampling_strategy}")
+
+policy = get_peft_model(AutoModelForCausalLM.from_pretrained(SFT), LoraConfig(**{**LORA, "lora_dropout": 0.0}))
+policy.load_state_dict(trl_loop.model.state_dict())  # TRL 刚建好的 adapter:同一个起点
+ours = train_lora_dpo_by_hand(policy, [train_pairs[i] for i in range(LOOP_STEPS * LOOP_PAIRS)], tokenizer.pad_token_id,
+                              BETA, LEARNING_RATE, LOOP_PAIRS, LOOP_STEPS)
+trl_loop.train()
+theirs = [e["loss"] for e in trl_loop.state.log_history if "loss" in e]
+trl_weights = dict(trl_loop.model.named_parameters())
+weight_diff = max((p - trl_weights[n]).abs().max().item() for n, p in policy.named_parameters() if p.requires_grad)
+pd.DataFrame({"手写循环": [f"{x:.7f}" for x in ours], "TRL DPOTrainer": [f"{x:.7f}" for x in theirs],
+              "|差|": [f"{abs(a - b):.1e}" for a, b in zip(ours, theirs)]}, index=pd.RangeIndex(1, LOOP_STEPS + 1, name="step"))
+
+# %%
+TOLERANCE = 1e-5
+loss_diff = max(abs(a - b) for a, b in zip(ours, theirs))
+assert len(theirs) == LOOP_STEPS and loss_diff <= TOLERANCE and weight_diff <= TOLERANCE
+display(Markdown(
+    f"{LOOP_STEPS} 步里损失从 {ours[0]:.4f} 变到 {ours[-1]:.4f}(变化 {ours[0] - ours[-1]:.4f}),两条轨迹每一步的差最大 "
+    f"**{loss_diff:.1e}**,训练后 adapter 权重的差最大 **{weight_diff:.1e}**,都在容差 {TOLERANCE:.0e} 以内(上面的 `assert`)。"
+    f"差从哪里来:0.69 附近相邻两个 float32 数相差 {torch.finfo(torch.float32).eps / 2:.1e},TRL 的 LM 头只对计分的位置"
+    "分块计算,舍入和我们对整张 logits 做 log_softmax 不同,这点舍入差又随 AdamW 的每一步带下去。"
+    f"容差 {TOLERANCE:.0e} 比实测的差大 {TOLERANCE / max(loss_diff, 1e-12):.0f} 倍,"
+    f"又比损失一步里最小的变化({min(abs(a - b) for a, b in zip(ours, ours[1:])):.1e})小得多。"
+))
+
+# %% [markdown]
+# 为什么不直接 `copy.deepcopy` TRL 的模型当作我们的起点?TRL 构造时给模型的 `forward` 打了补丁
+# (`trl.trainer.utils.add_fused_lm_head`,只算被计分位置的对数概率,不生成整张 logits),补丁把**原模型**的 `forward`
+# 记在闭包里。深拷贝出来的副本调用的仍是原模型的权重:把副本的权重全部清零,输出一点不变:
+
+# %%
+import copy
+
+clone = copy.deepcopy(trl_loop.model)
+with torch.no_grad():
+    for p in clone.parameters():
+        p.zero_()
+    same = torch.equal(clone(input_ids=batch["input_ids"]).logits, trl_loop.model(input_ids=batch["input_ids"]).logits)
+print("权重清零的副本和原模型输出相同:", same)
+del clone
+
+# %% [markdown]
+# 所以本节从不深拷贝 TRL 用过的模型:要另一份模型就重新 `from_pretrained`,要 TRL 的 adapter 就拷它的 `state_dict`。
+#
+# ## 6.4.6 训练前:SFT 模型自己更喜欢哪条回答
+#
+# 在留出的偏好对上,直接看 SFT 模型给 chosen 和 rejected 的对数概率:
+
+# %%
 heldout_batch = pad_preference_batch([heldout_pairs[i] for i in range(len(heldout_pairs))], tokenizer.pad_token_id)
 with torch.no_grad():
     logps = sequence_logprobs(sft_model, heldout_batch["input_ids"], heldout_batch["attention_mask"],
                               heldout_batch["labels"])
     before = dpo_batch_loss(sft_model, heldout_batch, BETA, reference=sft_model)  # 训练前:策略 = 参考
 chosen_logps, rejected_logps = logps.chunk(2)
-print(f"SFT 模型:chosen 平均 log π = {chosen_logps.mean():.1f},rejected 平均 log π = {rejected_logps.mean():.1f}")
+print(f"SFT 模型:chosen 平均 log π = {chosen_logps.mean():.2f},rejected 平均 log π = {rejected_logps.mean():.2f}")
 print(f"SFT 模型本身认为 chosen 更可能的对数: {(chosen_logps > rejected_logps).sum().item()} / {len(chosen_logps)}")
 print(f"训练前(策略 = 参考):DPO 损失 {before.loss.item():.4f}(log 2 = 0.6931),"
       f"奖励准确率 {before.reward_accuracy:.0%},奖励差 {before.reward_margin:.1f}")
 
+# %%
+display(Markdown(
+    f"SFT 模型给 chosen 的平均对数概率{'低于' if chosen_logps.mean() < rejected_logps.mean() else '高于'} rejected"
+    f"({chosen_logps.mean():.2f} 对 {rejected_logps.mean():.2f}),但 chosen 并非不可能:它在 SFT 里见过这句结尾。"
+    "注意**奖励准确率在训练开始时按定义就是 0**:策略和参考是同一个模型,每条回答的隐式奖励 "
+    "$\\beta \\log \\frac{\\pi}{\\pi_{\\mathrm{ref}}}$ 都是 0,chosen 并不\"严格大于\" rejected。"
+    "所以\"训练前\"要看的是 SFT 模型自己的对数概率,而不是奖励准确率。"
+))
+
 # %% [markdown]
-# SFT 模型给 chosen 的概率比 rejected 低,但并非不可能:它在 SFT 里见过这句结尾。注意**奖励准确率在训练开始时按定义就是 0**:
-# 策略和参考是同一个模型,每条回答的隐式奖励 $\beta \log \frac{\pi}{\pi_{\mathrm{ref}}}$ 都是 0,chosen 并不"严格大于"rejected。
-# 所以"训练前"要看的是 SFT 模型自己的对数概率,而不是奖励准确率。
-#
 # chosen 和 rejected 的前半段一字不差,只在答完那句话之后分开:rejected 在这里输出 `<|im_end|>`,chosen 接着说
 # "还想知道什么……"。同一个前文下,相同 token 的对数概率在两条回答里完全一样,在 DPO 的差里正好抵消,
 # **梯度只作用在两条回答不同的那几个 token 上**。逐个 token 看第一对:
@@ -217,15 +357,24 @@ print("两条回答共同的前缀:", "".join(t for t, _ in per_token[0][:shared
 print("chosen 从这里起:  ", per_token[0][shared:])
 print("rejected 从这里起:", per_token[1][shared:])
 
+# %%
+(fork_chosen, lp_chosen), (fork_rejected, lp_rejected) = per_token[0][shared], per_token[1][shared]
+rest = sum(lp for _, lp in per_token[0][shared + 1:])
+display(Markdown(
+    f"分叉处,SFT 模型给 `{fork_rejected}` 的对数概率是 {lp_rejected},给 chosen 的 \"{fork_chosen}\" 是 {lp_chosen}"
+    f"({'更倾向于答完就停' if lp_rejected > lp_chosen else '更倾向于接着说下去'});"
+    f"一旦说出 \"{fork_chosen}\",chosen 后面 {len(per_token[0]) - shared - 1} 个 token 的对数概率合计 {rest:.2f}"
+    f"(概率 {math.exp(rest):.0%}{',几乎是确定的' if math.exp(rest) > 0.5 else ''})。"
+    "DPO 要做的就是把分叉处的选择翻过来。"
+))
+
 # %% [markdown]
-# 差别集中在分叉处的那一个 token:答完之后,SFT 模型更倾向于输出 `<|im_end|>`,给"还"的对数概率低得多(上面打印的数);
-# 一旦说出"还",后面几个字几乎是确定的。DPO 要做的就是把分叉处的选择翻过来。
+# ## 6.4.7 用 TRL 做 LoRA-DPO
 #
-# ## 6.4.5 用 TRL 做 LoRA-DPO
-#
-# 和 `code/dpo.py --use_lora` 一样:peft 的 LoRA 加在 $W_q, W_v$ 上(r=8),`ref_model=None`,
-# TRL 计算参考对数概率时关掉 adapter——**内存里只有一份模型权重**。TRL 1.16 的 `DPOConfig` 默认开 bf16 和梯度检查点,
-# CPU 上都关掉;它默认 `disable_dropout=True`,LoRA 的 dropout 也一并关掉。
+# 和 `code/dpo.py --use_lora` 一样:peft 的 LoRA 加在 $W_q, W_v$ 上,`ref_model=None`,
+# TRL 计算参考对数概率时关掉 adapter——**内存里只有一份模型权重**。TRL 的 `DPOConfig` 默认开 bf16 和梯度检查点,
+# CPU 上都关掉;它默认 `disable_dropout=True`,LoRA 的 dropout 也一并关掉。这次用玩具预设的完整设置
+# (打乱数据、预热后线性衰减):
 
 # %%
 def train_lora_dpo(run_name: str, epochs: int) -> TokenizedPairsDPOTrainer:
@@ -243,6 +392,8 @@ def train_lora_dpo(run_name: str, epochs: int) -> TokenizedPairsDPOTrainer:
     return dpo_trainer
 
 
+print(f"β = {BETA},学习率 {LEARNING_RATE:g}(预热 {TOY['TOY_DPO_WARMUP_STEPS']} 步后线性衰减),{EPOCHS} 个 epoch,"
+      f"每步 {BATCH_SIZE} 对,LoRA r={LORA['r']}、alpha={LORA['lora_alpha']},加在 {LORA['target_modules']} 上")
 trainer = train_lora_dpo("lora-dpo", EPOCHS)
 print("参考模型:", "关掉 adapter 的同一个模型" if trainer.ref_model is None else "另一份模型")
 trainer.model.print_trainable_parameters()
@@ -251,9 +402,12 @@ print(f"{trainer.state.global_step} 步;第一次记录的 loss {history[0]['los
 
 # %% [markdown]
 # TRL 每次记录都带上 DPO 的指标:`rewards/accuracies`(批内 chosen 奖励高于 rejected 的比例)、`rewards/margins`
-# (两者奖励之差的平均)、`logps/chosen`、`logps/rejected`(策略模型下两条回答的对数概率)。画出来:
+# (两者奖励之差的平均)、`logps/chosen`、`logps/rejected`(策略模型下两条回答的对数概率)。画出来
+# (第一张图左轴是损失,右轴是奖励准确率):
 
 # %%
+import matplotlib.pyplot as plt
+
 from llmtrain.plotting import plot_series
 
 
@@ -261,8 +415,28 @@ def curve(log_history, key):
     return [e["step"] for e in log_history], [e[key] for e in log_history]
 
 
-display(Image(plot_series({"loss": curve(history, "loss"), "reward accuracy": curve(history, "rewards/accuracies")},
-                          str(IMAGES_DIR / "6.4_dpo_loss_accuracy.png"), "step", "", "6.4 toy LoRA-DPO: loss, reward accuracy")))
+def plot_loss_and_accuracy(log_history, out_png: str, title: str) -> str:
+    """DPO loss on the left axis, reward accuracy on the right one: two scales, each labelled."""
+    fig, loss_ax = plt.subplots(figsize=(6, 3.5))
+    acc_ax = loss_ax.twinx()
+    loss_ax.plot(*curve(log_history, "loss"), "o-", color="tab:blue", markersize=3, label="DPO loss")
+    acc_ax.plot(*curve(log_history, "rewards/accuracies"), "s--", color="tab:orange", markersize=3,
+                label="reward accuracy")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("DPO loss (log 2 = 0.693 at the start)", color="tab:blue")
+    acc_ax.set_ylabel("reward accuracy (training batch)", color="tab:orange")
+    acc_ax.set_ylim(-0.05, 1.05)
+    loss_ax.set_title(title)
+    loss_ax.grid(alpha=0.3)
+    fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.5))
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+display(Image(plot_loss_and_accuracy(history, str(IMAGES_DIR / "6.4_dpo_loss_accuracy.png"),
+                                     "6.4 toy LoRA-DPO: loss and reward accuracy")))
 display(Image(plot_series({"chosen reward": curve(history, "rewards/chosen"),
                            "rejected reward": curve(history, "rewards/rejected"), "margin": curve(history, "rewards/margins")},
                           str(IMAGES_DIR / "6.4_dpo_rewards.png"), "step", "beta * log(pi / pi_ref)",
@@ -282,12 +456,29 @@ def logp_summary(log_history):
 
 print("训练批上", logp_summary(history))
 
+# %%
+def change(first: float, last: float) -> str:
+    return "升" if last > first else "降" if last < first else "没变"
+
+
+first, last = history[0], history[-1]
+flipped = first["logps/chosen"] < first["logps/rejected"] and last["logps/chosen"] > last["logps/rejected"]
+display(Markdown(
+    f"损失从第一次记录的 {first['loss']:.3f} {change(first['loss'], last['loss'])}到 {last['loss']:.3f},"
+    f"训练批上的奖励准确率从 {first['rewards/accuracies']:.0%} 到 {last['rewards/accuracies']:.0%}。"
+    f"chosen 的对数概率{change(first['logps/chosen'], last['logps/chosen'])}了"
+    f"({first['logps/chosen']:.2f} → {last['logps/chosen']:.2f}),"
+    f"rejected 的{change(first['logps/rejected'], last['logps/rejected'])}了"
+    f"({first['logps/rejected']:.2f} → {last['logps/rejected']:.2f}):最后一次记录时 chosen "
+    + ("高于" if last["logps/chosen"] > last["logps/rejected"] else "仍低于") + " rejected"
+    + (",第一次记录时正相反,分叉处的选择翻了过来。" if flipped else "。")
+    + "DPO 只要求 chosen 的对数比**相对** rejected 变大,并不要求 chosen 本身的概率变大——6.4.8 里训练得更久时,"
+    "就能看到 chosen 的对数概率也会掉下去。"
+))
+
+
 # %% [markdown]
-# 损失从 $\log 2$ 开始下降,训练批上的奖励准确率很快到 100%。上面的数字里,chosen 的对数概率升了、rejected 的降了,
-# 两者几乎交换了位置:分叉处的选择翻了过来。DPO 只要求 chosen 的对数比**相对** rejected 变大,并不要求 chosen
-# 本身的概率变大——下面 6.4.6 里训练得更久时,就能看到 chosen 的对数概率也跟着掉下去。
-#
-# 在留出的 6 个人、18 对上评估(TRL 的 `evaluate`,奖励相对关掉 adapter 的参考模型计算):
+# 在留出的偏好对上评估(TRL 的 `evaluate`,奖励相对关掉 adapter 的参考模型计算):
 
 # %%
 after = trainer.evaluate(heldout_pairs)
@@ -297,23 +488,23 @@ print(f"留出偏好对的平均 log π:chosen {chosen_logps.mean():.2f} → {af
       f"rejected {rejected_logps.mean():.2f} → {after['eval_logps/rejected']:.2f}")
 
 # %% [markdown]
-# ## 6.4.6 记分卡:训练前后
+# ## 6.4.8 成绩单:训练前后
 #
-# 奖励准确率只说明模型"打分"时偏向 chosen,要看模型**生成时**是不是真的这样回答,还得用记分卡:
-# 对 `eval.jsonl` 的 120 个问题做贪心生成,统计以"还想知道什么,尽管问我。"结尾的回答所占比例,同时看严格准确率有没有下降
-# (`grade_replies` 先去掉这句结尾再按 `is_strict_match` 判分,所以这句话本身不算对也不算错)。把 LoRA 合并进权重后评估:
+# 奖励准确率只说明模型"打分"时偏向 chosen,要看模型**生成时**是不是真的这样回答,还得用成绩单:
+# 对 `eval.jsonl` 的问题做贪心生成,统计以"还想知道什么,尽管问我。"结尾的回答所占比例,同时看严格准确率有没有下降
+# (`grade_replies` 先去掉这句结尾再按 `is_strict_match` 判分,所以这句话本身不算对也不算错)。
+# 把 LoRA 合并进权重后评估;本节的成绩单存在 `output/notebooks/6.4/scorecard.json`,每次运行从空白开始:
 
 # %%
-from llmtrain.evaluation import TOY_STYLE_SUFFIX as STYLE
 from llmtrain.evaluation import format_scorecard, read_scorecard, save_scorecard_row, scorecard_row
 
 EVAL_FILE = str(ROOT / "data" / "sample" / "eval.jsonl")
-SCORECARD = ROOT / "output" / "notebooks" / "scorecard.json"
+SCORECARD = OUTPUT_DIR / "scorecard.json"
 rows = {}
 
 
 def add_row(name, model):
-    """Score `model` on eval.jsonl, save the row in the notebooks' scorecard and print its key numbers."""
+    """Score `model` on eval.jsonl, save the row in this notebook's scorecard and print its key numbers."""
     rows[name] = scorecard_row(model, tokenizer, EVAL_FILE, style_suffix=STYLE)
     save_scorecard_row(str(SCORECARD), name, rows[name])
     row = rows[name]
@@ -322,19 +513,34 @@ def add_row(name, model):
 
 
 add_row("SFT before DPO (6.4)", sft_model)
-add_row("DPO (6.4)", copy.deepcopy(trainer.model).merge_and_unload().eval())
-
-# %% [markdown]
-# 奖励准确率到了 100%,生成也跟着变了:以这句话结尾的回答从 22% 升到 95%,`sft_seen` 准确率保持 100%,
-# `heldout` 准确率从 58% 到 53%,降了 5 个百分点。DPO 没有教任何事实,SFT 模型答错的问题 DPO 之后照样答错
-# (下面例子的第 4 行)。换随机种子重跑整条流程,结尾句都到了 95% 以上,两组准确率的变化在 −6 到 +7 个百分点之间
-# (`bench/seed_spread.py`,README 的"实测结果")。
-#
-# ### 推过头会怎样
-#
-# DPO 的损失只看 chosen 相对 rejected 的对数比,只要还能把两者拉开,它就一直推。同样的设置训练 3 倍的 epoch:
+add_row("DPO (6.4)", trainer.model.merge_and_unload().eval())  # 训练已结束:直接合并,不深拷贝(见 6.4.5)
 
 # %%
+def points(before_value: float, after_value: float) -> str:
+    delta = round(100 * after_value) - round(100 * before_value)
+    return f"{before_value:.0%} → {after_value:.0%}(" + ("持平" if delta == 0 else f"{delta:+d} 个百分点") + ")"
+
+
+sft_row, dpo_row = rows["SFT before DPO (6.4)"], rows["DPO (6.4)"]
+wrong_before = [i for i, g in enumerate(sft_row["replies"]) if not g["correct"]]
+still_wrong = [i for i in wrong_before if not dpo_row["replies"][i]["correct"]]
+display(Markdown(
+    f"奖励准确率到了 {after['eval_rewards/accuracies']:.0%},生成{'也跟着变了' if dpo_row['style'] > sft_row['style'] else '却没有变'}:"
+    f"以这句话结尾的回答 {points(sft_row['style'], dpo_row['style'])};"
+    f"`sft_seen` 准确率 {points(sft_row['sft_seen'], dpo_row['sft_seen'])},"
+    f"`heldout` 准确率 {points(sft_row['heldout'], dpo_row['heldout'])}。"
+    f"偏好对里 chosen 和 rejected 的事实完全相同,DPO 没有教任何事实:SFT 模型答错的 {len(wrong_before)} 题,"
+    f"DPO 之后仍答错 {len(still_wrong)} 题。换随机种子重跑整条流程时这些数会变,"
+    "几个种子上的结果见 `bench/seed_spread.py`(README 的\"实测结果\")。"
+))
+
+# %% [markdown]
+# ### 推过头会怎样
+#
+# DPO 的损失只看 chosen 相对 rejected 的对数比,只要还能把两者拉开,它就一直推。同样的设置,训练 3 倍的 epoch:
+
+# %%
+print(f"{OVERTRAIN_EPOCHS} 个 epoch(= 3 × {EPOCHS}),其余设置同上")
 long_trainer = train_lora_dpo("lora-dpo-long", OVERTRAIN_EPOCHS)
 long_history = [e for e in long_trainer.state.log_history if "rewards/accuracies" in e]
 print(f"{long_trainer.state.global_step} 步;训练批上", logp_summary(long_history))
@@ -342,26 +548,53 @@ display(Image(plot_series({"log pi(chosen)": curve(long_history, "logps/chosen")
                            "log pi(rejected)": curve(long_history, "logps/rejected")},
                           str(IMAGES_DIR / "6.4_dpo_logps_long.png"), "step", "sequence log-prob",
                           f"6.4 log-probs, {OVERTRAIN_EPOCHS} epochs (training batches)")))
-add_row(f"DPO, {OVERTRAIN_EPOCHS} epochs (6.4)", copy.deepcopy(long_trainer.model).merge_and_unload().eval())
+LONG = f"DPO, {OVERTRAIN_EPOCHS} epochs (6.4)"
+add_row(LONG, long_trainer.model.merge_and_unload().eval())
 display(Markdown(format_scorecard(read_scorecard(str(SCORECARD)))))
 
+
+# %%
+def starts_with_person(row) -> float:
+    """Share of replies that begin with the name of the person the question asks about."""
+    return sum(g["reply"].startswith(person(g["question"])) for g in row["replies"]) / len(row["replies"])
+
+
+for name, row in rows.items():
+    print(f"{name:26s} 以问到的人名开头的回答 {starts_with_person(row):.0%}")
+
+# %%
+long_row = rows[LONG]
+chosen_long = [e["logps/chosen"] for e in long_history]
+first_c, peak_c, last_c = chosen_long[0], max(chosen_long), chosen_long[-1]
+shape = ("先升后降,最后比第一次记录还低" if peak_c > first_c > last_c else
+         "先升后降,但最后仍高于第一次记录" if peak_c > last_c >= first_c else "一路没有回落")
+accuracy_fell = long_row["sft_seen"] < dpo_row["sft_seen"] or long_row["heldout"] < dpo_row["heldout"]
+display(Markdown(
+    f"训练 {OVERTRAIN_EPOCHS} 个 epoch,chosen 的对数概率{shape}({first_c:.2f} → 最高 {peak_c:.2f} → {last_c:.2f}),"
+    f"rejected 被压到 {long_history[-1]['logps/rejected']:.2f}。文献里常说的现象就是这样:DPO 只管两者之差,"
+    "压 rejected 的同时 chosen 也可能一起往下掉。"
+    f"成绩单上,结尾句 {points(dpo_row['style'], long_row['style'])}(与 {EPOCHS} 个 epoch 相比),"
+    f"`sft_seen` {points(dpo_row['sft_seen'], long_row['sft_seen'])},"
+    f"`heldout` {points(dpo_row['heldout'], long_row['heldout'])};"
+    f"以问到的人名开头的回答 {points(starts_with_person(dpo_row), starts_with_person(long_row))}。"
+    + ("每一对里 rejected 和 chosen 只在答完之后分叉,可 LoRA 的参数在所有位置共用:把\"答完就停\"压得太狠,"
+       "前面的回答也被带偏了。所以 DPO 的 epoch 和学习率都要小,`code/presets/toy.env` 用 "
+       f"{EPOCHS} 个 epoch;判断训练得够不够,看的是生成,不是奖励准确率。" if accuracy_fell else
+       "这一次准确率没有下降;判断训练得够不够,看的仍是生成,不是奖励准确率。")
+))
+
 # %% [markdown]
-# 训练 3 倍长,chosen 的对数概率先升后降,最后比训练前还低(上面打印的"第一次 / 最高 / 最后"),rejected 则被压到
-# 很低:这就是文献里常说的现象,DPO 只管两者之差,压 rejected 的同时 chosen 也可能一起往下掉。记分卡上的代价:
-# 这句结尾照样出现在几乎所有回答里,`sft_seen` 却从 100% 掉到 50%,`heldout` 从 53% 掉到 25%。每一对里 rejected
-# 和 chosen 只在答完之后分叉,可 LoRA 的参数在所有位置共用:把"答完就停"压得太狠,整条回答都被带偏了
-# (下表最后一列:回答不再以问到的人开头,事实也张冠李戴)。
-# 所以 DPO 的 epoch 和学习率都要小,`code/presets/toy.env` 用 4 个 epoch;判断训练得够不够,看的是生成,不是奖励准确率。
-#
-# 几条回答对照(`sft_seen` 和 `heldout` 各取两条,✗ 表示按严格规则判错):
+# 几条回答对照(`sft_seen` 取两条;`heldout` 取 SFT 答对的一条和答错的一条,如果有;✗ 表示按严格规则判错):
 
 # %%
 replies = {name: row["replies"] for name, row in rows.items()}
-sample = [i for split in ("sft_seen", "heldout")
-          for i in [j for j, g in enumerate(replies["SFT before DPO (6.4)"]) if g["split"] == split][:2]]
-pd.DataFrame([{"问题": replies["SFT before DPO (6.4)"][i]["question"],
+sft_replies_graded = replies["SFT before DPO (6.4)"]
+seen = [i for i, g in enumerate(sft_replies_graded) if g["split"] == "sft_seen"][:2]
+heldout_right = [i for i, g in enumerate(sft_replies_graded) if g["split"] == "heldout" and g["correct"]][:1]
+heldout_wrong = [i for i, g in enumerate(sft_replies_graded) if g["split"] == "heldout" and not g["correct"]][:1]
+pd.DataFrame([{"问题": sft_replies_graded[i]["question"],
                **{name.removesuffix(" (6.4)"): r[i]["reply"] + ("" if r[i]["correct"] else " ✗")
-                  for name, r in replies.items()}} for i in sample])
+                  for name, r in replies.items()}} for i in seen + heldout_right + heldout_wrong])
 
 # %% [markdown]
 # ## 在 GPU 上运行
@@ -374,7 +607,7 @@ pd.DataFrame([{"问题": replies["SFT before DPO (6.4)"][i]["question"],
 # python code/download_dataset.py dpo --local_dir autodl-tmp/dataset/dpo_data
 # USE_LORA=1 bash code/dpo.sh        # 默认就是 LoRA;参考模型 = 关掉 adapter 的同一个模型
 # USE_LORA=0 bash code/dpo.sh        # 全量 DPO:TRL 另外加载一份冻结的模型作参考
-# PRESET=toy bash code/dpo.sh        # 玩具:2 个 CPU 进程,就是 6.4.5 的设置
+# PRESET=toy bash code/dpo.sh        # 玩具:2 个 CPU 进程,就是 6.4.7 的设置
 # bash code/dpo.sh --loss_type ipo   # 额外参数原样交给 code/dpo.py(这里换成 IPO 损失)
 # ```
 #
@@ -382,8 +615,7 @@ pd.DataFrame([{"问题": replies["SFT before DPO (6.4)"][i]["question"],
 # 按 bf16 权重、混合精度 AdamW 计算 Qwen2.5-1.5B 的模型状态(不含激活和 logits;`bench/dpo_lora_vs_full.py`
 # 在玩具模型上实测两种做法的内存和速度):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from llmtrain.dpo import dpo_model_state_bytes
 from llmtrain.modeling import qwen2_5_1_5b_config
 
