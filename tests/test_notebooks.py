@@ -17,7 +17,7 @@ from conftest import ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Smaller than the notebooks' own defaults: papermill checks the parameters path, nbval the defaults.
 TOY_PARAMETERS = {
-    "6.1_pretrain": {"MAX_STEPS": 150, "RUN_DEEPSPEED": False},
+    "6.1_pretrain": {"MAX_STEPS": 60, "RUN_DEEPSPEED": False},
     "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
     "6.3_lora": {"EPOCHS": 2},
     "6.4_dpo": {"SEED": 42},  # its defaults (~20 s): the style needs all 4 DPO epochs to show (3: ~65% of replies)
@@ -54,7 +54,9 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
     # DPO starts at log 2 = 0.69 and its preferred ending is already likely under the SFT model: it ends near 0.55
     assert last < first - (0.1 if ipynb.stem == "6.4_dpo" else 0.5)
     if ipynb.stem == "6.1_pretrain":
-        assert "150 步" in text
+        assert "60 步" in text
+        assert "与手写的两步相同: True" in text and "ArrowInvalid" in text  # the two datasets.map calls by hand
+        assert "--num_gpus 2 code/pretrain.py" in text and "--deepspeed code/ds_config_zero2.json" in text  # the launch command
         assert "100.00% 解码为完整字符" in text  # every token a whole character: no "\ufffd"
         acc_diff = float(re.search(r"5 步后参数的最大差 ([\d.e+-]+)", text).group(1))
         assert acc_diff < 1e-4, "gradient accumulation 4 x 2 should match 1 x 8"
@@ -65,11 +67,25 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
     if ipynb.stem == "6.2_sft":
         n = len((ROOT / "data" / "sample" / "sft.jsonl").read_text(encoding="utf-8").splitlines())
         assert f"{n} 条对话:token 完全一致 {n} 条,监督掩码完全一致 {n} 条,模板掩码非空 {n} 条" in text
+        # one packed row from the collator, whose conversations do not see each other once use_cache is off
+        assert "'position_ids': (1," in text
+        assert "use_cache=False: 各对话打包 vs 单独计算的最大 logits 差 < 1e-3" in text
+        # the SFT ran through make run's command: code/finetune.sh, 2 DeepSpeed processes
+        assert "world size: 2" in text and "每步 2 个进程" in text
     if ipynb.stem in ("6.2_sft", "6.3_lora"):  # each ends with its row on the shared scorecard
         tables = "\n".join(o.get("data", {}).get("text/markdown", "") for c in out.cells if c.cell_type == "code"
                            for o in c.outputs)
         name = "full SFT (6.2)" if ipynb.stem == "6.2_sft" else "LoRA SFT (6.3)"
         assert re.search(re.escape(f"| {name} |") + r" \d+% \| \d+% \|", tables), tables
+    if ipynb.stem == "6.3_lora":
+        # B = 0, A random: the first step's gradient reaches B only; A's follows once B has left 0
+        (a1, b1), (a2, b2) = re.findall(r"第 \d 步:A 的梯度最大绝对值 ([\d.e+-]+),B 的梯度最大绝对值 ([\d.e+-]+)", text)
+        assert float(a1) == 0 and float(b1) > 0 and float(a2) > 0 and float(b2) > 0
+        assert text.count("与 peft 的最大 logits 差 ≤ 1e-5: True") == 4  # ours, merge, unmerge, peft's merge
+        assert "B = 0 时与基座的最大 logits 差: 0.0" in text
+        markdown = "\n".join(o.get("data", {}).get("text/markdown", "") for c in out.cells if c.cell_type == "code"
+                             for o in c.outputs)
+        assert "| full SFT (6.2) |" in markdown and "sft_seen 与 heldout 之和最高的是学习率" in markdown
     if ipynb.stem == "6.4_dpo":
         before, after = map(int, re.search(r"留出偏好对的奖励准确率:训练前 (\d+)% → 训练后 (\d+)%", text).groups())
         assert before == 0 and after >= 80
