@@ -874,3 +874,14 @@ display(Markdown(
 # | 只算模型状态的显存表 | 加上激活值和 logits,按显卡挑每卡 batch 和梯度累积;在 H200 上核对 allocated 与 reserved |
 # | `trust_remote_code=True`、启动时 `wandb.init` | 默认关闭,按需通过参数开启 |
 # | CPU 上 DeepSpeed 多进程各自为战 | gloo 上真正的 2 进程 ZeRO-2 |
+
+# %% [markdown]
+# ## 练习
+#
+# 读完 `group_texts` 和显存模型之后,自己写一遍。练习在 `exercises/ex6_1_pretrain.py`,每个函数的文档字符串写明了约定,函数名和参数与 llmtrain 里的实现相同:
+#
+# 1. `tokenize_with_eos`:分词,并在每篇文档末尾加 EOS。学到:文档拼接成块之后,模型只能靠 EOS 看出文档的边界(教材代码漏掉了它)。
+# 2. `group_texts`:把文档首尾拼接,切成正好 `block_size` 个 token 的块,余数丢掉,labels 就是 input_ids。学到:预训练数据的形状,以及为什么不自己错开 labels。
+# 3. `logits_bytes`:显存模型里"logits 与 loss"这一项的字节数。学到:在教材的 batch 下,为什么大词表的 logits 是显存的大头。
+#
+# 检查:在仓库根目录运行 `make check-exercises EX=6.1`。每个练习给出"通过""未实现",或者指出错在哪里、为什么。做完再对照 `code/llmtrain/pretrain_data.py` 与 `code/llmtrain/memory.py`。

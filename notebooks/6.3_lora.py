@@ -329,9 +329,10 @@ for name, logits in checks.items():
 from llmtrain.training import build_trainer
 
 
-def train_lora(learning_rate: float, name: str):
-    """教材 6.3.5 的做法:基座 + get_peft_model(经 add_peft_lora)+ Trainer;只保存 adapter。"""
-    model = add_peft_lora(AutoModelForCausalLM.from_pretrained(PRETRAINED), TARGETS, RANK, ALPHA, DROPOUT)
+def train_lora(learning_rate: float, name: str, base=None):
+    """教材 6.3.5 的做法:基座(默认 fp32 的 PRETRAINED)+ get_peft_model(经 add_peft_lora)+ Trainer;只保存 adapter。"""
+    base = AutoModelForCausalLM.from_pretrained(PRETRAINED) if base is None else base
+    model = add_peft_lora(base, TARGETS, RANK, ALPHA, DROPOUT)
     args = toy_training_args(OUTPUT_DIR / name, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=EPOCHS,
                              learning_rate=learning_rate, warmup_steps=WARMUP_STEPS, seed=SEED)
     trainer = build_trainer(model, args, tokenizer, train_set, data_collator=collate)
@@ -500,6 +501,85 @@ display(Markdown(text))
 
 # %% [markdown]
 # 学习率到底取多大,和全量微调一样,要在自己的任务上测出来;上面这张表就是最小的一次"测"。
+
+# %% [markdown]
+# ### QLoRA:把冻结的基座存成 4 bit
+#
+# 教材 6.3 提到 QLoRA,上游没有给出代码。LoRA 只训练 A、B,基座是冻结的;既然冻结,它就不必用 16 bit 存。
+# QLoRA(Dettmers 等,2023)把基座线性层的权重量化成 **4-bit NF4**,前向时逐层反量化成计算精度再做矩阵乘,
+# 梯度只流向 LoRA 的 A、B。bitsandbytes 实际存的是:
+#
+# - 每个权重一个 4-bit 码(半个字节)。码表是 16 个按正态分布分位数取的值(NF4):训练好的权重近似正态,按分位数取值让每个码用得一样多;
+# - 每 64 个权重一个 absmax(这一块的最大绝对值,把码表缩放回真实大小);
+# - **双重量化**:absmax 本身再量化成 8 bit,每 256 个 absmax 共用一组 fp32 缩放和偏移。
+#
+# 嵌入、norm 和偏置不量化:peft 的 `prepare_model_for_kbit_training` 把它们转成 fp32 以求稳定。
+# `llmtrain.memory.weight_bytes_4bit` 按这个规则计算权重,`estimate_training_memory(..., load_in_4bit=True)` 把它作为权重项。
+# 先算每个参数几个字节,再算 Qwen2.5-1.5B:
+
+# %%
+from llmtrain.memory import (
+    CUDA_CONTEXT_GIB, GIB, NF4_BYTES_PER_PARAM, RESERVE_FACTOR_EXPANDABLE, card_memory_needed, estimate_training_memory,
+    linear_weight_numel, lora_trainable_params, weight_bytes_4bit,
+)
+from llmtrain.modeling import qwen2_5_1_5b_config, qwen2_parameter_formula
+
+qwen = qwen2_5_1_5b_config()
+n_all, n_linear = qwen2_parameter_formula(qwen), linear_weight_numel(qwen)
+print(f"NF4 每个参数 {NF4_BYTES_PER_PARAM:.4f} 字节 = 0.5(4-bit 码)+ 1/64(每 64 个权重一个 8-bit absmax)"
+      f"+ 8/(64·256)(每 256 个 absmax 一组 fp32 缩放与偏移)")
+print(f"量化的线性层参数 {n_linear / 1e9:.3f} B;不量化、保持 fp32 的(嵌入、norm、偏置){(n_all - n_linear) / 1e9:.3f} B")
+bf16_weights, nf4_weights = n_all * 2 / GIB, weight_bytes_4bit(qwen) / GIB
+print(f"权重:bf16 {bf16_weights:.2f} GiB → 4-bit {nf4_weights:.2f} GiB")
+
+# %% [markdown]
+# 权重只是一步训练峰值里的一项。单卡、block 2048、每卡 4 条、开激活检查点和 Liger(GPU 上的默认)时,把三种微调逐项比较;
+# 最后一行"需要的显存"= 估计峰值 × 分配器的保留系数 + CUDA 上下文,这两个数都是在 H200 上实测的
+# (6.1 的"我的显卡放得下吗"一节和 `bench/results/gpu_h200_2026-11-30.json`):
+
+# %%
+adapters = lora_trainable_params(qwen, TARGETS, RANK)
+setups = {"全量 SFT": {}, f"LoRA r={RANK}": dict(trainable_params=adapters),
+          f"QLoRA r={RANK}": dict(trainable_params=adapters, load_in_4bit=True)}
+estimates = {name: estimate_training_memory(qwen, 4, 2048, "bf16", zero_stage=2, num_gpus=1,
+                                            activation_checkpointing=True, liger_kernel=True, **extra)
+             for name, extra in setups.items()}
+print(f"保留系数 {RESERVE_FACTOR_EXPANDABLE}(expandable_segments:True),CUDA 上下文 {CUDA_CONTEXT_GIB} GiB")
+card_gib = {name: card_memory_needed(est, expandable_segments=True) / GIB for name, est in estimates.items()}
+display(pd.DataFrame({name: {**est.gib(), "需要的显存": round(card_gib[name], 2)} for name, est in estimates.items()}))
+full_states = {k: v for k, v in estimates["全量 SFT"].gib().items() if k in ("weights", "gradients", "optimizer_states")}
+fits = lambda gib: [card for card in (8, 12, 16) if gib <= card]  # noqa: E731
+display(Markdown(
+    f"全量 SFT 单是权重、梯度和 Adam 状态就要 {sum(full_states.values()):.1f} GiB,"
+    f"需要 {card_gib['全量 SFT']:.1f} GiB,8/12/16 GiB 的卡{'都放不下' if not fits(card_gib['全量 SFT']) else '放得下'};"
+    f"LoRA 去掉了基座的梯度和优化器状态,需要 {card_gib[f'LoRA r={RANK}']:.1f} GiB;"
+    f"QLoRA 再把权重从 {bf16_weights:.2f} GiB 压到 {nf4_weights:.2f} GiB,需要 {card_gib[f'QLoRA r={RANK}']:.1f} GiB。"
+    f"放得下的卡:LoRA {fits(card_gib[f'LoRA r={RANK}']) or '无'} GiB,QLoRA {fits(card_gib[f'QLoRA r={RANK}']) or '无'} GiB。"))
+
+# %% [markdown]
+# (`USE_QLORA=1 bash code/finetune.sh` 按显卡大小选 batch;README 的显卡表列出了 8、12、16 GiB 卡上的计划。)
+#
+# bitsandbytes 0.50 在 CPU 上也能做 4-bit 计算,所以在玩具模型上真跑一次:同一个基座、同样的 LoRA 和训练参数,
+# 只是基座以 NF4 加载(`llmtrain.modeling.load_model_4bit`;CPU 上用 fp32 计算)。考的就是训练时的模型:4-bit 基座 + 适配器。
+
+# %%
+from llmtrain.modeling import load_model_4bit
+
+base_4bit = load_model_4bit(str(PRETRAINED), "cpu", torch.float32)
+base_fp32_mib = AutoModelForCausalLM.from_pretrained(PRETRAINED).get_memory_footprint() / 2**20
+print(f"4-bit 基座占 {base_4bit.get_memory_footprint() / 2**20:.2f} MiB,fp32 基座 {base_fp32_mib:.2f} MiB"
+      f"(玩具模型的参数大半在不量化的嵌入里)")
+qlora_trainer = train_lora(LEARNING_RATE, "qlora", base=base_4bit)
+print(f"{qlora_trainer.state.global_step} 步,用时 {qlora_trainer.state.log_history[-1]['train_runtime']:.1f} 秒")
+qlora_row = score(qlora_trainer.model, "QLoRA SFT (6.3)")
+display(Markdown(format_scorecard({"full SFT (6.2)": full_row, "LoRA SFT (6.3)": lora_row, "QLoRA SFT (6.3)": qlora_row})))
+display(Markdown(f"4-bit 基座上训练的适配器:sft_seen {pct(qlora_row['sft_seen'])}({versus(qlora_row['sft_seen'], lora_row['sft_seen'])}"
+                 f" LoRA 的 {pct(lora_row['sft_seen'])}),heldout {pct(qlora_row['heldout'])}"
+                 f"({versus(qlora_row['heldout'], lora_row['heldout'])} LoRA 的 {pct(lora_row['heldout'])})。"))
+
+# %% [markdown]
+# 玩具模型的嵌入占了大半参数又不量化,这里省下的字节不能代表 1.5B 上的比例(上面的表才是);要看的是量化基座上的适配器和
+# LoRA 学到的差多少。GPU 上:`USE_QLORA=1 bash code/finetune.sh`(基座用 bf16 计算,`merged/` 里是合并到未量化基座的完整模型)。
 #
 # ### 用脚本运行
 #
@@ -512,3 +592,14 @@ display(Markdown(text))
 # USE_LORA=1 bash code/finetune.sh                # 教材设置:Qwen2.5-1.5B + BelleGroup
 # python code/evaluate.py --model output/toy/pretrain --adapter output/toy/sft-lora --eval_file data/sample/eval.jsonl
 # ```
+
+# %% [markdown]
+# ## 练习
+#
+# 练习在 `exercises/ex6_3_lora.py`:从零写一个 `LoraLinear`(`__init__`、`forward`、`merge`)。
+#
+# - 学到:冻结原层;A 随机而 B 为零,所以训练开始时输出与原层完全相同;缩放系数 α/r;合并之后推理不再多花一次矩阵乘法。
+# - 评分程序在同一组权重上把你的层与 peft 的 LoRA 层比较:初始输出、训练中的输出、梯度是否落在 A 和 B 上、`merge` 之后的权重是否等于 W + (α/r)·B·A、合并后输出是否不变。
+# - 常见错误有专门的提示:乘了 α 而不是 α/r、B 没有初始化为零、合并时忘了缩放、合并后又加了一次旁路、原层没有冻结。
+#
+# 检查:`make check-exercises EX=6.3`。做完对照 `code/llmtrain/lora.py` 里的 `LoraLinear`(它还多了 `unmerge` 和关掉适配器的开关)。

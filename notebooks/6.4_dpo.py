@@ -630,3 +630,15 @@ pd.DataFrame(table).T
 
 # %%
 print(f"本 notebook 运行用时 {time.perf_counter() - START:.0f} 秒")
+
+# %% [markdown]
+# ## 练习
+#
+# 练习在 `exercises/ex6_4_dpo.py`:
+#
+# 1. `dpo_loss`:由四个序列对数概率和 β 算出 DPO 损失(对偏好对取平均)。学到:损失的符号、β 的位置、为什么要减去参考模型。
+# 2. `sequence_logprobs`:一条回答在给定提示下的对数概率。学到:logits 要错开一位;只有回答的 token(labels 不是 -100 的位置)计分,提示和 padding 都不算。
+#
+# 评分程序在相同的输入上与 `llmtrain.dpo` 比较(对数概率用一个随机初始化的玩具 Qwen2 和样例偏好对)。它认得常见错误并说明原因:符号反了、没减参考模型、求和而不是平均、loss 断了梯度、把提示的 token 也算进对数概率、没有错开一位。
+#
+# 检查:`make check-exercises EX=6.4`;全部练习:`make check-exercises`。做完对照 `code/llmtrain/dpo.py`。

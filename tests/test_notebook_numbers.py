@@ -115,3 +115,31 @@ def test_every_measured_number_in_prose_is_shown_by_the_notebook(ipynb):
     unbacked = unbacked_numbers(ipynb)
     assert not unbacked, f"{ipynb.name}: numbers in markdown that no output or code shows " + ", ".join(
         f"cell {i}: {claim!r}" for i, claim in unbacked)
+
+
+def recorded_run_seconds(path: Path) -> float:
+    """Wall time of a notebook's last execution: first code cell's start to last cell's reply (nbclient's timing)."""
+    from datetime import datetime
+
+    timings = [c["metadata"]["execution"] for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+               if c["cell_type"] == "code" and c["metadata"].get("execution")]
+    start, end = (datetime.fromisoformat(timings[0]["iopub.execute_input"].replace("Z", "+00:00")),
+                  datetime.fromisoformat(timings[-1]["shell.execute_reply"].replace("Z", "+00:00")))
+    return (end - start).total_seconds()
+
+
+def readme_run_seconds(stem: str) -> float:
+    """The run time the README's notebook table states for `stem` ("6 分 32 秒" or "48 秒")."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith(f"| [`notebooks/{stem}.ipynb`]"))
+    cell = row.rstrip(" |").rsplit("|", 1)[1]
+    match = re.search(r"(?:(\d+) 分 )?(\d+) 秒", cell)
+    assert match, f"README's row for {stem} states no run time as 'M 分 S 秒': {cell!r}"
+    return int(match[1] or 0) * 60 + int(match[2])
+
+
+@pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_readme_states_the_notebooks_recorded_run_time(ipynb):
+    recorded, stated = recorded_run_seconds(ipynb), readme_run_seconds(ipynb.stem)
+    assert abs(recorded - stated) <= max(10, 0.05 * recorded), (
+        f"README says {ipynb.stem} runs {stated:.0f} s; its committed outputs were recorded in {recorded:.0f} s")

@@ -148,7 +148,7 @@ def load_model_4bit(model_name_or_path: str, device: torch.device | str, compute
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise LlmtrainError("--use_qlora needs bitsandbytes: pip install -r requirements-gpu.txt "
+        raise LlmtrainError("--use_qlora needs bitsandbytes: pip install -r requirements.txt "
                             "(or train plain LoRA: drop --use_qlora / USE_QLORA).")
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
@@ -156,7 +156,7 @@ def load_model_4bit(model_name_or_path: str, device: torch.device | str, compute
     _check_folder(model_name_or_path, "--model_name_or_path")
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute_dtype)
-    logger.warning("Loading %s with 4-bit NF4 weights (double quantisation, %s compute) on %s",
+    logger.info("Loading %s with 4-bit NF4 weights (double quantisation, %s compute) on %s",
                    model_name_or_path, str(compute_dtype).removeprefix("torch."), device)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_name_or_path, quantization_config=quantization,
