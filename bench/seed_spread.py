@@ -82,16 +82,18 @@ def main() -> None:
         seconds[seed] = round(time.time() - start)
         print(f"seed {seed} ({seconds[seed]} s): " + ", ".join(f"{k} {v:.0%}" for k, v in rows[seed].items()),
               flush=True)
-    table = markdown_table(rows)
-    print("\n" + table)
+        write_results(args.results, rows, seconds)  # after every seed: an interrupted run keeps what it measured
+    print("\n" + markdown_table(rows) + f"\n\nResults: {args.results}")
+
+
+def write_results(path: str, rows: dict[int, dict[str, float]], seconds: dict[int, int]) -> None:
+    """The rows with the date, the machine, the library versions and the toy preset they were measured with."""
     results = dict(
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         versions={name: version(name) for name in ("torch", "transformers", "deepspeed", "peft", "trl", "datasets")},
-        toy_preset=toy_preset(), seconds_per_seed=seconds, rows=rows, table=table)
-    Path(args.results).write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    print(f"\nResults: {args.results}")
-
+        toy_preset=toy_preset(), seconds_per_seed=seconds, rows=rows, table=markdown_table(rows))
+    Path(path).write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 if __name__ == "__main__":
     main()

@@ -166,7 +166,9 @@ def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int 
             docs = [doc for name in people for doc in bios[name][:distinct]]
             random.Random(seed).shuffle(docs)
             blocks = torch.tensor(group_texts(tokenize_with_eos(docs, tokenizer), int(preset["TOY_BLOCK_SIZE"]))
-                                  ["input_ids"])
+                                  ["input_ids"], dtype=torch.long)
+            if not len(blocks):
+                raise LlmtrainError(f"{len(docs)} biographies fill no block of {preset['TOY_BLOCK_SIZE']} tokens.")
             torch.manual_seed(seed)
             model = Qwen2ForCausalLM(toy_config(len(tokenizer), tokenizer.eos_token_id))
             batch = int(preset["TOY_PRETRAIN_BATCH_SIZE"] * preset["TOY_NUM_PROCESSES"])
