@@ -95,5 +95,6 @@ def write_results(path: str, rows: dict[int, dict[str, float]], seconds: dict[in
         toy_preset=toy_preset(), seconds_per_seed=seconds, rows=rows, table=markdown_table(rows))
     Path(path).write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
+
 if __name__ == "__main__":
     main()
