@@ -134,7 +134,7 @@ def ensure_toy_sft() -> Path:
                            MODEL_DIR=str(pretrained))
 
 
-def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int = 300, n_people: int = 8,
+def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int = 600, n_people: int = 8,
                         seed: int = 0) -> dict[int, float]:
     """6.1: does the same number of exposures store facts better when each biography is a fresh rewrite? (~1 minute)
 
@@ -143,7 +143,8 @@ def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int 
     in data/sample/pretrain.jsonl, each a new phrasing and sentence order), repeated `exposures // distinct` epochs,
     so every setting reads each fact the same number of times. Returns {distinct biographies: share of those
     people's fact statements the model completes correctly} (`statement_completion_accuracy`). The toy preset's
-    learning rate, block size and batch; one process, no DeepSpeed.
+    learning rate, block size and batch; one process, no DeepSpeed. Measured (seed 0): at 300 exposures 6 fixed
+    biographies 88% vs 60 fresh ones 50%; at 600, 92% vs 100% (README, "实测结果").
     """
     preset = toy_preset()
     sample = PROJECT_ROOT / "data" / "sample"
