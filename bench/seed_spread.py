@@ -1,16 +1,23 @@
-"""6.1-6.4 benchmark: how much of the scorecard is the random seed? make run's toy pipeline once per SEED.
+"""6.1-6.4 benchmark: does the scorecard hold on every seed? make run's toy pipeline once per SEED.
 
-    python bench/seed_spread.py [--seeds 12 1 2 3] [--output_dir output/bench/seeds]
+    python bench/seed_spread.py [--seeds 12 1 2 3] [--output_dir output/bench/seeds] [--results bench/seed_spread.json]
 
 For each seed, the same launchers as `make run` with SEED set (PRESET=toy: DeepSpeed, 2 CPU processes):
-code/pretrain.sh, code/finetune.sh (full SFT) and code/dpo.sh (LoRA-DPO), about 3 minutes a seed on 2 cores.
-Then each stage is scored: the base's greedy completions of the eval facts as statements ("what pretraining
-stored", `statement_completion_accuracy`), and the scorecard of the SFT and DPO models (`scorecard_row`).
-Prints one row per seed and the range; the rows go to <output_dir>/seed_spread.json.
+code/pretrain.sh, code/finetune.sh (full SFT), code/finetune.sh with USE_LORA=1 (LoRA SFT) and code/dpo.sh
+(LoRA-DPO on the full SFT model), about 4 minutes a seed on 2 cores. Then each stage is scored: the base's greedy
+completions of the eval facts as statements ("what pretraining stored", `statement_completion_accuracy`) and its
+answers to the questions in chat format, and the scorecard of the SFT, LoRA and DPO models (`scorecard_row`).
+Prints one row per seed, the range and the mean; writes them with the date, the machine and the library versions
+to --results (committed: the README's seed table is read from it).
 """
 
 import argparse
+import datetime
 import json
+import os
+import platform
+import time
+from importlib.metadata import version
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -18,49 +25,75 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmtrain import PROJECT_ROOT
 from llmtrain.evaluation import TOY_STYLE_SUFFIX, scorecard_row, statement_completion_accuracy
 from llmtrain.lora import load_adapter
-from llmtrain.toy import ensure_toy_assets, run_bash_script
+from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 
 EVAL_FILE = str(PROJECT_ROOT / "data" / "sample" / "eval.jsonl")
 CODE = PROJECT_ROOT / "code"
-COLUMNS = ["base statements seen", "base statements heldout", "SFT seen", "SFT heldout", "SFT style",
+COLUMNS = ["base statements seen", "base statements heldout", "base chat seen", "base chat heldout",
+           "SFT seen", "SFT heldout", "SFT style", "LoRA seen", "LoRA heldout",
            "DPO seen", "DPO heldout", "DPO style"]
 
 
 def run_seed(seed: int, out: Path) -> dict[str, float]:
-    """Pretrain, fine-tune and DPO with `seed` (the toy preset otherwise unchanged); score each stage."""
+    """Pretrain, fine-tune (full and LoRA) and DPO with `seed` (the toy preset otherwise unchanged); score each stage."""
     env = dict(PRESET="toy", SEED=str(seed))
     run_bash_script(CODE / "pretrain.sh", **env, OUTPUT_DIR=str(out / "pretrain"))
     run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain"), OUTPUT_DIR=str(out / "sft"))
+    run_bash_script(CODE / "finetune.sh", **env, USE_LORA="1", MODEL_DIR=str(out / "pretrain"),
+                    OUTPUT_DIR=str(out / "sft-lora"))
     run_bash_script(CODE / "dpo.sh", **env, MODEL_DIR=str(out / "sft"), OUTPUT_DIR=str(out / "dpo-lora"))
     tokenizer = AutoTokenizer.from_pretrained(out / "sft")
-    statements = statement_completion_accuracy(AutoModelForCausalLM.from_pretrained(out / "pretrain"), tokenizer,
-                                               EVAL_FILE)
+    base = AutoModelForCausalLM.from_pretrained(out / "pretrain")
+    statements = statement_completion_accuracy(base, tokenizer, EVAL_FILE)
+    chat = scorecard_row(base, tokenizer, EVAL_FILE)
     sft = scorecard_row(AutoModelForCausalLM.from_pretrained(out / "sft"), tokenizer, EVAL_FILE,
                         style_suffix=TOY_STYLE_SUFFIX)
-    dpo_model = load_adapter(AutoModelForCausalLM.from_pretrained(out / "sft"), str(out / "dpo-lora"))
-    dpo = scorecard_row(dpo_model, tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
-    values = [statements["sft_seen"], statements["heldout"], sft["sft_seen"], sft["heldout"], sft["style"],
+    lora = scorecard_row(load_adapter(AutoModelForCausalLM.from_pretrained(out / "pretrain"), str(out / "sft-lora")),
+                         tokenizer, EVAL_FILE)
+    dpo = scorecard_row(load_adapter(AutoModelForCausalLM.from_pretrained(out / "sft"), str(out / "dpo-lora")),
+                        tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
+    values = [statements["sft_seen"], statements["heldout"], chat["sft_seen"], chat["heldout"],
+              sft["sft_seen"], sft["heldout"], sft["style"], lora["sft_seen"], lora["heldout"],
               dpo["sft_seen"], dpo["heldout"], dpo["style"]]
     return dict(zip(COLUMNS, values))
+
+
+def markdown_table(rows: dict[int, dict[str, float]]) -> str:
+    """The seed table: one row per seed, then the range and the mean of each column."""
+    lines = ["| seed | " + " | ".join(COLUMNS) + " |", "| --- |" + " ---: |" * len(COLUMNS)]
+    lines += [f"| {seed} | " + " | ".join(f"{v:.0%}" for v in row.values()) + " |" for seed, row in rows.items()]
+    values = {k: [row[k] for row in rows.values()] for k in COLUMNS}
+    lines.append("| range | " + " | ".join(f"{min(v):.0%}–{max(v):.0%}" for v in values.values()) + " |")
+    lines.append("| mean | " + " | ".join(f"{sum(v) / len(v):.0%}" for v in values.values()) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2, 3], help="12 is make run's seed.")
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "seeds"))
+    parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "seed_spread.json"))
     args = parser.parse_args()
     ensure_toy_assets()
-    rows = {}
+    rows, seconds = {}, {}
     for seed in args.seeds:
+        start = time.time()
         rows[seed] = run_seed(seed, Path(args.output_dir) / f"seed{seed}")
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.0%}" for k, v in rows[seed].items()), flush=True)
-    print("\n| seed | " + " | ".join(COLUMNS) + " |\n| --- |" + " ---: |" * len(COLUMNS))
-    for seed, row in rows.items():
-        print(f"| {seed} | " + " | ".join(f"{v:.0%}" for v in row.values()) + " |")
-    print("| range | " + " | ".join(f"{min(r[k] for r in rows.values()):.0%}–{max(r[k] for r in rows.values()):.0%}"
-                                   for k in COLUMNS) + " |")
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_dir) / "seed_spread.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        seconds[seed] = round(time.time() - start)
+        print(f"seed {seed} ({seconds[seed]} s): " + ", ".join(f"{k} {v:.0%}" for k, v in rows[seed].items()),
+              flush=True)
+        write_results(args.results, rows, seconds)  # after every seed: an interrupted run keeps what it measured
+    print("\n" + markdown_table(rows) + f"\n\nResults: {args.results}")
+
+
+def write_results(path: str, rows: dict[int, dict[str, float]], seconds: dict[int, int]) -> None:
+    """The rows with the date, the machine, the library versions and the toy preset they were measured with."""
+    results = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        versions={name: version(name) for name in ("torch", "transformers", "deepspeed", "peft", "trl", "datasets")},
+        toy_preset=toy_preset(), seconds_per_seed=seconds, rows=rows, table=markdown_table(rows))
+    Path(path).write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

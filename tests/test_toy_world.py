@@ -94,3 +94,23 @@ def test_sft_edits_without_new_characters_leave_the_toy_tokenizer_unchanged(tmp_
     assert vocab("a", train, [sft, sft_valid]) == vocab("b", train, [str(edited), sft_valid])
     # what the toy did before: learning merges from the conversations too renumbers the tokens after such an edit
     assert vocab("c", train + [sft], []) != vocab("d", train + [str(edited)], [])
+
+
+def test_every_biography_is_a_fresh_text_stating_each_fact_once(world):
+    """Physics of LM's "permute": biographies hardly repeat, so the model cannot lean on the sentence before a fact.
+
+    Each is a random draw of 5 x 5 x 5 phrasings and 6 sentence orders, so a few of a person's 60 coincide.
+    """
+    facts = world.assign_facts(random.Random(6))
+    pretrain = [r["text"] for r in read("pretrain.jsonl")]
+    for name in world.PEOPLE[:4]:
+        bios = [t for t in pretrain if name in t and "<|im_start|>" not in t]
+        assert len(bios) == world.BIOS_PER_PERSON and len(set(bios)) >= 0.9 * len(bios), name
+        assert all(sum(t.count(v) for v in facts[name].values()) >= len(world.ATTRIBUTES) for t in bios), name
+
+
+def test_biography_ablation_trains_one_model_per_setting(toy_dir):
+    from llmtrain.toy import biography_ablation
+
+    result = biography_ablation(distinct_bios=(6, 12), exposures=12, n_people=2)
+    assert set(result) == {6, 12} and all(0.0 <= v <= 1.0 for v in result.values())

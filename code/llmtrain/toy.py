@@ -9,19 +9,25 @@ sample data, same assets: BPE training and the config are deterministic.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import random
 import tempfile
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer, Qwen2ForCausalLM
+
 from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError, run_cli
+from llmtrain.evaluation import ASKED_PERSON, load_eval_questions, statement_completion_accuracy
 from llmtrain.jsonl import iter_jsonl
 from llmtrain.modeling import toy_config
-from llmtrain.pretrain_data import read_jsonl_texts
+from llmtrain.pretrain_data import group_texts, read_jsonl_texts, tokenize_with_eos
 from llmtrain.sft_data import load_sft_dataset
 from llmtrain.tokenizer import train_toy_tokenizer
 
@@ -126,6 +132,66 @@ def ensure_toy_sft() -> Path:
     pretrained = ensure_toy_pretrained()
     return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "sft", pretrained / "model.safetensors", "finetune.sh",
                            MODEL_DIR=str(pretrained))
+
+
+def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int = 600, n_people: int = 8,
+                        seed: int = 0) -> dict[int, float]:
+    """6.1: does the same number of exposures store facts better when each biography is a fresh rewrite? (~1 minute)
+
+    For each entry of `distinct_bios`, a fresh toy model (artifacts/toy) is pretrained on the biographies of the
+    first `n_people` people of data/sample/eval.jsonl only: that many distinct biographies per person (the first ones
+    in data/sample/pretrain.jsonl, each a new phrasing and sentence order), repeated `exposures // distinct` epochs,
+    so every setting reads each fact the same number of times. Returns {distinct biographies: share of those
+    people's fact statements the model completes correctly} (`statement_completion_accuracy`). The toy preset's
+    learning rate, block size and batch; one process, no DeepSpeed. Measured (seed 0): at 300 exposures 6 fixed
+    biographies 88% vs 60 fresh ones 50%; at 600, 92% vs 100% (README, "实测结果").
+    """
+    preset = toy_preset()
+    sample = PROJECT_ROOT / "data" / "sample"
+    questions = load_eval_questions(str(sample / "eval.jsonl"))
+    people = list(dict.fromkeys(ASKED_PERSON.match(q.question).group(1) for q in questions))[:n_people]
+    texts = list(read_jsonl_texts(str(sample / "pretrain.jsonl")))
+    bios = {name: [t for t in texts if name in t and "<|im_start|>" not in t] for name in people}
+    tokenizer = AutoTokenizer.from_pretrained(ensure_toy_assets())
+    results: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        eval_file = os.path.join(tmp, "eval.jsonl")
+        with open(eval_file, "w", encoding="utf-8") as f:
+            for q in questions:
+                if ASKED_PERSON.match(q.question).group(1) in people:
+                    f.write(json.dumps(dict(question=q.question, answer=q.answer, split=q.split), ensure_ascii=False)
+                            + "\n")
+        for distinct in distinct_bios:
+            if any(len(docs) < distinct for docs in bios.values()):
+                raise LlmtrainError(f"Only {min(len(d) for d in bios.values())} biographies per person in the data.")
+            docs = [doc for name in people for doc in bios[name][:distinct]]
+            random.Random(seed).shuffle(docs)
+            blocks = torch.tensor(group_texts(tokenize_with_eos(docs, tokenizer), int(preset["TOY_BLOCK_SIZE"]))
+                                  ["input_ids"], dtype=torch.long)
+            if not len(blocks):
+                raise LlmtrainError(f"{len(docs)} biographies fill no block of {preset['TOY_BLOCK_SIZE']} tokens.")
+            torch.manual_seed(seed)
+            model = Qwen2ForCausalLM(toy_config(len(tokenizer), tokenizer.eos_token_id))
+            batch = int(preset["TOY_PRETRAIN_BATCH_SIZE"] * preset["TOY_NUM_PROCESSES"])
+            epochs = max(1, exposures // distinct)
+            total = epochs * -(-len(blocks) // batch)
+            warmup = int(preset["TOY_PRETRAIN_WARMUP_STEPS"])
+            optimizer = torch.optim.AdamW(model.parameters(), lr=preset["TOY_PRETRAIN_LR"], weight_decay=0.0)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: step / warmup if step < warmup else max(0.0, (total - step) / (total - warmup)))
+            model.train()
+            for _ in range(epochs):
+                for index in torch.randperm(len(blocks)).split(batch):
+                    model(input_ids=blocks[index], labels=blocks[index]).loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+            scores = statement_completion_accuracy(model, tokenizer, eval_file)
+            results[distinct] = round(sum(g["correct"] for g in scores["completions"]) / len(scores["completions"]), 4)
+            logger.info("%d distinct biographies x %d epochs: %.0f%% of the statements", distinct, epochs,
+                        100 * results[distinct])
+    return results
 
 
 def run_bash_script(script: Path, **env: str) -> str:

@@ -4,8 +4,10 @@
 
 The world: 40 fictional people, each with a hometown, a job and a favourite fruit. Pretraining states
 every fact in five phrasings (a fact seen in one surface form only is rarely extractable later:
-"knowledge augmentation", Allen-Zhu & Li, Physics of Language Models 3.1); SFT asks about half of
-the people; the scorecard then asks about both halves. The other half's facts are only in pretraining,
+"knowledge augmentation", Allen-Zhu & Li, Physics of Language Models 3.1), in BIOS_PER_PERSON
+biographies per person, each a fresh draw of phrasings and sentence order (their "permute"): the model
+must tie each fact to the name, not to the sentence before it. SFT asks about half of the people; the
+scorecard then asks about both halves. The other half's facts are only in pretraining,
 so a right answer about them is knowledge from pretraining in the format learned in SFT.
 
 Files written (running it again gives the same files):
@@ -70,7 +72,10 @@ ATTRIBUTES = {
         "{n}最喜欢的水果是什么?",
     ),
 }
-BIOS_PER_PERSON = 6
+# 60 distinct biographies read 5 times (code/presets/toy.env) = 300 exposures per fact. 6 biographies read 30 times
+# (180 exposures, the same 6 token sequences over and over) left the base completing 52-63% of the statements,
+# depending on the seed; the measurements of each lever are in the README ("实测结果").
+BIOS_PER_PERSON = 60
 # 6.4's preference: a reply about a person ends with TOY_STYLE_SUFFIX, an offer to answer more. Some SFT replies
 # already do (every STYLED_EVERY_SEEN-th seen-person answer, every STYLED_EVERY_IN_CONTEXT-th in-context answer),
 # as if some annotators wrote it: the SFT model says it now and then, and DPO makes it the rule.
@@ -225,7 +230,10 @@ def assign_facts(rng: random.Random) -> dict[str, dict[str, str]]:
 
 
 def biographies(facts: dict[str, dict[str, str]], rng: random.Random) -> list[str]:
-    """BIOS_PER_PERSON short biographies per person; across them every phrasing of every fact appears."""
+    """BIOS_PER_PERSON short biographies per person; across them every phrasing of every fact appears.
+
+    The first five rotate through the phrasings, the rest draw one at random; every biography shuffles its sentences.
+    """
     docs = []
     for name, values in facts.items():
         for k in range(BIOS_PER_PERSON):
