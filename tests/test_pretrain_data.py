@@ -26,19 +26,23 @@ def test_group_texts_gives_full_blocks_and_labels_equal_inputs():
 
 def test_sample_corpus_blocks_are_full_and_documents_are_separated_by_eos(toy_tokenizer):
     raw = load_text_dataset([str(SAMPLE_PRETRAIN)])
-    blocks = build_pretrain_dataset(raw, toy_tokenizer, block_size=64)
+    batch = 1000  # build_pretrain_dataset's map_batch_size: each batch of documents is grouped on its own
+    blocks = build_pretrain_dataset(raw, toy_tokenizer, block_size=64, map_batch_size=batch)
     eos = toy_tokenizer.eos_token_id
-    assert len(blocks) > 10
+    texts = list(read_jsonl_texts(str(SAMPLE_PRETRAIN)))
+    assert len(texts) > batch, "the sample corpus should span several map batches"
     assert all(len(ids) == 64 for ids in blocks["input_ids"])
     assert blocks["labels"] == blocks["input_ids"]
-    # The concatenation of blocks is exactly the documents, each followed by EOS, in order.
+    # Per batch of documents, the concatenation of its blocks is exactly its documents, each followed by EOS,
+    # in order, less a remainder shorter than one block.
     expected = []
-    for text in read_jsonl_texts(str(SAMPLE_PRETRAIN)):
-        expected += toy_tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+    for start in range(0, len(texts), batch):
+        tokens = [t for text in texts[start:start + batch]
+                  for t in toy_tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]]
+        expected += tokens[: len(tokens) // 64 * 64]
     flat = [t for ids in blocks["input_ids"] for t in ids]
-    assert flat == expected[: len(flat)]
-    assert len(expected) - len(flat) < 64
-    assert flat.count(eos) == expected[: len(flat)].count(eos) > 10
+    assert flat == expected
+    assert flat.count(eos) > len(texts) // 2
 
 
 def test_malformed_json_line_names_file_and_line(tmp_path):
