@@ -155,8 +155,9 @@ print(raw)
 # ### 一个玩具世界
 #
 # 样例语料 `data/sample/pretrain.jsonl` 是一个"玩具世界",由 `data/sample/build_samples.py` 确定性地生成:
-# 40 个**虚构**的人物,每人有家乡、职业、最喜欢的水果三个事实(人名、地名都是编的);每人 6 篇短小的"传记",
-# 另有一些手写的短文和日常对话(ChatML 格式,真实的预训练语料里也有对话)。看看林晓雨的两篇传记:
+# 40 个**虚构**的人物,每人有家乡、职业、最喜欢的水果三个事实(人名、地名都是编的);每人几十篇短小的"传记",
+# 每篇各自随机挑选说法、打乱句子顺序;另有一些手写的短文和日常对话(ChatML 格式,真实的预训练语料里也有对话)。
+# 看看林晓雨的两篇传记:
 
 # %% tags=["nbval-check-output"]
 texts = raw["text"]
@@ -818,6 +819,30 @@ people = {split: sorted({ASKED_PERSON.match(q.question).group(1) for q in questi
 for split, names in people.items():
     per_person = [sum(name in t for t in texts) for name in names]
     print(f"{split:8s}:{len(names)} 人,每人出现在 {min(per_person)}–{max(per_person)} 篇文档里")
+
+# %% [markdown]
+# ### 一个事实要读多少遍?
+#
+# 基座能不能把事实存成"问得出来"的知识,取决于预训练怎么读这些事实。`make run` 的配方里每个事实读几百遍,
+# 而且每一遍都是一篇新写的传记(说法和句序都不同);只把同几篇传记反复读,模型会把整段文字背下来,
+# 换个开头就接不上了(Physics of Language Models 3.1 所说的"知识增强"要靠每次换一种写法)。
+#
+# 下面这个小实验(`llmtrain.toy.biography_ablation`,约 1 分钟)只用前 8 个人的传记,从头训练两个玩具模型,
+# 两者读每个事实的**次数相同**:一个反复读每人同 6 篇传记,一个读每人 60 篇各不相同的传记,然后让它们补全这 8 个人的事实陈述。
+
+# %%
+from llmtrain.toy import biography_ablation
+
+EXPOSURES = 600  # 每个事实读几遍;改成 300 再跑一次试试
+ablation = biography_ablation(distinct_bios=(6, 60), exposures=EXPOSURES, n_people=8, seed=0)
+for distinct, acc in ablation.items():
+    print(f"每人 {distinct:2d} 篇不同的传记 × {EXPOSURES // distinct:3d} 遍:补全事实陈述 {acc:.0%}")
+fixed, fresh = ablation[6], ablation[60]
+display(Markdown(
+    f"同样读 {EXPOSURES} 遍,换着写的传记补全对 {fresh:.0%},反复读同 6 篇的 {fixed:.0%}"
+    f"({'换着写的更好' if fresh > fixed else '反复读的不差' if fresh < fixed else '两者相同'})。"
+    "次数太少时结论可能反过来:换着写的传记要读够遍数,模型才记得住每个事实;"
+    "完整语料、多个种子上各个做法的对照见 README 的\"实测结果\"。"))
 
 # %% [markdown]
 # 能续写对的那些事实,已经存进了参数。接着用 6.2 的**成绩单**(`llmtrain.evaluation.scorecard_row`)考同一个模型:
