@@ -1,0 +1,333 @@
+"""6.5: GRPO (Group Relative Policy Optimization) with a verifiable reward, written from scratch, checked against TRL.
+
+For each prompt the policy samples a *group* of G replies; a program scores each reply (no reward
+model); a reply's advantage is its reward relative to its group, A_i = (r_i - mean(r)) / (std(r) + 1e-4).
+The loss is PPO's clipped policy-ratio objective per completion token, plus a KL penalty that keeps
+the policy near the reference (the SFT model; with LoRA, the same model with its adapter disabled):
+
+    ratio_t   = pi(y_t | ...) / pi_old(y_t | ...)
+    loss_t    = -min(ratio_t * A, clip(ratio_t, 1 - eps, 1 + eps_high) * A) + beta * KL_t
+    KL_t      = exp(ref_t - logp_t) - (ref_t - logp_t) - 1      (Schulman's k3 estimator, as TRL: >= 0, unbiased)
+                times ratio_t in TRL 1.16 by default (`use_bias_correction_kl`): same value on-policy, other gradient
+
+"grpo" averages loss_t over each completion's tokens, then over completions (the DeepSeekMath paper);
+"dapo" (TRL 1.16's default) averages over all completion tokens of the batch, so long replies weigh more.
+`compare_with_trl` runs TRL's `GRPOTrainer` on the same model, prompts, completions and rewards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llmtrain.errors import LlmtrainError
+from llmtrain.evaluation import generate_replies, is_strict_match
+from llmtrain.jsonl import iter_jsonl, preview
+from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
+
+TASKS = ("arithmetic", "fact")
+PROMPT_HINT = ('each line must be one JSON object like {"prompt": "9加18等于几?", "answer": "27"} '
+               '(optional "task": "arithmetic" (default, the answer an integer) or "fact")')
+# A reply's final integer, followed by nothing but closing punctuation or space.
+FINAL_INTEGER = re.compile(r"(-?\d+)[\s。.!！]*$")
+ADVANTAGE_EPS = 1e-4  # TRL's: a group whose rewards are all equal gets advantage 0, not 0/0
+
+
+# ---------------------------------------------------------------- rewards: one place, each a plain function
+def arithmetic_reward(reply: str, answer: str, candidates: frozenset[str] = frozenset()) -> float:
+    """6.5: 1.0 when the reply's final integer is exactly `answer` and only closing punctuation follows, else 0.0.
+
+    "9加18等于27。" and "27" score 1; "等于127。", "27或28", "27,对吗?" and an empty or number-free reply
+    score 0. `candidates` is unused (the same signature as `fact_reward`).
+    """
+    match = FINAL_INTEGER.search(reply)
+    return float(match is not None and match.group(1) == answer)
+
+
+def fact_reward(reply: str, answer: str, candidates: frozenset[str] = frozenset()) -> float:
+    """6.5: 1.0 when the scorecard's strict rule accepts the reply (`llmtrain.evaluation.is_strict_match`), else 0.0."""
+    return float(is_strict_match(reply, answer, set(candidates)))
+
+
+REWARDS: dict[str, Callable[[str, str, frozenset[str]], float]] = {"arithmetic": arithmetic_reward,
+                                                                   "fact": fact_reward}
+
+
+def score_replies(replies: list[str], answers: list[str], tasks: list[str],
+                  candidates: frozenset[str] = frozenset()) -> list[float]:
+    """6.5: the reward of each reply, by its task's function (`REWARDS`)."""
+    return [REWARDS[task](reply, answer, candidates) for reply, answer, task in zip(replies, answers, tasks,
+                                                                                     strict=True)]
+
+
+def trl_reward_function(candidates: frozenset[str] = frozenset()) -> Callable[..., list[float]]:
+    """6.5: `score_replies` in the signature TRL's GRPOTrainer calls; logged as rewards/verifiable/mean."""
+
+    def verifiable(prompts, completions, answer, task, **kwargs) -> list[float]:
+        replies = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return score_replies(replies, answer, task, candidates)
+
+    return verifiable
+
+
+# ---------------------------------------------------------------- prompt files
+def normalize_prompt_record(record: Any, system_message: str = DEFAULT_SYSTEM_MESSAGE) -> dict[str, Any]:
+    """6.5: one {"prompt", "answer"[, "task"]} record -> {"prompt": [system, user] messages, "answer", "task"}."""
+    if not isinstance(record, dict) or "prompt" not in record or "answer" not in record:
+        raise LlmtrainError(f"needs 'prompt' and 'answer', got {preview(record)}")
+    prompt, answer, task = record["prompt"], record["answer"], record.get("task", "arithmetic")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise LlmtrainError(f"'prompt' must be a non-empty string, got {preview(prompt)}")
+    if task not in TASKS:
+        raise LlmtrainError(f"'task' must be one of {list(TASKS)}, got {preview(task)}")
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str) or not answer.strip():
+        raise LlmtrainError(f"'answer' must be a non-empty string, got {preview(answer)}")
+    if task == "arithmetic" and not re.fullmatch(r"-?\d+", answer):
+        raise LlmtrainError(f"an arithmetic answer must be an integer, got {preview(answer)}")
+    return {"prompt": [{"role": "system", "content": system_message}, {"role": "user", "content": prompt}],
+            "answer": answer, "task": task}
+
+
+def load_prompt_dataset(files: list[str], system_message: str = DEFAULT_SYSTEM_MESSAGE) -> datasets.Dataset:
+    """6.5: read and check prompt JSON lines; the first bad record stops the run, naming file and line."""
+    rows = []
+    for path in files:
+        for lineno, record in iter_jsonl(path, PROMPT_HINT):
+            try:
+                rows.append(normalize_prompt_record(record, system_message))
+            except LlmtrainError as err:
+                raise LlmtrainError(f"{path} line {lineno}: {err}; {PROMPT_HINT}.") from None
+    return datasets.Dataset.from_list(rows)
+
+
+def fact_candidates(rows: datasets.Dataset) -> frozenset[str]:
+    """The answers of the fact prompts: `is_strict_match` rejects a reply that names another of them."""
+    return frozenset(a for a, t in zip(rows["answer"], rows["task"]) if t == "fact")
+
+
+# ---------------------------------------------------------------- sampling a group
+@torch.no_grad()
+def sample_groups(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]]],
+    group_size: int, max_new_tokens: int = 32, temperature: float = 1.0,
+) -> dict[str, Any]:
+    """6.5: G sampled replies per prompt, prompt-major (rows i*G .. i*G+G-1 answer prompt i).
+
+    Prompts are rendered with the chat template and left-padded; each completion is cut after its first
+    `<|im_end|>` (kept, so the loss also teaches the model to stop). Returns "prompt_ids"/"prompt_mask"
+    (left-padded), "completion_ids"/"completion_mask" (right-padded) and "completions" (text, special tokens
+    dropped): the layout TRL's GRPOTrainer uses.
+    """
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    stop = sorted({im_end, tokenizer.eos_token_id})
+    prompt_lists = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]
+    prompt_lists = [ids for ids in prompt_lists for _ in range(group_size)]  # 1. 每个问题重复 G 次
+    width = max(len(ids) for ids in prompt_lists)
+    pad = tokenizer.pad_token_id
+    prompt_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_lists])
+    prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_lists])
+    model.eval()
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, temperature=temperature,
+                         top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=pad)
+    completion_lists = []
+    for row in out[:, width:].tolist():  # 2. 截到第一个结束符(含)为止
+        end = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
+        completion_lists.append(row[:end])
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
+            **pad_completions(completion_lists, pad),
+            "completions": tokenizer.batch_decode(completion_lists, skip_special_tokens=True)}
+
+
+def pad_completions(completion_lists: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Completion ids right-padded into one tensor, with the mask of the real tokens."""
+    width = max(len(c) for c in completion_lists)
+    return {"completion_ids": torch.tensor([c + [pad_token_id] * (width - len(c)) for c in completion_lists]),
+            "completion_mask": torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completion_lists])}
+
+
+# ---------------------------------------------------------------- the objective
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """6.5: A_i = (r_i - mean of its group) / (std of its group + 1e-4); groups are consecutive rows.
+
+    The std is the sample std (Bessel-corrected), as in TRL. A group whose replies all score the same
+    teaches nothing: its advantages are 0. `scale=False` is Dr. GRPO's variant (no division by the std).
+    """
+    if group_size < 2:
+        raise LlmtrainError("GRPO needs at least 2 replies per prompt: an advantage is relative to the group.")
+    grouped = rewards.view(-1, group_size)
+    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_EPS)
+    return advantages.reshape(-1)
+
+
+def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """6.5: log pi(token | everything before it) at each completion position, from logits / temperature.
+
+    The temperature is the sampling one: the ratio compares the distribution the replies were drawn from.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    n = completion_ids.shape[1]
+    # 位置 t 的 logits 预测第 t+1 个 token:取补全前一位起的 n 个位置,升到 fp32 再除以温度
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -n - 1:-1].float() / temperature
+    return torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@dataclass
+class GRPOLoss:
+    """6.5: the GRPO loss of a batch and what it shows."""
+
+    loss: torch.Tensor
+    kl: float          # mean k3 KL per completion token
+    clip_ratio: float  # share of completion tokens whose ratio was clipped (region where clipping bites)
+
+
+def grpo_loss(
+    logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
+    mask: torch.Tensor, beta: float, epsilon: float = 0.2, epsilon_high: float | None = None,
+    loss_type: str = "grpo", kl_ratio_correction: bool = True,
+) -> GRPOLoss:
+    """6.5: the clipped policy-ratio objective with a k3 KL penalty, per token, averaged as `loss_type` says.
+
+    `logps` [B, T] carry the gradient; `old_logps` are those of the policy that sampled (equal to `logps` on
+    the first pass over a batch: the ratio is then 1 and only its gradient, A * grad log pi, remains);
+    `ref_logps` the reference's (None when beta = 0). "grpo": mean over each completion's tokens, then over
+    completions; "dapo": mean over all completion tokens of the batch (one process, no accumulation).
+    `kl_ratio_correction` (TRL 1.16's default, from DeepSeek-V3.2) multiplies KL_t by the ratio: the value
+    is unchanged on the first pass (ratio 1) but the KL gradient becomes that of the true reverse KL.
+    """
+    mask = mask.to(logps.dtype)
+    adv = advantages.unsqueeze(1)
+    # 1. 重要性比率 pi / pi_old;首轮等于 1,梯度就是 A * grad log pi
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + (epsilon if epsilon_high is None else epsilon_high))
+    # 2. PPO 的悲观目标:取不裁剪与裁剪两者中较小的,再取负号成为损失
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    # 3. KL 惩罚(k3 估计量):exp(ref - logp) - (ref - logp) - 1,恒 >= 0
+    kl = torch.zeros_like(logps)
+    if beta != 0.0:
+        delta = ref_logps - logps
+        kl = torch.exp(delta) - delta - 1
+        if kl_ratio_correction:
+            kl = kl * ratio
+        per_token = per_token + beta * kl
+    # 4. 汇总
+    if loss_type == "grpo":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    elif loss_type == "dapo":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    else:
+        raise LlmtrainError(f"loss_type must be 'grpo' or 'dapo', not {loss_type!r}.")
+    is_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | (
+        (ratio > 1 + (epsilon if epsilon_high is None else epsilon_high)) & (adv > 0))
+    n_tokens = mask.sum().clamp(min=1.0)
+    return GRPOLoss(loss=loss, kl=((kl * mask).sum() / n_tokens).item(),
+                    clip_ratio=((is_clipped.float() * mask).sum() / n_tokens).item())
+
+
+def reference_logprobs(policy: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                       reference: torch.nn.Module | None = None) -> torch.Tensor:
+    """6.5: the reference's completion log-probs; `reference=None`: the peft policy with its adapter disabled."""
+    args = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+    with torch.no_grad():
+        if reference is not None:
+            return completion_logprobs(reference, *args, temperature=temperature)
+        if not hasattr(policy, "disable_adapter"):
+            raise LlmtrainError("reference_logprobs without a reference needs a peft (LoRA) policy.")
+        with policy.disable_adapter():
+            return completion_logprobs(policy, *args, temperature=temperature)
+
+
+# ---------------------------------------------------------------- checked against TRL
+def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list[list[int]],
+                     old_logps: torch.Tensor | None = None) -> dict[str, float]:
+    """6.5: our GRPO and TRL's on the same model, prompts, completions and rewards: the largest |TRL - ours|.
+
+    `trainer` is a TRL GRPOTrainer (peft policy: the reference is the adapter disabled; or a separate
+    `ref_model`); `rows` are prompt rows (`load_prompt_dataset`), each repeated G times in a row as TRL's
+    sampler hands them over; `completion_lists` the completion token ids (cut after the first end token)
+    that TRL's generation step is made to return. TRL then tokenizes the prompts, scores the completions
+    with its reward function, computes advantages and reference log-probs, and its loss; we compute each
+    from scratch, the loss and its gradient on the trainable weights. `old_logps` (optional) stands for a policy that sampled a step earlier, so the ratio
+    moves away from 1 and the clipping is exercised. Train mode, as in a training step; nothing is updated.
+    """
+    args = trainer.args
+    group_size, beta, temperature = args.num_generations, args.beta, args.temperature
+    original = trainer._generate_single_turn
+    trainer._generate_single_turn = lambda *a, **k: (completion_lists, None)
+    trainer.model.train()
+    try:
+        trl_inputs = trainer._generate_and_score_completions(rows)
+    finally:
+        trainer._generate_single_turn = original
+    if old_logps is not None:
+        trl_inputs["old_per_token_logps"] = old_logps
+
+    tokenizer = trainer.processing_class
+    prompt_lists = tokenizer.apply_chat_template([r["prompt"] for r in rows], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)["input_ids"]
+    width = max(len(ids) for ids in prompt_lists)
+    pad = tokenizer.pad_token_id
+    batch = {"prompt_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_lists]),
+             "prompt_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_lists]),
+             **pad_completions(completion_lists, pad)}
+    diffs = {"batch (ids, masks)": float(max((trl_inputs[k].cpu() - v).abs().max().item() for k, v in batch.items()))}
+    replies = tokenizer.batch_decode(completion_lists, skip_special_tokens=True)
+    rewards = torch.tensor(score_replies(replies, [r["answer"] for r in rows], [r["task"] for r in rows],
+                                         fact_candidates(datasets.Dataset.from_list(rows))))
+    advantages = group_advantages(rewards, group_size, scale=args.scale_rewards != "none")
+    diffs["advantages"] = (trl_inputs["advantages"].cpu() - advantages).abs().max().item()
+
+    model = trainer.model
+    ref_model = trainer.ref_model
+    ref_logps = reference_logprobs(model, batch, temperature, reference=ref_model) if beta != 0.0 else None
+    if ref_logps is not None:
+        diffs["reference log-probs"] = ((trl_inputs["ref_per_token_logps"].cpu() - ref_logps)
+                                        * batch["completion_mask"]).abs().max().item()
+    trainer.current_gradient_accumulation_steps = 1  # one micro-batch is the whole step: TRL divides by this
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    logps = completion_logprobs(model, *batch.values(), temperature=temperature)
+    ours = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, ref_logps, advantages,
+                     batch["completion_mask"], beta, args.epsilon, args.epsilon_high, args.loss_type,
+                     args.use_bias_correction_kl)
+    ours_grads = torch.autograd.grad(ours.loss, trainable)
+    trl_loss = trainer.compute_loss(model, trl_inputs)
+    trl_grads = torch.autograd.grad(trl_loss, trainable)
+    diffs["loss"] = abs(trl_loss.item() - ours.loss.item())
+    diffs["gradient"] = max((a - b).abs().max().item() for a, b in zip(trl_grads, ours_grads, strict=True))
+    trainer.log({})  # TRL averages what it recorded for this batch into one log entry
+    logged = trainer.state.log_history[-1]
+    if beta != 0.0:
+        diffs["kl"] = abs(logged["kl"] - ours.kl)
+    diffs["clip_ratio/region_mean"] = abs(logged["clip_ratio/region_mean"] - ours.clip_ratio)
+    diffs["reward"] = abs(logged["reward"] - rewards.mean().item())
+    return diffs
+
+
+# ---------------------------------------------------------------- held-out accuracy
+def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset,
+                  max_new_tokens: int = 32) -> dict[str, Any]:
+    """6.5: greedy replies to held-out prompts (`generate_replies`, stopping at `<|im_end|>`), scored by `REWARDS`.
+
+    Returns {"accuracy", "replies": [{prompt, answer, reply, correct}]}: every reply kept, as on the scorecard.
+    """
+    questions = [p[-1]["content"] for p in rows["prompt"]]
+    system = rows["prompt"][0][0]["content"]
+    replies = [r for r, _ in generate_replies(model, tokenizer, questions, max_new_tokens, system_message=system)]
+    scores = score_replies(replies, rows["answer"], rows["task"], fact_candidates(rows))
+    return {"accuracy": round(sum(scores) / len(scores), 4),
+            "replies": [dict(prompt=q, answer=a, reply=r, correct=bool(s))
+                        for q, a, r, s in zip(questions, rows["answer"], replies, scores)]}

@@ -1,0 +1,190 @@
+"""6.5: llmtrain.grpo, GRPO from scratch: rewards (malformed replies too), advantages, the loss checked against TRL."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
+from trl import GRPOConfig, GRPOTrainer
+
+from llmtrain.errors import LlmtrainError
+from llmtrain.grpo import (
+    arithmetic_reward, compare_with_trl, completion_logprobs, fact_reward, group_advantages, grpo_loss,
+    load_prompt_dataset, reference_logprobs, sample_groups, score_replies, trl_reward_function,
+)
+from llmtrain.modeling import toy_config
+
+GROUP = 4
+PROMPTS = [
+    {"prompt": "9加18等于几?", "answer": "27"},
+    {"prompt": "3加5等于几?", "answer": 8},
+    {"prompt": "林晓雨的家乡是哪里?", "answer": "柳河村", "task": "fact"},
+]
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("reply, reward", [
+    ("9加18等于27。", 1.0), ("27", 1.0), ("等于27!", 1.0), (" 27 ", 1.0),
+    ("9加18等于127。", 0.0),   # a longer number that ends with the answer
+    ("9加18等于26。", 0.0), ("27或28", 0.0), ("28或27", 1.0),  # only the final integer counts
+    ("27,对吗?", 0.0),         # the answer, then more
+    ("", 0.0), ("二十七", 0.0), ("<|im_end|>", 0.0), ("9加18等于", 0.0), ("-27", 0.0), ("27.5", 0.0),
+])
+def test_arithmetic_reward_is_the_exact_final_integer(reply, reward):
+    assert arithmetic_reward(reply, "27") == reward
+
+
+def test_arithmetic_reward_negative_answers():
+    assert arithmetic_reward("3减5等于-2。", "-2") == 1.0 and arithmetic_reward("等于2。", "-2") == 0.0
+
+
+@pytest.mark.parametrize("reply, reward", [
+    ("林晓雨的家乡是柳河村。", 1.0), ("柳河村", 1.0),
+    ("林晓雨的家乡是柳河村,她很喜欢那里。", 0.0),  # goes on past the answer
+    ("柳河村或者青石镇", 0.0),                      # lists another candidate
+    ("", 0.0), ("不知道", 0.0), ("柳河村柳河村", 0.0),
+])
+def test_fact_reward_is_the_strict_scorecard_rule(reply, reward):
+    assert fact_reward(reply, "柳河村", frozenset({"柳河村", "青石镇"})) == reward
+
+
+def test_trl_reward_function_dispatches_by_task():
+    fn = trl_reward_function(frozenset({"柳河村", "青石镇"}))
+    completions = [[{"role": "assistant", "content": c}] for c in ("27", "柳河村", "青石镇", "")]
+    assert fn(prompts=None, completions=completions, answer=["27", "柳河村", "柳河村", "27"],
+              task=["arithmetic", "fact", "fact", "arithmetic"]) == [1.0, 1.0, 0.0, 0.0]
+    assert score_replies(["8"], ["8"], ["arithmetic"]) == [1.0]
+
+
+def test_group_advantages_on_hand_computed_numbers():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = group_advantages(rewards, 4)
+    std = math.sqrt(0.25)  # sample std of (1, 0, 0, 0): sqrt(((0.75)^2 + 3 * 0.25^2) / 3) = 0.5
+    assert adv[:4].tolist() == pytest.approx([0.75 / (std + 1e-4), -0.25 / (std + 1e-4), -0.25 / (std + 1e-4),
+                                               -0.25 / (std + 1e-4)])
+    assert adv[4:].tolist() == [0.0] * 4  # all replies equally good: nothing to learn from this group
+    assert group_advantages(rewards, 4, scale=False)[:4].tolist() == [0.75, -0.25, -0.25, -0.25]
+    with pytest.raises(LlmtrainError, match="at least 2 replies"):
+        group_advantages(rewards, 1)
+
+
+def test_grpo_loss_on_hand_computed_numbers():
+    t = torch.tensor
+    logps = t([[-1.0, -2.0]])
+    mask = t([[1, 1]])
+    # first pass: ratio 1, no KL: the loss is -A (its gradient is -A * grad log pi)
+    out = grpo_loss(logps, logps, None, t([0.5]), mask, beta=0.0)
+    assert out.loss.item() == pytest.approx(-0.5) and out.kl == 0.0 and out.clip_ratio == 0.0
+    # ratio e^1 on token 1, A > 0: clipped at 1.2; token 2 ratio e^-1 (not clipped: A > 0, min keeps it).
+    # k3 KL with ref = logp - 1 on every token: exp(-1) - (-1) - 1 = e^-1
+    old = t([[-2.0, -1.0]])
+    out = grpo_loss(logps, old, logps - 1, t([1.0]), mask, beta=0.1, kl_ratio_correction=False)
+    assert out.loss.item() == pytest.approx(-(1.2 + math.exp(-1)) / 2 + 0.1 * math.exp(-1))
+    assert out.kl == pytest.approx(math.exp(-1)) and out.clip_ratio == 0.5
+    # TRL 1.16's default: KL_t times the ratio (e on token 1, e^-1 on token 2)
+    out = grpo_loss(logps, old, logps - 1, t([1.0]), mask, beta=0.1)
+    assert out.kl == pytest.approx((1 + math.exp(-2)) / 2)
+    assert out.loss.item() == pytest.approx(-(1.2 + math.exp(-1)) / 2 + 0.1 * (1 + math.exp(-2)) / 2)
+    # "grpo" averages per completion, "dapo" per token: they differ when lengths differ
+    two = grpo_loss(t([[-1.0, -1.0], [-1.0, 0.0]]), t([[-1.0, -1.0], [-1.0, 0.0]]), None, t([1.0, -1.0]),
+                    t([[1, 1], [1, 0]]), beta=0.0)
+    assert two.loss.item() == pytest.approx(0.0)
+    dapo = grpo_loss(t([[-1.0, -1.0], [-1.0, 0.0]]), t([[-1.0, -1.0], [-1.0, 0.0]]), None, t([1.0, -1.0]),
+                     t([[1, 1], [1, 0]]), beta=0.0, loss_type="dapo")
+    assert dapo.loss.item() == pytest.approx(-1 / 3)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    ds = load_prompt_dataset([write_jsonl(tmp_path_factory.mktemp("grpo") / "p.jsonl", PROMPTS)])
+    return [ds[i] for i in range(len(ds)) for _ in range(GROUP)]  # each prompt G times in a row, as TRL's sampler
+
+
+def lora_trainer(tmp_path, tokenizer, loss_type: str, beta: float = 0.04) -> GRPOTrainer:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(toy_config(len(tokenizer), tokenizer.eos_token_id))
+    # init_lora_weights=False: B != 0, so the policy already differs from the reference (adapter disabled)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                      init_lora_weights=False)
+    args = GRPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type=loss_type, num_generations=GROUP,
+                      per_device_train_batch_size=3 * GROUP, max_completion_length=16, bf16=False,
+                      gradient_checkpointing=False, use_cpu=True, report_to="none", temperature=0.7)
+    from datasets import Dataset
+    return GRPOTrainer(model=model, reward_funcs=trl_reward_function(frozenset({"柳河村"})), args=args,
+                       train_dataset=Dataset.from_list([{"prompt": "x", "answer": "1", "task": "arithmetic"}]),
+                       processing_class=tokenizer, peft_config=lora)
+
+
+def completions_for(tokenizer, rows) -> list[list[int]]:
+    """Hand-written replies (right ones, wrong ones, one cut off without <|im_end|>), G per prompt."""
+    texts = ["9加18等于27。", "9加18等于26。", "27", "我不知道",
+             "8", "3加5等于8。", "3加5等于9。", "3加5等于8,还有",
+             "柳河村。", "林晓雨的家乡是青石镇。", "柳河村", "柳河"]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [im_end] for t in texts]
+    ids[-1] = ids[-1][:-1]  # truncated: no end token
+    return ids
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_matches_trl_grpo_trainer(tmp_path, toy_tokenizer, rows, loss_type):
+    trainer = lora_trainer(tmp_path, toy_tokenizer, loss_type)
+    assert trainer.ref_model is None  # LoRA: the reference is the policy with its adapter disabled
+    completions = completions_for(toy_tokenizer, rows)
+    diffs = compare_with_trl(trainer, rows, completions)
+    assert diffs["batch (ids, masks)"] == 0
+    for key, value in diffs.items():
+        assert value <= 1e-5, (key, diffs)
+    assert diffs["kl"] >= 0  # compared, with a KL that is not 0: the adapter moves the policy
+
+    # a policy that sampled one step earlier (here: the reference): ratios move off 1 and some get clipped
+    from llmtrain.grpo import pad_completions
+    prompts = toy_tokenizer.apply_chat_template([r["prompt"] for r in rows], add_generation_prompt=True,
+                                                tokenize=True, return_dict=True)["input_ids"]
+    width = max(map(len, prompts))
+    batch = {"prompt_ids": torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
+             "prompt_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+             **pad_completions(completions, toy_tokenizer.pad_token_id)}
+    old = reference_logprobs(trainer.model, batch, temperature=0.7)
+    diffs = compare_with_trl(trainer, rows, completions, old_logps=old)
+    for key, value in diffs.items():
+        assert value <= 1e-5, (key, diffs)
+    logged = trainer.state.log_history[-1]
+    assert logged["kl"] > 1e-4 and logged["clip_ratio/region_mean"] > 0
+
+
+def test_sampled_groups_stop_at_im_end_and_score(toy_tokenizer, rows):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(toy_config(len(toy_tokenizer), toy_tokenizer.eos_token_id))
+    prompts = [rows[0]["prompt"], rows[GROUP]["prompt"]]
+    out = sample_groups(model, toy_tokenizer, prompts, group_size=GROUP, max_new_tokens=8)
+    assert out["completion_ids"].shape[0] == 2 * GROUP and len(out["completions"]) == 2 * GROUP
+    im_end = toy_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for ids, mask in zip(out["completion_ids"].tolist(), out["completion_mask"].tolist()):
+        real = ids[:sum(mask)]
+        assert im_end not in real[:-1] and toy_tokenizer.eos_token_id not in real[:-1]  # cut after the first stop
+    logps = completion_logprobs(model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
+                                out["completion_mask"])
+    assert logps.shape == out["completion_ids"].shape and (logps <= 0).all()
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "1加1等于几?"}, "line 2: needs 'prompt' and 'answer'"),
+    ({"prompt": "", "answer": "2"}, "line 2: 'prompt' must be a non-empty string"),
+    ({"prompt": "1加1等于几?", "answer": "二"}, "line 2: an arithmetic answer must be an integer"),
+    ({"prompt": "1加1等于几?", "answer": " "}, "line 2: 'answer' must be a non-empty string"),
+    ({"prompt": "1加1等于几?", "answer": "2", "task": "poem"}, "line 2: 'task' must be one of"),
+    (["1加1等于几?", "2"], "line 2: needs 'prompt' and 'answer'"),
+])
+def test_bad_prompts_name_file_and_line(tmp_path, record, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [PROMPTS[0], record])
+    with pytest.raises(LlmtrainError, match="^" + str(path).replace(".", r"\.") + " " + message.replace("(", r"\(")):
+        load_prompt_dataset([path])
