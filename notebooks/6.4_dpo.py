@@ -52,7 +52,6 @@ from llmtrain.toy import ensure_toy_sft
 
 START = time.perf_counter()
 IMAGES_DIR = setup_notebook(SEED)
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # 它在导入时提示 CPU 上缺 4-bit 内核;本节不用 4-bit
 OUTPUT_DIR = fresh_output_dir("6.4")  # output/notebooks/6.4,每次运行先清空:这里的模型和成绩单都来自这一次运行
 TRAIN_FILE = ROOT / "data" / "sample" / "dpo.jsonl"
 HELDOUT_FILE = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
