@@ -521,3 +521,15 @@ else:
 # | 分段分词并假设 `"\n"` 的切分方式 | 整段分词 + 字符偏移定位回答,与 `apply_chat_template` 逐条一致 |
 # | `readlines()[:10000]` 读进列表 | `datasets` 内存映射 + `--max_train_samples` |
 # | 截断后可能没有任何监督 token | 丢弃并计数 |
+
+# %% [markdown]
+# ## 练习
+#
+# 练习在 `exercises/ex6_2_sft.py`:
+#
+# 1. `tokenize_conversation`:把一段对话渲染成 ChatML 并分词,labels 只在助手回答和它后面的 `<|im_end|>` 上等于 input_ids,其余都是 -100。学到:SFT 的监督掩码。评分程序把你的结果与 `llmtrain.sft_data` 和 `apply_chat_template` 的 assistant mask 逐位置比较,错了会指出是哪几个位置、属于对话的哪一部分(system、user、换行……)。
+# 2. `packed_position_ids`:无 padding 打包的一批样本的 position_ids。学到:打包在一行里的几段对话为什么互不干扰(与 `DataCollatorWithFlattening` 比较)。
+#
+# 常见错误都有专门的提示:监督了 user 轮、漏了 `<|im_end|>`(模型学不会停下)、用 pad id 代替 -100(本节实测过它的后果)、position_ids 没有在每段对话处归零。
+#
+# 检查:`make check-exercises EX=6.2`。做完对照 `code/llmtrain/sft_data.py`。

@@ -1,7 +1,7 @@
 """The notebooks: each .ipynb and its py:percent pair say the same thing, and each runs under papermill.
 
 nbval (make test / make test-notebooks) additionally re-executes the committed notebooks and
-compares the cells marked `# NBVAL_CHECK_OUTPUT` with their committed outputs.
+compares the cells tagged `nbval-check-output` with their committed outputs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TOY_PARAMETERS = {
     "6.1_pretrain": {"MAX_STEPS": 60, "RUN_DEEPSPEED": False},
     "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
     "6.3_lora": {"EPOCHS": 2},
-    "6.4_dpo": {"SEED": 42},  # its defaults (~20 s): the style needs all 4 DPO epochs to show (3: ~65% of replies)
+    "6.4_dpo": {"SEED": 42},  # its defaults: the style needs all 4 DPO epochs to show (3: ~65% of replies)
 }
 
 

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import DPOTrainer
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.jsonl import iter_jsonl, preview
+from llmtrain.jsonl import load_normalized_jsonl, preview
 from llmtrain.sft_data import IGNORE_INDEX, check_chat_tokenizer, normalize_conversation, tokenize_conversation
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
 
@@ -84,14 +84,7 @@ def load_preference_dataset(files: list[str], system_message: str = DEFAULT_SYST
     Every line is checked (a line without prompt/chosen/rejected, an empty string, chosen identical
     to rejected), so nothing is trained on a file with a broken pair.
     """
-    pairs = []
-    for path in files:
-        for lineno, record in iter_jsonl(path, FORMAT_HINT):
-            try:
-                pairs.append(normalize_preference(record, system_message))
-            except LlmtrainError as err:
-                raise LlmtrainError(f"{path} line {lineno}: {err}; {FORMAT_HINT}.") from None
-    return datasets.Dataset.from_list(pairs)
+    return load_normalized_jsonl(files, lambda record: normalize_preference(record, system_message), FORMAT_HINT)
 
 
 def _prompt_and_reply(

@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import generate_replies, is_strict_match
-from llmtrain.jsonl import iter_jsonl, preview
+from llmtrain.jsonl import load_normalized_jsonl, preview
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
 
 TASKS = ("arithmetic", "fact")
@@ -99,14 +99,7 @@ def normalize_prompt_record(record: Any, system_message: str = DEFAULT_SYSTEM_ME
 
 def load_prompt_dataset(files: list[str], system_message: str = DEFAULT_SYSTEM_MESSAGE) -> datasets.Dataset:
     """6.5: read and check prompt JSON lines; the first bad record stops the run, naming file and line."""
-    rows = []
-    for path in files:
-        for lineno, record in iter_jsonl(path, PROMPT_HINT):
-            try:
-                rows.append(normalize_prompt_record(record, system_message))
-            except LlmtrainError as err:
-                raise LlmtrainError(f"{path} line {lineno}: {err}; {PROMPT_HINT}.") from None
-    return datasets.Dataset.from_list(rows)
+    return load_normalized_jsonl(files, lambda record: normalize_prompt_record(record, system_message), PROMPT_HINT)
 
 
 def fact_candidates(rows: datasets.Dataset) -> frozenset[str]:

@@ -83,6 +83,21 @@ def load_jsonl(files: list[str], column: str, check_record: RecordCheck, hint: s
     return ds
 
 
+def load_normalized_jsonl(files: list[str], normalize: Callable[[Any], dict], hint: str) -> datasets.Dataset:
+    """Every record of `files` through `normalize` (which raises LlmtrainError on a bad one), as one Dataset.
+
+    The first bad record stops the load, its error prefixed with the file and line; nothing is returned half-read.
+    """
+    rows = []
+    for path in files:
+        for lineno, record in iter_jsonl(path, hint):
+            try:
+                rows.append(normalize(record))
+            except LlmtrainError as err:
+                raise LlmtrainError(f"{path} line {lineno}: {err}; {hint}.") from None
+    return datasets.Dataset.from_list(rows)
+
+
 def preview(record: Any) -> str:
     """A short rendering of a record for error messages."""
     text = json.dumps(record, ensure_ascii=False)
