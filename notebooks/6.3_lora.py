@@ -406,13 +406,13 @@ for q in ["你好", "3加5等于几?"]:
 # 也考 `make run` 的全量 SFT 模型,两行都写进本节自己的 `output/notebooks/6.3/scorecard.json`:
 
 # %%
-from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
+from llmtrain.evaluation import TOY_STYLE_SUFFIX, format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
 
 
 def score(model, name: str) -> dict:
-    """考一个模型,把这一行写进本节的成绩单。"""
+    """考一个模型,把这一行写进本节的成绩单;和 make run 一样,6.4 教的结尾句先去掉再判分。"""
     row = scorecard_row(model, tokenizer, str(SAMPLE / "eval.jsonl"), [str(SAMPLE / "pretrain_valid.jsonl")],
-                        [str(SAMPLE / "sft_valid.jsonl")])
+                        [str(SAMPLE / "sft_valid.jsonl")], style_suffix=TOY_STYLE_SUFFIX)
     save_scorecard_row(str(SCORECARD), name, row)
     return row
 
@@ -548,21 +548,23 @@ print(f"保留系数 {RESERVE_FACTOR_EXPANDABLE}(expandable_segments:True),CUDA 
 card_gib = {name: card_memory_needed(est, expandable_segments=True) / GIB for name, est in estimates.items()}
 display(pd.DataFrame({name: {**est.gib(), "需要的显存": round(card_gib[name], 2)} for name, est in estimates.items()}))
 full_states = {k: v for k, v in estimates["全量 SFT"].gib().items() if k in ("weights", "gradients", "optimizer_states")}
-fits = lambda gib: [card for card in (8, 12, 16) if gib <= card]  # noqa: E731
+fits = lambda gib: "、".join(str(card) for card in (8, 12, 16) if gib <= card)  # noqa: E731
 display(Markdown(
     f"全量 SFT 单是权重、梯度和 Adam 状态就要 {sum(full_states.values()):.1f} GiB,"
     f"需要 {card_gib['全量 SFT']:.1f} GiB,8/12/16 GiB 的卡{'都放不下' if not fits(card_gib['全量 SFT']) else '放得下'};"
     f"LoRA 去掉了基座的梯度和优化器状态,需要 {card_gib[f'LoRA r={RANK}']:.1f} GiB;"
     f"QLoRA 再把权重从 {bf16_weights:.2f} GiB 压到 {nf4_weights:.2f} GiB,需要 {card_gib[f'QLoRA r={RANK}']:.1f} GiB。"
-    f"放得下的卡:LoRA {fits(card_gib[f'LoRA r={RANK}']) or '无'} GiB,QLoRA {fits(card_gib[f'QLoRA r={RANK}']) or '无'} GiB。"))
+    f"8/12/16 GiB 里放得下的卡:LoRA {fits(card_gib[f'LoRA r={RANK}']) or '无'} GiB,"
+    f"QLoRA {fits(card_gib[f'QLoRA r={RANK}']) or '无'} GiB。"))
 
 # %% [markdown]
 # (`USE_QLORA=1 bash code/finetune.sh` 按显卡大小选 batch;README 的显卡表列出了 8、12、16 GiB 卡上的计划。)
 #
 # bitsandbytes 0.50 在 CPU 上也能做 4-bit 计算,所以在玩具模型上真跑一次:同一个基座、同样的 LoRA 和训练参数,
-# 只是基座以 NF4 加载(`llmtrain.modeling.load_model_4bit`;CPU 上用 fp32 计算)。考的就是训练时的模型:4-bit 基座 + 适配器。
+# 只是基座以 NF4 加载(`llmtrain.modeling.load_model_4bit`;CPU 上用 fp32 计算)。
 
 # %%
+from llmtrain.lora import load_adapter
 from llmtrain.modeling import load_model_4bit
 
 base_4bit = load_model_4bit(str(PRETRAINED), "cpu", torch.float32)
@@ -571,7 +573,10 @@ print(f"4-bit 基座占 {base_4bit.get_memory_footprint() / 2**20:.2f} MiB,fp32 
       f"(玩具模型的参数大半在不量化的嵌入里)")
 qlora_trainer = train_lora(LEARNING_RATE, "qlora", base=base_4bit)
 print(f"{qlora_trainer.state.global_step} 步,用时 {qlora_trainer.state.log_history[-1]['train_runtime']:.1f} 秒")
-qlora_row = score(qlora_trainer.model, "QLoRA SFT (6.3)")
+# 评测:bitsandbytes 0.50.2 的 CPU 内核在 4-bit 模型的生成(推理路径)上会出错,训练不受影响;所以把训练好的适配器装回
+# 未量化的同一个基座再考,和脚本 `--merge_lora` 把它合并进未量化基座的做法一致。
+qlora_model = load_adapter(AutoModelForCausalLM.from_pretrained(PRETRAINED), str(OUTPUT_DIR / "qlora"))
+qlora_row = score(qlora_model, "QLoRA SFT (6.3)")
 display(Markdown(format_scorecard({"full SFT (6.2)": full_row, "LoRA SFT (6.3)": lora_row, "QLoRA SFT (6.3)": qlora_row})))
 display(Markdown(f"4-bit 基座上训练的适配器:sft_seen {pct(qlora_row['sft_seen'])}({versus(qlora_row['sft_seen'], lora_row['sft_seen'])}"
                  f" LoRA 的 {pct(lora_row['sft_seen'])}),heldout {pct(qlora_row['heldout'])}"
