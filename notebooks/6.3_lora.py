@@ -438,11 +438,11 @@ def versus(a: float, b: float) -> str:
 
 wrong = {split: wrong_person_replies(lora_row, split) for split in ("sft_seen", "heldout")}
 n_total = sum(p.numel() for p in merged.parameters())
-both_lower = versus(lora_row["sft_seen"], full_row["sft_seen"]) == versus(lora_row["heldout"], full_row["heldout"]) == "低于"
-both_not_lower = "低于" not in (versus(lora_row["sft_seen"], full_row["sft_seen"]),
-                               versus(lora_row["heldout"], full_row["heldout"]))
-verdict = ("两项都不如全量 SFT" if both_lower else "两项都不低于全量 SFT" if both_not_lower
-           else "一项高一项低,和全量 SFT 互有胜负")
+comparison = (versus(lora_row["sft_seen"], full_row["sft_seen"]), versus(lora_row["heldout"], full_row["heldout"]))
+verdict = ("两项都不如全量 SFT" if comparison == ("低于", "低于")
+           else "两项都不低于全量 SFT" if "低于" not in comparison
+           else "一项高一项低,和全量 SFT 互有胜负" if "高于" in comparison
+           else "一项和全量 SFT 持平,另一项低于它")
 display(Markdown(
     f"本次运行(SEED={SEED},一次运行)的数字:\n\n"
     f"- **格式。** LoRA 只训练 {n_trainable:,} 个参数(原模型 {n_total:,} 个参数的 {n_trainable / n_total:.1%}),"

@@ -12,10 +12,10 @@ import argparse
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
-import random
 import tempfile
 from pathlib import Path
 
