@@ -22,7 +22,7 @@ USE_QLORA=${USE_QLORA:-0}
 
 source "$CODE_DIR/launch_common.sh"
 check_switch USE_LORA
-check_switch USE_QLORA "QLoRA needs bitsandbytes (pip install -r requirements-gpu.txt)"
+check_switch USE_QLORA "QLoRA needs bitsandbytes (pip install -r requirements.txt)"
 [ "$USE_QLORA" = 1 ] && USE_LORA=1   # QLoRA is LoRA on a 4-bit base
 LORA_SUFFIX=$([ "$USE_QLORA" = 1 ] && echo "-qlora" || { [ "$USE_LORA" = 1 ] && echo "-lora"; } || true)
 preset_defaults

@@ -20,7 +20,7 @@ def test_without_bitsandbytes_qlora_says_what_to_install(monkeypatch, tmp_path):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
-    with pytest.raises(LlmtrainError, match="--use_qlora needs bitsandbytes: pip install -r requirements-gpu.txt"):
+    with pytest.raises(LlmtrainError, match="--use_qlora needs bitsandbytes: pip install -r requirements.txt "):
         load_model_4bit(str(tmp_path), "cpu", torch.float32)
 
 
