@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@echo "Compiling DeepSpeed's CPU ops into $(VENV)/torch_extensions (once, ~2 minutes on 2 cores; nothing on a GPU box)"
+	$(PY) -c "from llmtrain.training import build_cpu_deepspeed_ops; build_cpu_deepspeed_ops()" > $(VENV)/cpu_ops_build.log 2>&1 \
+		|| { tail -20 $(VENV)/cpu_ops_build.log; exit 1; }
 	touch $@
 
 toy: $(TOY)/config.json  ## build the toy tokenizer + tiny Qwen2 config (artifacts/toy)
@@ -56,7 +59,7 @@ NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
 
 test: toy  ## every test: unit, scripts, and the notebooks (pair sync, papermill, nbval)
-	$(NB_ENV) $(PY) -m pytest tests $(NBVAL)
+	$(NB_ENV) $(PY) -m pytest tests --durations=20 $(NBVAL)
 
 test-fast: toy  ## everything but the slow tests (DeepSpeed launches, kill-and-resume, notebooks): the inner loop
 	$(PY) -m pytest tests -m "not slow"

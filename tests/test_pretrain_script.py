@@ -7,13 +7,16 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ROOT, SAMPLE_PRETRAIN, run_script, script_env
+from llmtrain.training import STALE_BUILD_LOCK_SECONDS, use_environment_torch_extensions
 
 
 def pretrain_cmd(toy_dir, output_dir, *extra: str, train_file=SAMPLE_PRETRAIN) -> list[str]:
@@ -110,9 +113,16 @@ def test_validation_split_reports_perplexity(tmp_path, toy_dir):
 
 def test_toy_deepspeed_launch_runs_two_processes_that_split_the_data(tmp_path, toy_dir):
     out = tmp_path / "ds"
+    # a build lock left by a run killed while compiling DeepSpeed's shm op: without its removal the launch waits forever
+    lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
     result = run_script(["bash", "code/pretrain.sh"], PRESET="toy", OUTPUT_DIR=str(out), EPOCHS="6",
                         SAVE_STEPS="1000", MASTER_PORT="29517")
     assert result.returncode == 0, result.stdout[-5000:]
+    assert f"Removed {lock}: a build lock 60 minutes old" in result.stdout
+    assert (lock.parent / "deepspeed_shm_comm.so").is_file()   # compiled into this environment, not ~/.cache
     assert "Process rank: 0, device: cpu, world size: 2" in result.stdout
     assert "Process rank: 1, device: cpu, world size: 2" in result.stdout
 
@@ -131,6 +141,20 @@ def test_toy_deepspeed_launch_runs_two_processes_that_split_the_data(tmp_path, t
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()
     assert loss < math.log(len(tokenizer))  # better than uniform guessing
+
+
+def test_build_locks_younger_than_a_compile_are_kept_and_the_directory_is_per_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert use_environment_torch_extensions() == Path(sys.prefix) / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    fresh, stale = tmp_path / "fused_adam" / "lock", tmp_path / "deepspeed_shm_comm" / "lock"
+    for lock in (fresh, stale):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - STALE_BUILD_LOCK_SECONDS - 5
+    os.utime(stale, (old, old))
+    assert use_environment_torch_extensions() == tmp_path
+    assert fresh.exists() and not stale.exists()
 
 
 def test_download_model_offline_fails_clearly_and_writes_nothing(tmp_path):

@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -48,6 +49,49 @@ GPU_PEAK_TFLOPS = {
 }
 
 
+STALE_BUILD_LOCK_SECONDS = 600  # compiling an op takes under 2 minutes on 2 cores; a lock this old has no owner
+
+
+def use_environment_torch_extensions() -> Path:
+    """6.1.5: DeepSpeed's CPU ops are compiled into <this environment>/torch_extensions; leftover build locks go.
+
+    On CPU, DeepSpeed compiles two C++ ops the first time a run needs them (the shared-memory allreduce and
+    fused Adam), each under a lock file that the other processes wait on. A run killed while compiling leaves
+    the lock behind, and every later run waits on it forever without a word. So the build directory belongs
+    to the Python environment (a fresh .venv starts clean; `~/.cache/torch_extensions` is shared by all of
+    them), and a lock older than STALE_BUILD_LOCK_SECONDS is removed with a warning. An explicit
+    TORCH_EXTENSIONS_DIR is kept. `make setup` compiles both ops once (`build_cpu_deepspeed_ops`).
+    """
+    root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+    for lock in root.glob("*/lock"):
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age > STALE_BUILD_LOCK_SECONDS:
+                lock.unlink()
+                logger.warning("Removed %s: a build lock %.0f minutes old, left by a run killed while compiling",
+                               lock, age / 60)
+        except FileNotFoundError:  # another process removed it first
+            pass
+    return root
+
+
+def build_cpu_deepspeed_ops() -> Path | None:
+    """Compile DeepSpeed's CPU ops (shared-memory allreduce, fused Adam) once, so no launch compiles or waits.
+
+    Does nothing where a GPU is visible: there DeepSpeed builds its CUDA ops itself, into `~/.cache/torch_extensions`.
+    """
+    if torch.cuda.is_available():
+        return None
+    root = use_environment_torch_extensions()
+    for lock in root.glob("*/lock"):  # one process, before any run: whatever lock is left is stale
+        lock.unlink()
+    from deepspeed.accelerator import get_accelerator
+
+    for name in ("ShareMemCommBuilder", "FusedAdamBuilder"):
+        get_accelerator().create_op_builder(name).load(verbose=False)
+    return root
+
+
 def start_gloo_for_cpu_deepspeed(argv: Sequence[str] | None = None) -> list[str]:
     """6.1.5: under the deepspeed launcher without a GPU, create the gloo process group; returns the flags to parse.
 
@@ -58,6 +102,8 @@ def start_gloo_for_cpu_deepspeed(argv: Sequence[str] | None = None) -> list[str]
     """
     args = list(sys.argv[1:] if argv is None else argv)
     uses_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in args)
+    if uses_deepspeed and not torch.cuda.is_available():
+        use_environment_torch_extensions()
     if uses_deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         from accelerate import PartialState
 
