@@ -42,7 +42,7 @@ run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraini
 	PRESET=toy bash code/dpo.sh
 	$(EVALUATE) --model output/toy/sft --adapter output/toy/dpo-lora --name "LoRA DPO (6.4)"
 	@echo
-	@echo "Full SFT vs LoRA SFT (q_proj,v_proj, r=8) on the same toy base and data:"
+	@echo "Full SFT vs LoRA SFT (r=8 on every linear layer, TOY_LORA_TARGETS) on the same toy base and data:"
 	$(PY) code/compare_runs.py output/toy/sft output/toy/sft-lora
 	@echo
 	@echo "Scorecard ($(SCORECARD), every reply kept there):"

@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -35,7 +36,11 @@ COLUMNS = ["base statements seen", "base statements heldout", "base chat seen", 
 
 
 def run_seed(seed: int, out: Path) -> dict[str, float]:
-    """Pretrain, fine-tune (full and LoRA) and DPO with `seed` (the toy preset otherwise unchanged); score each stage."""
+    """Pretrain, fine-tune (full and LoRA) and DPO with `seed` (the toy preset otherwise unchanged); score each stage.
+
+    `out` is emptied first: the scripts resume from checkpoints they find there, which an earlier recipe left.
+    """
+    shutil.rmtree(out, ignore_errors=True)
     env = dict(PRESET="toy", SEED=str(seed))
     run_bash_script(CODE / "pretrain.sh", **env, OUTPUT_DIR=str(out / "pretrain"))
     run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain"), OUTPUT_DIR=str(out / "sft"))

@@ -3,8 +3,9 @@
 #
 #   bash code/finetune.sh                 the chapter's job: Qwen2.5-1.5B on BelleGroup, 3 epochs, bf16
 #   PRESET=toy bash code/finetune.sh      the toy pretrained model on data/sample/sft.jsonl, 2 CPU processes
-#   USE_LORA=1 ...                        6.3.5: LoRA adapters through peft (r=8, alpha=32, dropout=0.1 on
-#                                         q_proj,v_proj), plus the merged model in $OUTPUT_DIR/merged
+#   USE_LORA=1 ...                        6.3.5: LoRA adapters through peft (r=8, alpha=32, dropout=0.1 on the
+#                                         chapter's q_proj,v_proj; the toy preset: every linear layer,
+#                                         TOY_LORA_TARGETS), plus the merged model in $OUTPUT_DIR/merged
 #   USE_QLORA=1 ...                       QLoRA: the same adapters on a base loaded in 4-bit NF4 (bitsandbytes,
 #                                         double quantisation); the merged model is merged into the unquantised base
 #   USE_LIGER=0 ...                       chapter preset: without Liger's fused cross-entropy (default: on when a
@@ -55,6 +56,7 @@ case "$PRESET" in
     EPOCHS=${EPOCHS:-$([ "$USE_LORA" = 1 ] && echo "$TOY_LORA_EPOCHS" || echo "$TOY_SFT_EPOCHS")}
     WARMUP_STEPS=${WARMUP_STEPS:-$TOY_SFT_WARMUP_STEPS}
     BLOCK_SIZE=${BLOCK_SIZE:-$TOY_SFT_MAX_LEN}
+    LORA_TARGETS=${LORA_TARGETS:-$TOY_LORA_TARGETS}   # used only with USE_LORA=1 / USE_QLORA=1
     SAVE_STEPS=${SAVE_STEPS:-100}
     if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
       echo "No pretrained toy model in $MODEL_DIR: pretraining it first"

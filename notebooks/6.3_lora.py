@@ -71,7 +71,7 @@ print(f"基座模型 {PRETRAINED.relative_to(ROOT)},参数 {sum(p.numel() for p 
 # LoRA 可以看作改进的 Adapter:它的旁路在训练后能**合并回原权重**,推理时没有任何额外计算。
 
 # %% [markdown]
-# 在玩具模型上量一量:同一批打包的对话,全量微调和 LoRA($W_q, W_v$,r=8)各用 torch 的 AdamW 训练 3 步,
+# 在玩具模型上量一量:同一批打包的对话,全量微调和教材的 LoRA($W_q, W_v$,r=8)各用 torch 的 AdamW 训练 3 步,
 # 再从张量本身数出权重、梯度和优化器状态占多少字节(`llmtrain.lora.measure_training_steps`,
 # `bench/lora_vs_full.py` 用的是同一个函数,另外在独立进程里测峰值内存):
 
@@ -79,7 +79,7 @@ print(f"基座模型 {PRETRAINED.relative_to(ROOT)},参数 {sum(p.numel() for p 
 from llmtrain.lora import add_peft_lora, measure_training_steps
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 
-TARGETS = ["q_proj", "v_proj"]
+CHAPTER_TARGETS = ["q_proj", "v_proj"]  # 教材 6.3.5 的 target_modules:只在 W_q、W_v 上加 LoRA
 train_set = build_sft_dataset(load_sft_dataset([str(SAMPLE / "sft.jsonl")]), tokenizer,
                               max_len=PRESET["TOY_SFT_MAX_LEN"])
 collate = make_collator(tokenizer, packing=True)
@@ -89,7 +89,7 @@ for name in ("全量微调", "LoRA q_proj, v_proj, r=8"):
     m = AutoModelForCausalLM.from_pretrained(PRETRAINED)
     m.config.use_cache = False  # 打包训练:见 6.2
     if name.startswith("LoRA"):
-        m = add_peft_lora(m, TARGETS, RANK, ALPHA, DROPOUT)
+        m = add_peft_lora(m, CHAPTER_TARGETS, RANK, ALPHA, DROPOUT)
     measured[name] = measure_training_steps(m, batches)
 pd.DataFrame({name: {"可训练参数": f"{r['trainable_params']:,}", "权重 (KiB)": f"{r['weights'] / 2**10:,.0f}",
                      "梯度 (KiB)": f"{r['gradients'] / 2**10:,.0f}", "AdamW 状态 (KiB)": f"{r['optimizer'] / 2**10:,.0f}",
@@ -115,7 +115,7 @@ from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
 
 with torch.device("meta"):  # 只要形状,不分配内存
     big = AutoModelForCausalLM.from_config(qwen2_5_1_5b_config())
-n_big, n_big_lora = count_parameters(big), lora_parameter_count(big, TARGETS, RANK)
+n_big, n_big_lora = count_parameters(big), lora_parameter_count(big, CHAPTER_TARGETS, RANK)
 print(f"Qwen2.5-1.5B 参数 {n_big:,}(十进制 {n_big / 1e6:,.1f}M;教材脚本打印的 {n_big / 2**20:,.2f}M 是 n/2^20)")
 print(f"全量微调:优化器状态 12 × {n_big:,} 字节 = {12 * n_big / 2**30:.1f} GiB,梯度(bf16)再加 {2 * n_big / 2**30:.1f} GiB")
 print(f"LoRA q,v r=8:可训练 {n_big_lora:,} 个(全部参数的 {n_big_lora / n_big:.3%}),"
@@ -167,9 +167,9 @@ for name, config in [("玩具模型", base_model.config), ("Qwen2.5-1.5B", qwen2
     with torch.device("meta"):  # 只要形状,不分配内存
         m = AutoModelForCausalLM.from_config(config)
     L = 2 * config.num_hidden_layers
-    formula = lora_parameter_count(m, TARGETS, RANK)
+    formula = lora_parameter_count(m, CHAPTER_TARGETS, RANK)
     total = count_parameters(m)
-    inject_lora(m, TARGETS, r=RANK)
+    inject_lora(m, CHAPTER_TARGETS, r=RANK)
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
     rows[name] = {"v_proj 形状": f"{config.hidden_size} → {m.model.layers[0].self_attn.v_proj.base.out_features}",
                   "教材公式 2·L·d·r": f"{2 * L * config.hidden_size * RANK:,}",
@@ -268,7 +268,7 @@ print(inspect.getsource(inject_lora))
 # %% tags=["nbval-check-output"]
 from llmtrain.lora import lora_layers, parameter_summary
 
-ours = inject_lora(copy.deepcopy(base_model), TARGETS, r=RANK, alpha=ALPHA, dropout=DROPOUT)
+ours = inject_lora(copy.deepcopy(base_model), CHAPTER_TARGETS, r=RANK, alpha=ALPHA, dropout=DROPOUT)
 print(ours.model.layers[0].self_attn)
 print(parameter_summary(ours))
 print("可训练的参数:", sorted({n.split(".", 4)[-1] for n, p in ours.named_parameters() if p.requires_grad}))
@@ -293,7 +293,7 @@ from peft import LoraConfig, get_peft_model
 from llmtrain.lora import copy_lora_from_peft
 
 theirs = get_peft_model(copy.deepcopy(base_model), LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
-                                                              target_modules=TARGETS, task_type="CAUSAL_LM"))
+                                                              target_modules=CHAPTER_TARGETS, task_type="CAUSAL_LM"))
 for name, p in theirs.named_parameters():
     if "lora_B" in name:
         torch.nn.init.normal_(p, std=0.02)
@@ -323,16 +323,23 @@ for name, logits in checks.items():
 # (匹配不到时列出模型里有哪些线性层),再调用 `get_peft_model`;如果开了梯度检查点,还要调用
 # `enable_input_require_grads()`,否则会报 "element 0 of tensors does not require grad"。
 # 数据和 6.2 节相同(ChatML + 只监督回答 + 打包),训练器也相同(`llmtrain.training.build_trainer`),
-# 只是学习率和 epoch 数是 LoRA 自己的(玩具预设 `code/presets/toy.env`,和 `make run` 里的 LoRA SFT 相同):
+# 只是学习率和 epoch 数是 LoRA 自己的(玩具预设 `code/presets/toy.env`,和 `make run` 里的 LoRA SFT 相同)。
+#
+# 还有一处和教材不同:LoRA 加在**每个线性层**上(注意力的 q、k、v、o 和 MLP 的 gate、up、down,预设里的
+# `TOY_LORA_TARGETS`),而不只是 $W_q, W_v$。QLoRA 的论文(Dettmers 等,2023)发现要在所有线性层上加适配器,
+# LoRA 才追得上全量微调;在这个玩具上也是这样,后面"加在哪些层上"一节用教材的 q、v 再训练一次,用成绩单说明。
 
 # %%
 from llmtrain.training import build_trainer
 
 
-def train_lora(learning_rate: float, name: str, base=None):
+TARGETS = PRESET["TOY_LORA_TARGETS"].split(",")  # 每个线性层;make run 的 LoRA SFT 用的同一组
+
+
+def train_lora(learning_rate: float, name: str, base=None, targets=TARGETS):
     """教材 6.3.5 的做法:基座(默认 fp32 的 PRETRAINED)+ get_peft_model(经 add_peft_lora)+ Trainer;只保存 adapter。"""
     base = AutoModelForCausalLM.from_pretrained(PRETRAINED) if base is None else base
-    model = add_peft_lora(base, TARGETS, RANK, ALPHA, DROPOUT)
+    model = add_peft_lora(base, targets, RANK, ALPHA, DROPOUT)
     args = toy_training_args(OUTPUT_DIR / name, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=EPOCHS,
                              learning_rate=learning_rate, warmup_steps=WARMUP_STEPS, seed=SEED)
     trainer = build_trainer(model, args, tokenizer, train_set, data_collator=collate)
@@ -370,7 +377,7 @@ for name, history in curves.items():
     print(f"{name}: 第一次记录的 loss {losses[0]:.2f},最后一次 {losses[-1]:.2f}")
 print(f"ln(词表大小) = {math.log(len(tokenizer)):.2f}")
 display(Image(plot_log_histories(curves, str(IMAGES_DIR / "6.3_lora_loss.png"),
-                                 "6.3 toy SFT: LoRA (q_proj, v_proj) vs full fine-tuning")))
+                                 "6.3 toy SFT: LoRA (every linear layer) vs full fine-tuning")))
 
 # %%
 pretrain_docs = (SAMPLE / "pretrain.jsonl").read_text(encoding="utf-8").splitlines()
@@ -455,7 +462,7 @@ display(Markdown(
     f"- **答错的在说什么。** LoRA 答错的 sft_seen 问题 {wrong['sft_seen']['wrong']} 个,其中 "
     f"{wrong['sft_seen']['other_person']} 个在讲另一个人;heldout 答错 {wrong['heldout']['wrong']} 个,其中 "
     f"{wrong['heldout']['other_person']} 个在讲另一个人。\n\n"
-    f"在这个玩具上,只改 $W_q, W_v$、r={RANK} 的 LoRA {verdict}(LoRA 训练 {EPOCHS} 个 epoch,"
+    f"在这个玩具上,每个线性层上 r={RANK} 的 LoRA {verdict}(LoRA 训练 {EPOCHS} 个 epoch,"
     f"全量 SFT {PRESET['TOY_SFT_EPOCHS']} 个)。"))
 
 # %% [markdown]
@@ -503,6 +510,37 @@ display(Markdown(text))
 # 学习率到底取多大,和全量微调一样,要在自己的任务上测出来;上面这张表就是最小的一次"测"。
 
 # %% [markdown]
+# ### 加在哪些层上:教材的 q、v 与每个线性层
+#
+# 同样的学习率、同样的 epoch 数,只把 `target_modules` 换成教材的 `q_proj`、`v_proj`,再训练一次、考一次:
+
+# %%
+chapter_trainer = train_lora(LEARNING_RATE, "lora-qv", targets=CHAPTER_TARGETS)
+chapter_row = score(copy.deepcopy(chapter_trainer.model).merge_and_unload(), "LoRA SFT, q_proj+v_proj")
+n_chapter = sum(p.numel() for p in chapter_trainer.model.parameters() if p.requires_grad)
+display(Markdown(format_scorecard({"full SFT (6.2)": full_row, "LoRA SFT (6.3)": lora_row,
+                                   "LoRA SFT, q_proj+v_proj": chapter_row})))
+for g in [g for g in chapter_row["replies"] if g["split"] == "heldout" and not g["correct"]][:3]:
+    print(f"[heldout] 问: {g['question']}  答案: {g['answer']}  q、v 上的 LoRA 答: {g['reply']!r}")
+
+# %%
+chapter_wrong = wrong_person_replies(chapter_row, "heldout")
+display(Markdown(
+    f"只在 q、v 上:可训练参数 {n_chapter:,} 个(每个线性层时是 {n_trainable:,} 个),heldout {pct(chapter_row['heldout'])},"
+    f"{versus(chapter_row['heldout'], lora_row['heldout'])}每个线性层的 {pct(lora_row['heldout'])};"
+    f"sft_seen {pct(chapter_row['sft_seen'])}({versus(chapter_row['sft_seen'], lora_row['sft_seen'])}"
+    f" {pct(lora_row['sft_seen'])})。heldout 答错的 {chapter_wrong['wrong']} 个里,"
+    f"{chapter_wrong['other_person']} 个在讲另一个人。"))
+
+# %% [markdown]
+# 留出问题考的是:问到一个 SFT 没问过的人,模型要把问题里的名字接到回答里,再取出预训练时存下的这个人的事实。
+# 这些事实在预训练的权重里;LoRA 冻结这些权重,只在旁边加低秩的修改,两种做法的差别在于修改能落在多少个矩阵上。
+# 答错时回答里讲的是谁,上面数出来了:讲的是另一个人,就是把 SFT 数据里见过的名字搬到了留出问题上。
+# 为什么只改注意力的两个矩阵更容易这样,本节没有拆开验证;这是一个种子、一次运行,
+# `bench/seed_spread.py` 在几个种子上量的是预设里每个线性层的 LoRA(结果见 README)。
+# 在更大的模型上,加在哪些层同样要在自己的任务上测;预设的这组是在这个玩具上测出来的。
+
+# %% [markdown]
 # ### QLoRA:把冻结的基座存成 4 bit
 #
 # 教材 6.3 提到 QLoRA,上游没有给出代码。LoRA 只训练 A、B,基座是冻结的;既然冻结,它就不必用 16 bit 存。
@@ -538,7 +576,7 @@ print(f"权重:bf16 {bf16_weights:.2f} GiB → 4-bit {nf4_weights:.2f} GiB")
 # (6.1 的"我的显卡放得下吗"一节和 `bench/results/gpu_h200_2026-11-30.json`):
 
 # %%
-adapters = lora_trainable_params(qwen, TARGETS, RANK)
+adapters = lora_trainable_params(qwen, CHAPTER_TARGETS, RANK)
 setups = {"全量 SFT": {}, f"LoRA r={RANK}": dict(trainable_params=adapters),
           f"QLoRA r={RANK}": dict(trainable_params=adapters, load_in_4bit=True)}
 estimates = {name: estimate_training_memory(qwen, 4, 2048, "bf16", zero_stage=2, num_gpus=1,
@@ -589,7 +627,7 @@ display(Markdown(f"4-bit 基座上训练的适配器:sft_seen {pct(qlora_row['sf
 # ### 用脚本运行
 #
 # `code/finetune.py --use_lora` 走的是和全量 SFT 相同的 Trainer/DeepSpeed 路径,参数 `--lora_r`、`--lora_alpha`、
-# `--lora_dropout`、`--lora_target_modules`(默认 `q_proj,v_proj`),保存 adapter;`--merge_lora` 另外在输出目录的 `merged/`
+# `--lora_dropout`、`--lora_target_modules`(默认是教材的 `q_proj,v_proj`;`PRESET=toy` 时是预设的 `TOY_LORA_TARGETS`),保存 adapter;`--merge_lora` 另外在输出目录的 `merged/`
 # 下保存合并后的普通模型。`bench/lora_vs_full.py` 比较全量与 LoRA 的可训练参数、优化器状态、峰值内存和速度(结果见 README)。
 #
 # ```bash

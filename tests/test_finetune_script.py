@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, run_script
 from llmtrain.lora import load_adapter, lora_parameter_count
 from llmtrain.tokenizer import IM_END
+from llmtrain.toy import toy_preset
 
 SAMPLE_SFT = ROOT / "data" / "sample" / "sft.jsonl"
 
@@ -72,7 +73,7 @@ def test_toy_lora_launch_saves_an_adapter_that_reloads_and_a_matching_merged_mod
     assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in out.iterdir()}
 
     base = AutoModelForCausalLM.from_pretrained(toy_pretrained)
-    expected = lora_parameter_count(base, ["q_proj", "v_proj"], 8)
+    expected = lora_parameter_count(base, toy_preset()["TOY_LORA_TARGETS"].split(","), 8)  # the toy preset's
     assert json.loads((out / "train_results.json").read_text())["trainable_params"] == expected
     ids = AutoTokenizer.from_pretrained(out)("3加5等于几?", return_tensors="pt").input_ids
     with torch.no_grad():

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from conftest import run_script
 from llmtrain.errors import LlmtrainError
 from llmtrain.modeling import load_model_4bit
+from llmtrain.toy import toy_preset
 
 
 def test_without_bitsandbytes_qlora_says_what_to_install(monkeypatch, tmp_path):
@@ -44,7 +45,7 @@ def test_toy_qlora_through_finetune_sh_on_two_cpu_processes(tmp_path, toy_dir):
     assert result.returncode == 0, result.stdout[-5000:]
     assert "world size: 2" in result.stdout and "with 4-bit NF4 weights (double quantisation" in result.stdout
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"] and adapter["r"] == 8
+    assert sorted(adapter["target_modules"]) == sorted(toy_preset()["TOY_LORA_TARGETS"].split(",")) and adapter["r"] == 8
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
     merged = json.loads((out / "merged" / "config.json").read_text())
     assert "quantization_config" not in merged   # merged into the unquantised base: a plain model

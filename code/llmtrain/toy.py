@@ -45,17 +45,24 @@ TOY_VOCAB_SIZE = 4096
 TOY_PRESET_FILE = PROJECT_ROOT / "code" / "presets" / "toy.env"
 
 
-def toy_preset() -> dict[str, int | float]:
-    """6.1-6.3: the toy preset's values (code/presets/toy.env, which the shell scripts source), as numbers.
+def toy_preset() -> dict[str, int | float | str]:
+    """6.1-6.3: the toy preset's values (code/presets/toy.env, which the shell scripts source): numbers as numbers.
 
     One source for the toy recipe: `PRESET=toy bash code/*.sh`, the notebooks and the tests read the same values.
+    Values that are not numbers (TOY_LORA_TARGETS, a comma-separated list of module names) stay strings.
     """
-    values: dict[str, int | float] = {}
+    values: dict[str, int | float | str] = {}
     for line in TOY_PRESET_FILE.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             key, value = line.split("=", 1)
-            values[key] = float(value) if any(c in value for c in ".e") else int(value)
+            values[key] = value
+            for number in (int, float):
+                try:
+                    values[key] = number(value)
+                    break
+                except ValueError:
+                    pass
     return values
 
 
