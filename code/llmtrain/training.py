@@ -52,21 +52,21 @@ GPU_PEAK_TFLOPS = {
 STALE_BUILD_LOCK_SECONDS = 600  # compiling an op takes under 2 minutes on 2 cores; a lock this old has no owner
 
 
-def use_environment_torch_extensions() -> Path:
+def use_environment_torch_extensions(stale_after: float = STALE_BUILD_LOCK_SECONDS) -> Path:
     """6.1.5: DeepSpeed's CPU ops are compiled into <this environment>/torch_extensions; leftover build locks go.
 
     On CPU, DeepSpeed compiles two C++ ops the first time a run needs them (the shared-memory allreduce and
     fused Adam), each under a lock file that the other processes wait on. A run killed while compiling leaves
     the lock behind, and every later run waits on it forever without a word. So the build directory belongs
     to the Python environment (a fresh .venv starts clean; `~/.cache/torch_extensions` is shared by all of
-    them), and a lock older than STALE_BUILD_LOCK_SECONDS is removed with a warning. An explicit
+    them), and a lock older than `stale_after` seconds is removed with a warning. An explicit
     TORCH_EXTENSIONS_DIR is kept. `make setup` compiles both ops once (`build_cpu_deepspeed_ops`).
     """
     root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
     for lock in root.glob("*/lock"):
         try:
             age = time.time() - lock.stat().st_mtime
-            if age > STALE_BUILD_LOCK_SECONDS:
+            if age >= stale_after:
                 lock.unlink()
                 logger.warning("Removed %s: a build lock %.0f minutes old, left by a run killed while compiling",
                                lock, age / 60)
@@ -82,9 +82,7 @@ def build_cpu_deepspeed_ops() -> Path | None:
     """
     if torch.cuda.is_available():
         return None
-    root = use_environment_torch_extensions()
-    for lock in root.glob("*/lock"):  # one process, before any run: whatever lock is left is stale
-        lock.unlink()
+    root = use_environment_torch_extensions(stale_after=0)  # one process, before any run: every lock left is stale
     from deepspeed.accelerator import get_accelerator
 
     for name in ("ShareMemCommBuilder", "FusedAdamBuilder"):
@@ -104,13 +102,13 @@ def start_gloo_for_cpu_deepspeed(argv: Sequence[str] | None = None) -> list[str]
     uses_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in args)
     if uses_deepspeed and not torch.cuda.is_available():
         use_environment_torch_extensions()
-    if uses_deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        from accelerate import PartialState
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
 
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        PartialState(backend="gloo")
-        if not any(a.startswith("--accelerator_config") for a in args):
-            args += ["--accelerator_config", json.dumps({"use_configured_state": True})]
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+            PartialState(backend="gloo")
+            if not any(a.startswith("--accelerator_config") for a in args):
+                args += ["--accelerator_config", json.dumps({"use_configured_state": True})]
     return args
 
 
