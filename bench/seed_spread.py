@@ -27,6 +27,7 @@ from llmtrain import PROJECT_ROOT
 from llmtrain.evaluation import TOY_STYLE_SUFFIX, scorecard_row, statement_completion_accuracy
 from llmtrain.lora import load_adapter
 from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
+from sft_throughput import cpu_name  # bench/ is on sys.path when run as a script
 
 EVAL_FILE = str(PROJECT_ROOT / "data" / "sample" / "eval.jsonl")
 CODE = PROJECT_ROOT / "code"
@@ -92,14 +93,15 @@ def main() -> None:
 
 
 def cpu_model() -> str:
-    """The CPU's name and its widest vector unit: matrix kernels differ between AVX2 and AVX-512, so the same seed
-    trains a slightly different model on another CPU (a few points on a column; see the README)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    """The CPU's name (`sft_throughput.cpu_name`) and its widest vector unit: matrix kernels differ between AVX2 and
+    AVX-512, so the same seed trains a slightly different model on another CPU (a few points on a column; README)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
     vector = next((isa for isa in ("avx512f", "avx2") if isa in flags), "")
-    return f"{name} ({vector})" if vector else name
+    return f"{cpu_name()} ({vector})" if vector else cpu_name()
 
 
 def write_results(path: str, rows: dict[int, dict[str, float]], seconds: dict[int, int]) -> None:
