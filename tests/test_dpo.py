@@ -14,7 +14,8 @@ from trl import DPOConfig
 
 from llmtrain.dpo import (
     TokenizedPairsDPOTrainer, build_preference_dataset, compare_with_trl, dpo_batch_loss, dpo_loss,
-    load_preference_dataset, pad_preference_batch, sequence_logprobs, train_lora_dpo_by_hand,
+    load_preference_dataset, pad_preference_batch, relative_update_difference, sequence_logprobs,
+    train_lora_dpo_by_hand,
 )
 from llmtrain.errors import LlmtrainError
 from llmtrain.modeling import toy_config
@@ -140,6 +141,7 @@ def test_hand_written_lora_dpo_loop_follows_trl_step_by_step(tmp_path, pairs, to
     # our policy: the same base and the very adapter TRL starts from (A random, B = 0); dropout off, as TRL's
     policy = get_peft_model(toy_model(toy_tokenizer, seed=3), LoraConfig(**lora, lora_dropout=0.0))
     policy.load_state_dict(trainer.model.state_dict())
+    start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     ours = train_lora_dpo_by_hand(policy, [pairs[i] for i in range(steps)], toy_tokenizer.pad_token_id, BETA, lr,
                                   pairs_per_step=1, steps=steps)
     trainer.train()
@@ -147,11 +149,20 @@ def test_hand_written_lora_dpo_loop_follows_trl_step_by_step(tmp_path, pairs, to
     assert len(trl) == steps and ours[0] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(ours[-1] - ours[0]) > 1e-3  # the adapter learned, so agreement is not two flat lines
     assert max(abs(a - b) for a, b in zip(ours, trl)) <= 1e-5
-    trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
-    assert max((p - trained[n]).abs().max().item() for n, p in policy.named_parameters() if p.requires_grad) <= 1e-5
+    assert relative_update_difference(start, dict(policy.named_parameters()),
+                                      dict(trainer.model.named_parameters())) <= 1e-3
     with pytest.raises(LlmtrainError, match="4 steps of 1 pairs need 4 pairs, got 3"):
         train_lora_dpo_by_hand(policy, [pairs[i] for i in range(steps)], toy_tokenizer.pad_token_id, BETA, lr,
                                pairs_per_step=1, steps=4)
+
+
+def test_relative_update_difference_on_hand_computed_numbers():
+    start = {"a": torch.zeros(2), "b": torch.zeros(1)}
+    theirs = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([4.0])}  # moved by a norm of 5
+    ours = {"a": torch.tensor([3.0, 0.3]), "b": torch.tensor([4.4])}  # apart by a norm of 0.5
+    assert relative_update_difference(start, ours, theirs) == pytest.approx(0.1)
+    with pytest.raises(LlmtrainError, match="did not move"):
+        relative_update_difference(start, ours, start)
 
 
 def test_dpo_loss_on_hand_computed_numbers():

@@ -273,6 +273,22 @@ def train_lora_dpo_by_hand(
     return losses
 
 
+def relative_update_difference(
+    start: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]
+) -> float:
+    """How far two trainings of the same parameters `start` ended apart, relative to how far `theirs` moved.
+
+    ||ours - theirs|| / ||theirs - start||, each norm over all tensors of `start` together. An element-wise
+    maximum is the wrong yardstick after AdamW: it divides each gradient by its running RMS, so in a coordinate
+    whose gradient nearly cancels over the steps a float32 rounding difference becomes a visible step difference.
+    """
+    moved = sum((theirs[n].detach() - p).pow(2).sum() for n, p in start.items())
+    apart = sum((ours[n].detach() - theirs[n].detach()).pow(2).sum() for n in start)
+    if moved == 0:
+        raise LlmtrainError("the parameters did not move from their start, so there is no update to compare")
+    return (apart / moved).sqrt().item()
+
+
 class TokenizedPairsDPOTrainer(DPOTrainer):
     """6.4: TRL's DPOTrainer on the pairs `build_preference_dataset` already rendered and tokenized.
 
