@@ -3,7 +3,8 @@
 #
 #   bash code/dpo.sh                 the chapter-scale job: the SFT'd Qwen2.5-1.5B (bash code/finetune.sh) on
 #                                    llamafactory/DPO-En-Zh-20k (zh), 1 epoch, bf16 (fp16 on V100/T4), LoRA r=8
-#   PRESET=toy bash code/dpo.sh      the toy SFT model on data/sample/dpo.jsonl, 2 CPU processes, LoRA
+#   PRESET=toy bash code/dpo.sh      the toy SFT model on data/sample/dpo.jsonl, 2 CPU processes, LoRA on
+#                                    every linear layer (TOY_LORA_TARGETS)
 #   USE_LORA=0 ...                   full DPO: every weight trains and TRL holds a second, frozen copy of
 #                                    the model as the reference (LoRA: the adapter disabled is the reference)
 #
@@ -47,6 +48,7 @@ case "$PRESET" in
     BATCH_SIZE=${BATCH_SIZE:-$TOY_DPO_BATCH_SIZE}
     EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-9}   # 18 held-out pairs = 2 processes x 9: TRL counts no pair twice
     LR=${LR:-$([ "$USE_LORA" = 1 ] && echo "$TOY_DPO_LR" || echo "$TOY_DPO_FULL_LR")}
+    LORA_TARGETS=${LORA_TARGETS:-$TOY_LORA_TARGETS}   # used only with USE_LORA=1
     EPOCHS=${EPOCHS:-$TOY_DPO_EPOCHS}
     WARMUP_STEPS=${WARMUP_STEPS:-$TOY_DPO_WARMUP_STEPS}
     BLOCK_SIZE=${BLOCK_SIZE:-$TOY_DPO_BLOCK_SIZE}

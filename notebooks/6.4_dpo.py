@@ -188,7 +188,8 @@ def dpo_config(run_name: str, **overrides) -> DPOConfig:
     return DPOConfig(**values)
 
 
-LORA = dict(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
+LORA = dict(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1,
+            target_modules=TOY["TOY_LORA_TARGETS"].split(","))  # 每个线性层,和 code/dpo.sh 的玩具预设相同
 as_messages = raw_train.map(lambda ex: {"chosen": [{"role": "assistant", "content": ex["chosen"]}],
                                         "rejected": [{"role": "assistant", "content": ex["rejected"]}]})
 plain = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(SFT), args=dpo_config("plain"),
@@ -391,7 +392,8 @@ display(Markdown(
 # %% [markdown]
 # ## 6.4.7 用 TRL 做 LoRA-DPO
 #
-# 和 `code/dpo.py --use_lora` 一样:peft 的 LoRA 加在 $W_q, W_v$ 上,`ref_model=None`,
+# 和 `code/dpo.py --use_lora` 一样:peft 的 LoRA 加在每个线性层上(注意力的 q、k、v、o 和 MLP 的 gate、up、down,
+# 与 6.3 里玩具预设的 LoRA SFT 相同;只加在教材的 $W_q, W_v$ 上时,有的种子学不会结尾句,见 README),`ref_model=None`,
 # TRL 计算参考对数概率时关掉 adapter——**内存里只有一份模型权重**。TRL 的 `DPOConfig` 默认开 bf16 和梯度检查点,
 # CPU 上都关掉;它默认 `disable_dropout=True`,LoRA 的 dropout 也一并关掉。这次用玩具预设的完整设置
 # (打乱数据、预热后线性衰减):

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ROOT, run_script
 from llmtrain.dpo import build_preference_dataset, dpo_batch_loss, load_preference_dataset, pad_preference_batch
 from llmtrain.lora import load_adapter, lora_parameter_count
+from llmtrain.toy import toy_preset
 
 SAMPLE_DPO = ROOT / "data" / "sample" / "dpo.jsonl"
 SAMPLE_HELDOUT = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
@@ -72,7 +73,7 @@ def test_toy_lora_dpo_on_two_processes_then_resume(tmp_path, toy_sft):
 
     base = AutoModelForCausalLM.from_pretrained(toy_sft)
     saved = json.loads((out / "train_results.json").read_text())
-    assert saved["trainable_params"] == lora_parameter_count(base, ["q_proj", "v_proj"], 8)
+    assert saved["trainable_params"] == lora_parameter_count(base, toy_preset()["TOY_LORA_TARGETS"].split(","), 8)
     assert saved["rewards/margins"] == train_logs[-1]["rewards/margins"]
     assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in out.iterdir()}
 

@@ -90,17 +90,19 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
         before, after = map(int, re.search(r"留出偏好对的奖励准确率:训练前 (\d+)% → 训练后 (\d+)%", text).groups())
         assert before == 0 and after >= 80
         rows = {name: tuple(map(int, numbers)) for name, *numbers in re.findall(
-            r"(SFT before DPO|DPO) \(6\.4\)\s+以“还想知道什么,尽管问我。”结尾 (\d+)%,sft_seen 准确率 (\d+)%,"
+            r"(SFT before DPO|DPO|DPO, \d+ epochs) \(6\.4\)\s+以“还想知道什么,尽管问我。”结尾 (\d+)%,sft_seen 准确率 (\d+)%,"
             r"heldout 准确率 (\d+)%", text)}
         (style_before, seen_before, heldout_before), (style_after, seen_after, heldout_after) = (
             rows["SFT before DPO"], rows["DPO"])
         # the targets: the preference shows in greedy replies; SFT accuracy drops by at most 10 points
         assert style_before < 50 and style_after >= 80
         assert seen_after >= seen_before - 10 and heldout_after >= heldout_before - 10
-        # the long run shows what the prose says: log pi(chosen) rises, then ends below where it started
+        # the long run shows what the prose says: log pi(chosen) rises, then falls well back; held-out accuracy drops
         first, peak, last = map(float, re.search(
             r"\d+ 步;训练批上 log π\(chosen\):第一次 ([-\d.]+),最高 ([-\d.]+),最后 ([-\d.]+)", text).groups())
-        assert peak > first > last
+        assert peak > first and peak > last + 0.5
+        (long_heldout,) = [heldout for name, (_, _, heldout) in rows.items() if name.endswith("epochs")]
+        assert long_heldout < heldout_after
         # the hand-written loop ran next to TRL (the notebook asserts their agreement) and the deepcopy pitfall shows
         assert "两边的设置:β = " in text and "权重清零的副本和原模型输出相同: True" in text
     assert list((tmp_path / "images").glob("*.png"))
