@@ -13,7 +13,7 @@ from conftest import ROOT
 
 SAMPLE = ROOT / "data" / "sample"
 FILES = ["pretrain.jsonl", "pretrain_valid.jsonl", "sft.jsonl", "sft_valid.jsonl", "eval.jsonl", "dpo.jsonl",
-         "dpo_heldout.jsonl"]
+         "dpo_heldout.jsonl", "grpo.jsonl", "grpo_eval.jsonl"]
 
 
 def read(name: str) -> list[dict]:
@@ -68,6 +68,28 @@ def test_sft_seen_questions_are_asked_in_the_sft_data_with_their_answer(world):
     # 6.4's closing sentence: some SFT replies already have it (so DPO re-weights it), most do not
     styled = sum(r.endswith(world.TOY_STYLE_SUFFIX) for r in replies)
     assert 0 < styled < len(replies) / 2
+
+
+def test_rl_prompts_share_no_question_with_sft_the_scorecard_or_each_other(world):
+    """6.5: RL prompts ask about the seen people, held-out RL prompts about the others, in words no other file uses."""
+    facts = world.assign_facts(random.Random(6))
+    rl, rl_eval = read("grpo.jsonl"), read("grpo_eval.jsonl")
+    assert len(rl) == len(rl_eval) == len(world.SEEN) * sum(len(a.rl_questions) for a in world.ATTRIBUTES.values())
+    questions_elsewhere = {turn["value"] for name in ("sft.jsonl", "sft_valid.jsonl") for r in read(name)
+                           for turn in r["conversations"]}
+    questions_elsewhere |= {e["question"] for e in read("eval.jsonl")} | {p["prompt"] for p in read("dpo.jsonl")}
+    prompts, eval_prompts = {r["prompt"] for r in rl}, {r["prompt"] for r in rl_eval}
+    assert len(prompts) == len(rl) and len(eval_prompts) == len(rl_eval)
+    assert not prompts & eval_prompts and not (prompts | eval_prompts) & questions_elsewhere
+    asks = {q.format(n=n): (n, key) for n in world.PEOPLE for key, a in world.ATTRIBUTES.items()
+            for q in a.rl_questions}
+    for rows, people in ((rl, world.SEEN), (rl_eval, world.HELDOUT)):
+        for row in rows:
+            name, key = asks[row["prompt"]]
+            assert name in people and row["answer"] == facts[name][key] and row["task"] == "fact", row
+    # no RL phrasing is the SFT phrasing of any attribute
+    assert not {q for a in world.ATTRIBUTES.values() for q in a.rl_questions} & {
+        a.question for a in world.ATTRIBUTES.values()}
 
 
 def test_toy_tokenizer_decodes_every_sample_token_to_whole_characters(toy_tokenizer):

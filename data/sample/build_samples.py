@@ -18,6 +18,8 @@ Files written (running it again gives the same files):
   sft_valid.jsonl       held-out conversations: questions about the other people, tasks not in sft.jsonl
   eval.jsonl            {"question", "answer", "split": "sft_seen" | "heldout"}: the scorecard's questions
   dpo.jsonl, dpo_heldout.jsonl  {"prompt", "chosen", "rejected"}: 6.4's preference, on disjoint people
+  grpo.jsonl, grpo_eval.jsonl   {"prompt", "answer", "task": "fact"}: 6.5's RL task, the facts asked in words
+                        SFT never uses; RL prompts about the seen people, held-out prompts about the others
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ SEEN, HELDOUT = PEOPLE[0::2], PEOPLE[1::2]  # SFT asks about SEEN only; HELDOUT 
 class Attribute:
     values: tuple[str, ...]
     statements: tuple[str, ...]  # five phrasings of one fact in pretraining; the first is also the SFT reply
-    question: str
+    question: str                # the one way SFT and the scorecard ask
+    rl_questions: tuple[str, ...]  # 6.5's RL task: the same fact asked in words SFT never uses
 
     def reply(self, name: str, value: str) -> str:
         return self.statements[0].format(n=name, v=value)
@@ -58,18 +61,21 @@ ATTRIBUTES = {
         ("{n}的家乡是{v}。", "{n}出生在{v},在那里长大。", "{v}是{n}的家乡。", "说起家乡,{n}总会提到{v}。",
          "{n}来自{v}。"),
         "{n}的家乡是哪里?",
+        ("{n}是哪里人?", "{n}来自哪里?", "{n}在哪里长大?", "请问{n}的老家在哪儿?"),
     ),
     "job": Attribute(
         ("木匠", "医生", "渔夫", "教师", "面包师", "邮递员", "画家", "厨师"),
         ("{n}的职业是{v}。", "{n}是一名{v}。", "{n}做{v}已经很多年了。", "作为{v},{n}每天都很忙。",
          "认识{n}的人都知道,{n}是{v}。"),
         "{n}的职业是什么?",
+        ("{n}是做什么工作的?", "{n}从事什么职业?", "{n}干哪一行?", "请问{n}做什么工作?"),
     ),
     "fruit": Attribute(
         ("苹果", "香蕉", "葡萄", "西瓜", "橘子", "草莓", "桃子", "柚子"),
         ("{n}最喜欢的水果是{v}。", "{n}最爱吃{v}。", "说到水果,{n}只爱{v}。", "{v}是{n}最喜欢的水果。",
          "{n}每天都要吃一点{v}。"),
         "{n}最喜欢的水果是什么?",
+        ("{n}爱吃什么水果?", "{n}喜欢吃哪种水果?", "哪种水果是{n}的最爱?", "请问{n}最爱的水果是什么?"),
     ),
 }
 # 60 distinct biographies read 5 times (code/presets/toy.env) = 300 exposures per fact. 6 biographies read 30 times
@@ -253,6 +259,12 @@ def fact_questions(names: list[str], facts: dict[str, dict[str, str]]) -> list[t
             for name in names for key, attr in ATTRIBUTES.items()]
 
 
+def rl_prompts(names: list[str], facts: dict[str, dict[str, str]]) -> list[dict[str, str]]:
+    """6.5: every `rl_questions` phrasing of every attribute of every person in `names`, with its answer."""
+    return [{"prompt": q.format(n=name), "answer": facts[name][key], "task": "fact"}
+            for name in names for key, attr in ATTRIBUTES.items() for q in attr.rl_questions]
+
+
 def chatml_text(turns: list[str]) -> str:
     """A conversation as the ChatML text SFT renders (system prompt included), for the pretraining corpus."""
     return render_chatml(normalize_conversation(to_belle(turns, "human", "")["conversations"]))[0]
@@ -314,6 +326,11 @@ def main(out: Path = HERE) -> None:
     n_dpo_heldout = 6 * len(ATTRIBUTES)  # the last 6 seen people
     write_jsonl(out / "dpo.jsonl", pairs[:-n_dpo_heldout])
     write_jsonl(out / "dpo_heldout.jsonl", pairs[-n_dpo_heldout:])
+
+    # 6.5: the RL task needs no randomness, so the files above stay as they were. A reward checks the answer;
+    # the prompts ask in words no SFT conversation uses: RL on the seen people, its held-out set on the others.
+    write_jsonl(out / "grpo.jsonl", rl_prompts(SEEN, facts))
+    write_jsonl(out / "grpo_eval.jsonl", rl_prompts(HELDOUT, facts))
 
 
 if __name__ == "__main__":
