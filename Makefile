@@ -26,12 +26,14 @@ $(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl data/sample/pretrain_val
 	$(PY) -m llmtrain.toy --output_dir $(TOY)
 
 # The scorecard of every stage (llmtrain.evaluation): eval questions seen in SFT vs held out, held-out
-# perplexity and assistant loss, and the share of replies that end with the sentence DPO teaches.
+# perplexity and assistant loss, the share of replies that end with the sentence DPO teaches, and the
+# held-out accuracy on 6.5's RL task (the same facts asked in words SFT never used).
 SCORECARD := output/toy/scorecard.json
 EVALUATE := $(PY) code/evaluate.py --eval_file data/sample/eval.jsonl --valid_text data/sample/pretrain_valid.jsonl \
-	--valid_conversations data/sample/sft_valid.jsonl --style_suffix 还想知道什么,尽管问我。 --scorecard $(SCORECARD)
+	--valid_conversations data/sample/sft_valid.jsonl --style_suffix 还想知道什么,尽管问我。 \
+	--rl_eval_file data/sample/grpo_eval.jsonl --scorecard $(SCORECARD)
 
-run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraining, full SFT, LoRA SFT, DPO, scorecard
+run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraining, full SFT, LoRA SFT, DPO, GRPO, scorecard
 	rm -rf output/toy
 	PRESET=toy bash code/pretrain.sh
 	$(EVALUATE) --model output/toy/pretrain --name "base (6.1)"
@@ -41,6 +43,8 @@ run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraini
 	$(EVALUATE) --model output/toy/pretrain --adapter output/toy/sft-lora --name "LoRA SFT (6.3)"
 	PRESET=toy bash code/dpo.sh
 	$(EVALUATE) --model output/toy/sft --adapter output/toy/dpo-lora --name "LoRA DPO (6.4)"
+	PRESET=toy EVAL_FILES= bash code/grpo.sh
+	$(EVALUATE) --model output/toy/dpo-lora/merged --adapter output/toy/grpo-lora --name "LoRA GRPO (6.5)"
 	@echo
 	@echo "Full SFT vs LoRA SFT (r=8 on every linear layer, TOY_LORA_TARGETS) on the same toy base and data:"
 	$(PY) code/compare_runs.py output/toy/sft output/toy/sft-lora
@@ -53,6 +57,7 @@ run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraini
 	@echo "  full SFT:         output/toy/sft/"
 	@echo "  LoRA SFT adapter: output/toy/sft-lora/  (merged plain model: output/toy/sft-lora/merged/)"
 	@echo "  LoRA DPO adapter: output/toy/dpo-lora/  (merged plain model: output/toy/dpo-lora/merged/)"
+	@echo "  LoRA GRPO adapter: output/toy/grpo-lora/ (merged plain model: output/toy/grpo-lora/merged/)"
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)

@@ -1,14 +1,17 @@
-"""6.1-6.4 benchmark: does the scorecard hold on every seed? make run's toy pipeline once per SEED.
+"""6.1-6.5 benchmark: does the scorecard hold on every seed? make run's toy pipeline once per SEED.
 
     python bench/seed_spread.py [--seeds 12 1 2 3 4 5] [--output_dir output/bench/seeds] [--results bench/seed_spread.json]
+    python bench/seed_spread.py --grpo --seeds 12 1 2 --results bench/grpo_seed_spread.json
 
 For each seed, the same launchers as `make run` with SEED set (PRESET=toy: DeepSpeed, 2 CPU processes):
 code/pretrain.sh, code/finetune.sh (full SFT), code/finetune.sh with USE_LORA=1 (LoRA SFT) and code/dpo.sh
 (LoRA-DPO on the full SFT model), about 4 minutes a seed on 2 cores. Then each stage is scored: the base's greedy
 completions of the eval facts as statements ("what pretraining stored", `statement_completion_accuracy`) and its
 answers to the questions in chat format, and the scorecard of the SFT, LoRA and DPO models (`scorecard_row`).
-Prints one row per seed, the range and the mean; writes them with the date, the machine and the library versions
-to --results (committed: the README's seed table is read from it).
+With --grpo, also code/grpo.sh (6.5: LoRA-GRPO on the merged DPO model, about 2 minutes more) and the held-out
+accuracy on the RL task (data/sample/grpo_eval.jsonl) of the SFT, DPO and GRPO models, with the GRPO model's
+scorecard. Prints one row per seed, the range and the mean; writes them with the date, the machine and the
+library versions to --results (committed: the README's seed tables are read from them).
 """
 
 import argparse
@@ -25,19 +28,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.evaluation import TOY_STYLE_SUFFIX, scorecard_row, statement_completion_accuracy
+from llmtrain.grpo import load_prompt_dataset, task_accuracy
 from llmtrain.lora import load_adapter
 from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 from sft_throughput import cpu_name  # bench/ is on sys.path when run as a script
 
 EVAL_FILE = str(PROJECT_ROOT / "data" / "sample" / "eval.jsonl")
+RL_EVAL_FILE = str(PROJECT_ROOT / "data" / "sample" / "grpo_eval.jsonl")
 CODE = PROJECT_ROOT / "code"
 COLUMNS = ["base statements seen", "base statements heldout", "base chat seen", "base chat heldout",
            "SFT seen", "SFT heldout", "SFT style", "LoRA seen", "LoRA heldout",
            "DPO seen", "DPO heldout", "DPO style"]
+GRPO_COLUMNS = ["SFT RL", "DPO RL", "GRPO seen", "GRPO heldout", "GRPO style", "GRPO RL"]
 
 
-def run_seed(seed: int, out: Path) -> dict[str, float]:
-    """Pretrain, fine-tune (full and LoRA) and DPO with `seed` (the toy preset otherwise unchanged); score each stage.
+def run_seed(seed: int, out: Path, grpo: bool = False) -> dict[str, float]:
+    """Pretrain, fine-tune (full and LoRA), DPO and with `grpo` GRPO with `seed` (the toy preset otherwise
+    unchanged); score each stage.
 
     `out` is emptied first: the scripts resume from checkpoints they find there, which an earlier recipe left.
     """
@@ -48,6 +55,9 @@ def run_seed(seed: int, out: Path) -> dict[str, float]:
     run_bash_script(CODE / "finetune.sh", **env, USE_LORA="1", MODEL_DIR=str(out / "pretrain"),
                     OUTPUT_DIR=str(out / "sft-lora"))
     run_bash_script(CODE / "dpo.sh", **env, MODEL_DIR=str(out / "sft"), OUTPUT_DIR=str(out / "dpo-lora"))
+    if grpo:
+        run_bash_script(CODE / "grpo.sh", **env, MODEL_DIR=str(out / "dpo-lora" / "merged"),
+                        OUTPUT_DIR=str(out / "grpo-lora"), EVAL_FILES="")
     tokenizer = AutoTokenizer.from_pretrained(out / "sft")
     base = AutoModelForCausalLM.from_pretrained(out / "pretrain")
     statements = statement_completion_accuracy(base, tokenizer, EVAL_FILE)
@@ -56,19 +66,32 @@ def run_seed(seed: int, out: Path) -> dict[str, float]:
                         style_suffix=TOY_STYLE_SUFFIX)
     lora = scorecard_row(load_adapter(AutoModelForCausalLM.from_pretrained(out / "pretrain"), str(out / "sft-lora")),
                          tokenizer, EVAL_FILE)
-    dpo = scorecard_row(load_adapter(AutoModelForCausalLM.from_pretrained(out / "sft"), str(out / "dpo-lora")),
-                        tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
+    dpo_model = load_adapter(AutoModelForCausalLM.from_pretrained(out / "sft"), str(out / "dpo-lora"))
+    dpo = scorecard_row(dpo_model, tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
     values = [statements["sft_seen"], statements["heldout"], chat["sft_seen"], chat["heldout"],
               sft["sft_seen"], sft["heldout"], sft["style"], lora["sft_seen"], lora["heldout"],
               dpo["sft_seen"], dpo["heldout"], dpo["style"]]
-    return dict(zip(COLUMNS, values))
+    if grpo:
+        rl_prompts = load_prompt_dataset([RL_EVAL_FILE])
+
+        def rl_accuracy(model) -> float:
+            return task_accuracy(model, tokenizer, rl_prompts, max_new_tokens=48, style_suffix=TOY_STYLE_SUFFIX)[
+                "accuracy"]
+
+        grpo_model = load_adapter(AutoModelForCausalLM.from_pretrained(out / "dpo-lora" / "merged"),
+                                  str(out / "grpo-lora"))
+        grpo_row = scorecard_row(grpo_model, tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
+        values += [rl_accuracy(AutoModelForCausalLM.from_pretrained(out / "sft")), rl_accuracy(dpo_model),
+                   grpo_row["sft_seen"], grpo_row["heldout"], grpo_row["style"], rl_accuracy(grpo_model)]
+    return dict(zip(COLUMNS + GRPO_COLUMNS, values))
 
 
 def markdown_table(rows: dict[int, dict[str, float]]) -> str:
     """The seed table: one row per seed, then the range and the mean of each column."""
-    lines = ["| seed | " + " | ".join(COLUMNS) + " |", "| --- |" + " ---: |" * len(COLUMNS)]
+    columns = list(next(iter(rows.values())))
+    lines = ["| seed | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
     lines += [f"| {seed} | " + " | ".join(f"{v:.0%}" for v in row.values()) + " |" for seed, row in rows.items()]
-    values = {k: [row[k] for row in rows.values()] for k in COLUMNS}
+    values = {k: [row[k] for row in rows.values()] for k in columns}
     lines.append("| range | " + " | ".join(f"{min(v):.0%}–{max(v):.0%}" for v in values.values()) + " |")
     lines.append("| mean | " + " | ".join(f"{sum(v) / len(v):.0%}" for v in values.values()) + " |")
     return "\n".join(lines)
@@ -79,12 +102,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2, 3, 4, 5], help="12 is make run's seed.")
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "seeds"))
     parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "seed_spread.json"))
+    parser.add_argument("--grpo", action="store_true", help="Also GRPO (6.5) and the RL task's held-out accuracy.")
     args = parser.parse_args()
     ensure_toy_assets()
     rows, seconds = {}, {}
     for seed in args.seeds:
         start = time.time()
-        rows[seed] = run_seed(seed, Path(args.output_dir) / f"seed{seed}")
+        rows[seed] = run_seed(seed, Path(args.output_dir) / f"seed{seed}", args.grpo)
         seconds[seed] = round(time.time() - start)
         print(f"seed {seed} ({seconds[seed]} s): " + ", ".join(f"{k} {v:.0%}" for k, v in rows[seed].items()),
               flush=True)

@@ -3,13 +3,17 @@
     python code/download_dataset.py pretrain --local_dir autodl-tmp/dataset/pretrain_data --small_lines 1000000
     python code/download_dataset.py sft --local_dir autodl-tmp/dataset/sft_data
     python code/download_dataset.py dpo --local_dir autodl-tmp/dataset/dpo_data
+    python code/download_dataset.py gsm8k --local_dir autodl-tmp/dataset/gsm8k
 
 pretrain: the Mobvoi seq-monkey corpus (JSON lines {"text": ...}) from ModelScope, as in chapter 5
 (needs `pip install modelscope`); --small_lines also writes the first N lines to *_small.jsonl,
 the file code/pretrain.sh reads. sft: BelleGroup/train_3.5M_CN from the Hugging Face hub.
 dpo (6.4): the Chinese half of llamafactory/DPO-En-Zh-20k (10,000 pairs, Apache-2.0, mostly
 wenbopan/Chinese-dpo-pairs), converted to dpo_zh.jsonl in the conversational form code/dpo.py reads;
-pairs with an empty or identical reply are skipped and counted.
+pairs with an empty or identical reply are skipped and counted. gsm8k (6.5): openai/gsm8k (main, MIT),
+grade-school word problems whose reference answer ends "#### <integer>", converted to train.jsonl and
+test.jsonl of {"prompt", "answer", "task": "arithmetic"} records for code/grpo.py (the reward is the
+exact final integer of a reply).
 Never run in CI: the course itself trains on data/sample/.
 """
 
@@ -27,6 +31,8 @@ from itertools import islice
 SEQ_MONKEY = ("ddzhu123/seq-monkey", "mobvoi_seq_monkey_general_open_corpus.jsonl.tar.bz2")
 BELLE = "BelleGroup/train_3.5M_CN"
 DPO_ZH = ("llamafactory/DPO-En-Zh-20k", "zh")
+GSM8K = ("openai/gsm8k", "main")
+GSM8K_INSTRUCTION = "请一步一步地推理,最后一行只写出最终的整数答案。"
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
@@ -66,31 +72,57 @@ def sharegpt_pair_to_jsonl(example: dict) -> dict | None:
             "rejected": [{"role": "assistant", "content": replies[1]}]}
 
 
+def write_converted_jsonl(path: str, examples, convert) -> tuple[int, int]:
+    """`convert` each example and write the records it returns as JSON lines to `path` (through `path`.part, so
+    an interrupted download leaves no half-written file); returns (written, skipped: `convert` returned None)."""
+    kept = skipped = 0
+    with open(path + ".part", "w", encoding="utf-8") as f:
+        for example in examples:
+            record = convert(example)
+            if record is None:
+                skipped += 1
+                continue
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            kept += 1
+    os.replace(path + ".part", path)
+    return kept, skipped
+
+
 def download_dpo(local_dir: str) -> str:
     from datasets import load_dataset
 
-    pairs = load_dataset(*DPO_ZH, split="train")
     os.makedirs(local_dir, exist_ok=True)
-    path, kept, skipped = os.path.join(local_dir, "dpo_zh.jsonl"), 0, 0
-    with open(path + ".part", "w", encoding="utf-8") as f:
-        for example in pairs:
-            pair = sharegpt_pair_to_jsonl(example)
-            if pair is None:
-                skipped += 1
-                continue
-            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-            kept += 1
-    os.replace(path + ".part", path)
+    path = os.path.join(local_dir, "dpo_zh.jsonl")
+    kept, skipped = write_converted_jsonl(path, load_dataset(*DPO_ZH, split="train"), sharegpt_pair_to_jsonl)
     print(f"{kept} pairs written, {skipped} skipped (unknown role, empty or identical replies)")
     return path
 
 
+def gsm8k_to_prompt(example: dict) -> dict | None:
+    """One GSM8K problem -> {"prompt", "answer", "task": "arithmetic"}, or None when its answer is no integer."""
+    answer = example["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
+    if "####" not in example["answer"] or not answer.lstrip("-").isdigit():
+        return None
+    return {"prompt": f"{example['question'].strip()}\n{GSM8K_INSTRUCTION}", "answer": answer, "task": "arithmetic"}
+
+
+def download_gsm8k(local_dir: str) -> str:
+    from datasets import load_dataset
+
+    os.makedirs(local_dir, exist_ok=True)
+    for split in ("train", "test"):
+        kept, skipped = write_converted_jsonl(os.path.join(local_dir, f"{split}.jsonl"),
+                                              load_dataset(*GSM8K, split=split), gsm8k_to_prompt)
+        print(f"{split}: {kept} prompts written, {skipped} skipped (no integer answer)")
+    return local_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["pretrain", "sft", "dpo"])
+    parser.add_argument("which", choices=["pretrain", "sft", "dpo", "gsm8k"])
     parser.add_argument("--local_dir", required=True)
     parser.add_argument("--small_lines", type=int, default=None, help="pretrain: also write the first N lines")
-    parser.add_argument("--endpoint", default=None, help="Hub mirror for sft and dpo, e.g. https://hf-mirror.com")
+    parser.add_argument("--endpoint", default=None, help="Hub mirror for sft, dpo and gsm8k, e.g. https://hf-mirror.com")
     args = parser.parse_args(argv)
     if args.endpoint:
         os.environ["HF_ENDPOINT"] = args.endpoint
@@ -98,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.which == "pretrain":
             path = download_pretrain(args.local_dir, args.small_lines)
         else:
-            path = download_sft(args.local_dir) if args.which == "sft" else download_dpo(args.local_dir)
+            path = {"sft": download_sft, "dpo": download_dpo, "gsm8k": download_gsm8k}[args.which](args.local_dir)
     except Exception as err:  # offline, missing tool, mirror down: all end the same way for the user
         print(f"Could not download the {args.which} data ({type(err).__name__}: {err}).\n"
               "Check the network (HF_HUB_OFFLINE must be unset) or try --endpoint.", file=sys.stderr)

@@ -15,28 +15,21 @@ reference, so every implicit reward is 0).
 
 import logging
 import sys
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 from trl import DPOConfig
 
-from llmtrain.args import DataArguments, LoraArguments, ModelArguments, RunArguments
+from llmtrain.args import DataArguments, LoraArguments, RunArguments, TRLModelArguments
 from llmtrain.dpo import TokenizedPairsDPOTrainer, build_preference_dataset, load_preference_dataset
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.lora import check_targets, parameter_summary
+from llmtrain.lora import parameter_summary, peft_lora_config
 from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
-from llmtrain.training import (
-    add_machine_precision, delete_checkpoints, find_resume_checkpoint, set_deepspeed_safe_cuda_arch_list,
-    setup_logging, start_gloo_for_cpu_deepspeed, train_and_save,
-)
+from llmtrain.training import delete_checkpoints, find_resume_checkpoint, parse_trl_script_args, train_and_save
 
 logger = logging.getLogger(__name__)
 
-# DPOConfig brings its own --trust_remote_code (same meaning, off by default): ModelArguments' is left out
-DPOModelArguments = make_dataclass(
-    "DPOModelArguments", [(f.name, f.type, f) for f in fields(ModelArguments) if f.name != "trust_remote_code"]
-)
 REWARD_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
                "logps/chosen", "logps/rejected")
 
@@ -53,35 +46,11 @@ class PreferenceArguments:
     )
 
 
-def lora_config(model, lora_args: LoraArguments):
-    """6.3.5 flags -> a peft LoraConfig for TRL, targets checked first (TRL wraps the model itself)."""
-    from peft import LoraConfig, TaskType
-
-    targets = lora_args.lora_target_modules.split(",")
-    check_targets(model, targets, lora_args.lora_r)
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha,
-                      lora_dropout=lora_args.lora_dropout, target_modules=targets)
-
-
-def trl_checkpointing_default(args: list[str]) -> list[str]:
-    """TRL's configs turn checkpointing on under its deprecated name (a FutureWarning on every run): pass the
-    same default under the new name, unless the command line sets either name."""
-    if any(a.split("=")[0] in ("--activation_checkpointing", "--gradient_checkpointing") for a in args):
-        return args
-    return [*args, "--activation_checkpointing", "true"]
-
-
 def main() -> None:
     # 1. 解析参数:偏好数据、LoRA、RunArguments 与 TRL 的 DPOConfig;CPU 上的 DeepSpeed 先建 gloo 进程组
-    parser = HfArgumentParser(
-        (DPOModelArguments, DataArguments, PreferenceArguments, LoraArguments, RunArguments, DPOConfig)
-    )
-    # 精度随机器(TRL 的 DPOConfig 默认开 bf16,CPU 上会直接报错);检查点用新名字 --activation_checkpointing
-    model_args, data_args, pref_args, lora_args, run_args, training_args = parser.parse_args_into_dataclasses(
-        args=start_gloo_for_cpu_deepspeed(trl_checkpointing_default(add_machine_precision(sys.argv[1:]))))
-    set_deepspeed_safe_cuda_arch_list()
-    setup_logging(training_args)
-    logger.info("Training arguments: %s", training_args)
+    model_args, data_args, pref_args, lora_args, run_args, training_args = parse_trl_script_args(
+        (TRLModelArguments, DataArguments, PreferenceArguments, LoraArguments, RunArguments, DPOConfig),
+        sys.argv[1:])
     if not data_args.train_files:
         raise LlmtrainError('Pass --train_files with JSON-lines files of {"prompt", "chosen", "rejected"} pairs.')
     if not model_args.model_name_or_path:
@@ -105,7 +74,8 @@ def main() -> None:
     model = load_model(None, model_args.model_name_or_path, model_args.dtype, training_args.trust_remote_code)
     # --block_size is TRL's max_length: the collator cuts prompt + reply to it
     training_args.max_length = resolve_block_size(model, data_args.block_size, default=training_args.max_length or 1024)
-    peft_config = lora_config(model, lora_args) if lora_args.use_lora else None
+    peft_config = peft_lora_config(model, lora_args.lora_target_modules, lora_args.lora_r, lora_args.lora_alpha,
+                                   lora_args.lora_dropout) if lora_args.use_lora else None
     with training_args.main_process_first(desc="rendering preference pairs"):
         train = build_preference_dataset(raw_train, tokenizer, training_args.max_length,
                                          data_args.preprocessing_num_workers)

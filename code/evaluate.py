@@ -7,7 +7,9 @@
 Greedy replies to the eval questions through the chat template, strict accuracy per split
 (`llmtrain.evaluation.is_strict_match`), the share of replies that stop at <|im_end|>, held-out
 perplexity and held-out assistant-token loss. Prints the row (or, with --scorecard, every row
-of that file after adding this one) as a markdown table; the JSON keeps every reply.
+of that file after adding this one) as a markdown table; the JSON keeps every reply. With
+--rl_eval_file (6.5's held-out RL prompts, data/sample/grpo_eval.jsonl) the row also has the RL task's
+greedy accuracy, graded by the reward GRPO trains with (`llmtrain.grpo.task_accuracy`).
 """
 
 import argparse
@@ -20,6 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from llmtrain.errors import LlmtrainError, run_cli
 from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row
+from llmtrain.grpo import add_rl_task_column
 from llmtrain.lora import load_adapter
 from llmtrain.modeling import load_tokenizer
 
@@ -37,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="Held-out conversation files for the assistant-token loss.")
     parser.add_argument("--style_suffix", help="Also report the share of replies that end with this sentence (6.4's "
                         "preference); replies are graded without it.")
+    parser.add_argument("--rl_eval_file", help='6.5: held-out RL prompts {"prompt", "answer", "task"}: the RL '
+                        "task's accuracy (replies graded without --style_suffix).")
     parser.add_argument("--name", help="Run name of the row (default: the model folder).")
     parser.add_argument("--scorecard", help="JSON file of all rows ({name: row}): add this row to it.")
     parser.add_argument("--json", help="Write this row alone, with every reply, to this JSON file.")
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         model = load_adapter(model, args.adapter)
     row = scorecard_row(model, tokenizer, args.eval_file, args.valid_text, args.valid_conversations,
                         args.style_suffix)
+    if args.rl_eval_file:
+        add_rl_task_column(row, model, tokenizer, args.rl_eval_file, args.style_suffix)
     name = args.name or os.path.basename(os.path.normpath(args.adapter or args.model))
     rows = save_scorecard_row(args.scorecard, name, row) if args.scorecard else {name: row}
     if args.json:

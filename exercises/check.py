@@ -26,7 +26,7 @@ from exercises import graders
 
 EXERCISES_DIR = Path(__file__).resolve().parent
 NOTEBOOKS = {"6.1": ("预训练", "ex6_1_pretrain.py"), "6.2": ("有监督微调 SFT", "ex6_2_sft.py"),
-             "6.3": ("LoRA", "ex6_3_lora.py"), "6.4": ("DPO", "ex6_4_dpo.py")}
+             "6.3": ("LoRA", "ex6_3_lora.py"), "6.4": ("DPO", "ex6_4_dpo.py"), "6.5": ("GRPO", "ex6_5_grpo.py")}
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ EXERCISES = [
     Exercise("6.3", "LoraLinear", "llmtrain.lora", graders.grade_lora_linear),
     Exercise("6.4", "dpo_loss", "llmtrain.dpo", graders.grade_dpo_loss),
     Exercise("6.4", "sequence_logprobs", "llmtrain.dpo", graders.grade_sequence_logprobs),
+    Exercise("6.5", "group_advantages", "llmtrain.grpo", graders.grade_group_advantages),
+    Exercise("6.5", "k3_kl", "llmtrain.grpo", graders.grade_k3_kl),
 ]
 
 PASSED, FAILED, NOT_IMPLEMENTED = "通过", "未通过", "未实现"

@@ -505,3 +505,76 @@ def grade_sequence_logprobs(sequence_logprobs: Callable) -> None:
         row = int((got.float() - expected).abs().argmax())
         raise Wrong(f"第 {row} 行应为 {expected[row].item():.3f},你的是 {got[row].item():.3f}:对每个回答 token 取 "
                     "log_softmax 后目标 token 的那一项,再求和")
+
+
+# ---------------------------------------------------------------- 6.5
+
+
+def grade_group_advantages(group_advantages: Callable) -> None:
+    """6.5: (r - mean of its group) / (sample std of its group + 1e-4); groups are G consecutive rows."""
+    from llmtrain.grpo import group_advantages as reference
+
+    group = 4
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.25, 1.0, 0.0])
+    got = group_advantages(rewards.clone(), group)
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"应返回张量(每条回答一个优势),你返回的是 {type(got).__name__}")
+    got = got.reshape(-1).float() if got.numel() == rewards.numel() else got
+    if got.shape != rewards.shape:
+        raise Wrong(f"形状应为 ({len(rewards)},):每条回答一个优势,你的是 {tuple(got.shape)}")
+    expected = reference(rewards, group)
+    if torch.allclose(got, expected, atol=1e-4):
+        return
+    if torch.isnan(got).any() or torch.isinf(got).any():
+        raise Wrong("第二组的 4 条回答奖励全相同,你的结果里出现了 nan/inf:标准差是 0,要在分母上加 1e-4,"
+                    "这样这组的优势是 0(这组什么也学不到)")
+    grouped = rewards.view(-1, group)
+    candidates = {
+        "把整批奖励一起标准化了:基线应是同一个问题那一组回答的均值,不同问题的难度不同,不能混在一起":
+            (rewards - rewards.mean()) / (rewards.std() + 1e-4),
+        "用了总体标准差(除以 G):TRL 和本课程用样本标准差(torch.std 的默认,除以 G-1)":
+            ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)).view(-1),
+        "分组方式错了:相邻的 group_size 条是同一个问题的回答(rewards.view(-1, group_size)),"
+        "你把每隔 n/G 条的回答当成了一组": reference(rewards.view(group, -1).T.reshape(-1), group).view(-1, group).T.reshape(-1),
+        "只减了组内均值,没有除以组内标准差(那是 Dr. GRPO 的做法;本练习按 GRPO 原文除以 std + 1e-4)":
+            (grouped - grouped.mean(1, keepdim=True)).view(-1),
+    }
+    for message, value in candidates.items():
+        if torch.allclose(got, value.float(), atol=1e-4):
+            raise Wrong(message)
+    row = int((got - expected).abs().argmax())
+    raise Wrong(f"第 {row} 条回答的优势应为 {expected[row].item():.4f},你的是 {got[row].item():.4f}:"
+                "减去同组(相邻 group_size 条)奖励的均值,再除以同组的样本标准差 + 1e-4")
+
+
+def grade_k3_kl(k3_kl: Callable) -> None:
+    """6.5: exp(ref - logp) - (ref - logp) - 1 per token, differentiable in logps."""
+    from llmtrain.grpo import k3_kl as reference
+
+    torch.manual_seed(0)
+    logps = -3 * torch.rand(3, 5)
+    ref = logps + 0.5 * torch.randn(3, 5)
+    ref[0, :2] = logps[0, :2]  # where the two agree, KL is 0
+    policy = logps.clone().requires_grad_()
+    got = k3_kl(policy, ref.clone())
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"应返回张量(每个 token 一个值),你返回的是 {type(got).__name__}")
+    if got.shape != logps.shape:
+        raise Wrong(f"形状应与输入相同 {tuple(logps.shape)}(逐 token 的估计,先不要求平均),你的是 {tuple(got.shape)}")
+    expected = reference(logps, ref)
+    if torch.allclose(got.detach().float(), expected, atol=1e-5):
+        if not got.requires_grad:
+            raise Wrong("值对了,但它不能对 logps 求梯度:KL 惩罚要进损失,不要用 .item()、detach 或 numpy")
+        return
+    candidates = {
+        "方向反了:你算的是 exp(logp − ref) − (logp − ref) − 1,它估计的是 KL(π_ref ‖ π);"
+        "采样来自 π,要估计 KL(π ‖ π_ref),指数里是 ref − logp": reference(ref, logps),
+        "这是 k1 = log π − log π_ref:它的期望也是 KL,但单个 token 上可以是负数,方差也大;k3 处处不为负":
+            logps - ref,
+        "少了最后的 −1:两个对数概率相等时 k3 应为 0,你的是 1": expected + 1,
+    }
+    for message, value in candidates.items():
+        if torch.allclose(got.detach().float(), value, atol=1e-5):
+            raise Wrong(message)
+    raise Wrong(f"第一个 token 应为 {expected[0, 2].item():.5f},你的是 {got[0, 2].item():.5f}:"
+                "k3 = exp(ref − logp) − (ref − logp) − 1")

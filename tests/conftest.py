@@ -15,7 +15,7 @@ SAMPLE_PRETRAIN = ROOT / "data" / "sample" / "pretrain.jsonl"
 
 # Slow: a test that launches DeepSpeed or a training script, needs the pretrained toy model (which may
 # take a pretraining run to build) or executes a notebook. `make test-fast` deselects them (-m "not slow").
-SLOW_MODULES = {"test_notebooks", "test_finetune_script", "test_dpo_script"}
+SLOW_MODULES = {"test_notebooks", "test_finetune_script", "test_dpo_script", "test_grpo_script"}
 SLOW_TESTS = {"test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run",
               "test_toy_deepspeed_launch_runs_two_processes_that_split_the_data"}
 
@@ -66,3 +66,17 @@ def toy_pretrained(toy_dir) -> Path:
     from llmtrain.toy import ensure_toy_pretrained
 
     return ensure_toy_pretrained()
+
+
+@pytest.fixture(scope="session")
+def toy_sft(toy_pretrained, tmp_path_factory) -> Path:
+    """output/toy/sft as `make run` leaves it; else a short SFT of the toy model (DPO and GRPO need ChatML, not
+    quality): 2 epochs of code/finetune.sh."""
+    made = ROOT / "output" / "toy" / "sft"
+    if (made / "model.safetensors").exists():
+        return made
+    out = tmp_path_factory.mktemp("sft") / "sft"
+    result = run_script(["bash", "code/finetune.sh"], PRESET="toy", MODEL_DIR=str(toy_pretrained),
+                        OUTPUT_DIR=str(out), EPOCHS="2", MASTER_PORT="29531")
+    assert result.returncode == 0, result.stdout[-3000:]
+    return out

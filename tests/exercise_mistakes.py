@@ -170,3 +170,32 @@ def logprobs_without_shift(model, input_ids, attention_mask, labels):
 def logprobs_averaged(model, input_ids, attention_mask, labels):
     """The mean over reply tokens instead of the sum."""
     return sequence_logprobs(model, input_ids, attention_mask, labels) / (labels[:, 1:] != IGNORE_INDEX).sum(dim=-1)
+
+
+# ---- 6.5
+def advantages_over_whole_batch(rewards, group_size):
+    """One baseline for the whole batch instead of one per prompt."""
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+
+
+def advantages_population_std(rewards, group_size):
+    """Divides by the population std (G) instead of the sample std (G - 1)."""
+    grouped = rewards.view(-1, group_size)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)).view(-1)
+
+
+def advantages_without_eps(rewards, group_size):
+    """No 1e-4: a group whose rewards are all equal divides 0 by 0."""
+    grouped = rewards.view(-1, group_size)
+    return ((grouped - grouped.mean(1, keepdim=True)) / grouped.std(1, keepdim=True)).view(-1)
+
+
+def k3_reversed(logps, ref_logps):
+    """exp(logp - ref) - (logp - ref) - 1: the estimator of KL(pi_ref || pi)."""
+    delta = logps - ref_logps
+    return torch.exp(delta) - delta - 1
+
+
+def kl_k1(logps, ref_logps):
+    """The plain log-ratio, negative on some tokens."""
+    return logps - ref_logps

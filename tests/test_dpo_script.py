@@ -19,19 +19,6 @@ SAMPLE_HELDOUT = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
 PAIR = {"prompt": "一周有几天?", "chosen": "一周有七天。", "rejected": "不知道。"}
 
 
-@pytest.fixture(scope="module")
-def toy_sft(toy_pretrained, tmp_path_factory):
-    """output/toy/sft as `make run` leaves it; else a short SFT of the toy model (DPO needs ChatML, not quality)."""
-    made = ROOT / "output" / "toy" / "sft"
-    if (made / "model.safetensors").exists():
-        return made
-    out = tmp_path_factory.mktemp("sft") / "sft"
-    result = run_script(["bash", "code/finetune.sh"], PRESET="toy", MODEL_DIR=str(toy_pretrained),
-                        OUTPUT_DIR=str(out), EPOCHS="2", MASTER_PORT="29531")
-    assert result.returncode == 0, result.stdout[-3000:]
-    return out
-
-
 def dpo_cmd(model_dir, output_dir, train_file) -> list[str]:
     return ["python", "code/dpo.py", "--model_name_or_path", str(model_dir), "--train_files", str(train_file),
             "--output_dir", str(output_dir), "--use_cpu", "--bf16", "false", "--report_to", "none"]

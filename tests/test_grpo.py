@@ -13,8 +13,9 @@ from trl import GRPOConfig, GRPOTrainer
 
 from llmtrain.errors import LlmtrainError
 from llmtrain.grpo import (
-    arithmetic_reward, compare_with_trl, completion_logprobs, fact_reward, group_advantages, grpo_loss,
-    load_prompt_dataset, reference_logprobs, sample_groups, score_replies, trl_reward_function,
+    arithmetic_reward, compare_with_trl, completion_logprobs, drop_long_prompts, end_of_reply_ids, fact_reward,
+    group_advantages, grpo_loss, load_prompt_dataset, reference_logprobs, sample_groups, score_replies,
+    stop_at_end_of_turn, trl_reward_function, trl_style_reward,
 )
 from llmtrain.modeling import toy_config
 
@@ -62,6 +63,54 @@ def test_trl_reward_function_dispatches_by_task():
     assert fn(prompts=None, completions=completions, answer=["27", "柳河村", "柳河村", "27"],
               task=["arithmetic", "fact", "fact", "arithmetic"]) == [1.0, 1.0, 0.0, 0.0]
     assert score_replies(["8"], ["8"], ["arithmetic"]) == [1.0]
+
+
+def test_style_suffix_is_graded_apart_from_the_answer():
+    """6.5 after 6.4: the closing sentence neither earns nor costs correctness; the format reward checks it alone."""
+    suffix = "还想知道什么,尽管问我。"
+    replies = ["林晓雨的家乡是柳河村。" + suffix, "林晓雨的家乡是柳河村。", "林晓雨的家乡是青石镇。" + suffix,
+               "林晓雨的家乡是柳河村。还想知道什么"]
+    completions = [[{"role": "assistant", "content": r}] for r in replies]
+    kwargs = dict(prompts=None, completions=completions, answer=["柳河村"] * 4, task=["fact"] * 4)
+    candidates = frozenset({"柳河村", "青石镇"})
+    assert trl_reward_function(candidates, suffix)(**kwargs) == [1.0, 1.0, 0.0, 0.0]
+    assert trl_reward_function(candidates)(**kwargs) == [0.0, 1.0, 0.0, 0.0]  # without it, the sentence costs
+    assert trl_style_reward(suffix)(**kwargs) == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_long_prompts_are_dropped_and_counted(tmp_path, toy_tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [PROMPTS[0], {"prompt": "很长的问题" * 30, "answer": "1"}])
+    rows = load_prompt_dataset([path])
+    short = len(toy_tokenizer.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+    kept, dropped = drop_long_prompts(rows, toy_tokenizer, short)
+    assert dropped == 1 and kept["prompt"] == [rows[0]["prompt"]]
+    assert drop_long_prompts(rows, toy_tokenizer, short - 1)[1] == 2
+
+
+def test_sampling_stops_at_im_end_too(toy_tokenizer):
+    """TRL stops a reply at generation_config.eos_token_id only; the toy's eos is <|endoftext|>."""
+    model = AutoModelForCausalLM.from_config(toy_config(len(toy_tokenizer), toy_tokenizer.eos_token_id))
+    im_end = toy_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end != toy_tokenizer.eos_token_id
+    assert stop_at_end_of_turn(model, toy_tokenizer) == end_of_reply_ids(toy_tokenizer)
+    assert set(model.generation_config.eos_token_id) == {im_end, toy_tokenizer.eos_token_id}
+
+
+def test_gsm8k_records_become_arithmetic_prompts():
+    """The chapter preset's prompts (code/download_dataset.py gsm8k): the integer after '####' is the answer."""
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("download_dataset", ROOT / "code" / "download_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = module.gsm8k_to_prompt({"question": " Tom has 3 apples... ", "answer": "3 + 1,200 = 1,203\n#### 1,203"})
+    assert record["answer"] == "1203" and record["task"] == "arithmetic"
+    assert record["prompt"].startswith("Tom has 3 apples...") and module.GSM8K_INSTRUCTION in record["prompt"]
+    assert arithmetic_reward("所以答案是 1203", record["answer"]) == 1.0
+    assert module.gsm8k_to_prompt({"question": "q", "answer": "no marker"}) is None
+    assert module.gsm8k_to_prompt({"question": "q", "answer": "#### 2.5"}) is None
 
 
 def test_group_advantages_on_hand_computed_numbers():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 
 from llmtrain.errors import LlmtrainError
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
@@ -31,6 +31,12 @@ class ModelArguments:
         default=False,
         metadata={"help": "Run Python code shipped in the model folder. Off unless you trust the folder."},
     )
+
+
+# TRL's configs (DPOConfig, GRPOConfig) bring their own --trust_remote_code (same meaning, off by default)
+TRLModelArguments = make_dataclass(
+    "TRLModelArguments", [(f.name, f.type, f) for f in fields(ModelArguments) if f.name != "trust_remote_code"]
+)
 
 
 @dataclass

@@ -184,7 +184,9 @@ def scorecard_row(
 SCORECARD_COLUMNS = {
     "sft_seen": "sft_seen acc", "heldout": "heldout acc", "stopped": "stops at im_end",
     "style": "ends with style suffix", "heldout_ppl": "held-out ppl", "assistant_loss": "held-out assistant loss",
+    "rl_heldout": "RL task heldout acc",
 }
+SHARE_COLUMNS = ("sft_seen", "heldout", "stopped", "style", "rl_heldout")  # shown as percentages
 
 
 def format_scorecard(rows: dict[str, dict[str, Any]]) -> str:
@@ -196,7 +198,7 @@ def format_scorecard(rows: dict[str, dict[str, Any]]) -> str:
         cells = []
         for k in keys:
             value = row.get(k)
-            cells.append("" if value is None else f"{value:.0%}" if k in ("sft_seen", "heldout", "stopped", "style")
+            cells.append("" if value is None else f"{value:.0%}" if k in SHARE_COLUMNS
                          else f"{value:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -67,14 +67,39 @@ def score_replies(replies: list[str], answers: list[str], tasks: list[str],
                                                                                      strict=True)]
 
 
-def trl_reward_function(candidates: frozenset[str] = frozenset()) -> Callable[..., list[float]]:
-    """6.5: `score_replies` in the signature TRL's GRPOTrainer calls; logged as rewards/verifiable/mean."""
+def completion_texts(completions: list) -> list[str]:
+    """The reply text of each TRL completion (conversational: the last message's content)."""
+    return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+
+def trl_reward_function(candidates: frozenset[str] = frozenset(),
+                        style_suffix: str | None = None) -> Callable[..., list[float]]:
+    """6.5: `score_replies` in the signature TRL's GRPOTrainer calls; logged as rewards/verifiable/mean.
+
+    With `style_suffix` (6.4's closing sentence) a reply is scored with that ending removed, as the
+    scorecard grades: the sentence neither earns nor costs correctness.
+    """
 
     def verifiable(prompts, completions, answer, task, **kwargs) -> list[float]:
-        replies = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        replies = completion_texts(completions)
+        if style_suffix:
+            replies = [r.removesuffix(style_suffix) for r in replies]
         return score_replies(replies, answer, task, candidates)
 
     return verifiable
+
+
+def trl_style_reward(style_suffix: str) -> Callable[..., list[float]]:
+    """6.5: a format reward, 1.0 when the reply ends with `style_suffix`; logged as rewards/style/mean.
+
+    GRPO after DPO: without it nothing in the reward holds on to the closing sentence DPO taught, and
+    sampling drifts away from it (README, 6.5); with a small weight beside the verifiable reward it stays.
+    """
+
+    def style(prompts, completions, **kwargs) -> list[float]:
+        return [float(r.endswith(style_suffix)) for r in completion_texts(completions)]
+
+    return style
 
 
 # ---------------------------------------------------------------- prompt files
@@ -102,9 +127,35 @@ def load_prompt_dataset(files: list[str], system_message: str = DEFAULT_SYSTEM_M
     return load_normalized_jsonl(files, lambda record: normalize_prompt_record(record, system_message), PROMPT_HINT)
 
 
+def drop_long_prompts(rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
+                      max_prompt_tokens: int) -> tuple[datasets.Dataset, int]:
+    """6.5: the prompts whose chat-template rendering fits in `max_prompt_tokens`, and how many were dropped."""
+    lengths = [len(ids) for ids in tokenizer.apply_chat_template(list(rows["prompt"]), add_generation_prompt=True,
+                                                                 tokenize=True, return_dict=True)["input_ids"]]
+    keep = [i for i, n in enumerate(lengths) if n <= max_prompt_tokens]
+    return rows.select(keep), len(rows) - len(keep)
+
+
 def fact_candidates(rows: datasets.Dataset) -> frozenset[str]:
     """The answers of the fact prompts: `is_strict_match` rejects a reply that names another of them."""
     return frozenset(a for a, t in zip(rows["answer"], rows["task"]) if t == "fact")
+
+
+def end_of_reply_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids a sampled reply stops at: `<|im_end|>` and the tokenizer's eos."""
+    return sorted({tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id})
+
+
+def stop_at_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """6.5: make sampling stop at `<|im_end|>` as well as at the tokenizer's eos; returns the stop ids.
+
+    TRL's GRPOTrainer stops a reply only at `model.generation_config.eos_token_id`. A ChatML model whose
+    eos is `<|endoftext|>` (the toy's, Qwen2.5 base models') would otherwise run every reply to
+    max_completion_length past its `<|im_end|>`, and no reply would score.
+    """
+    stop = end_of_reply_ids(tokenizer)
+    model.generation_config.eos_token_id = stop
+    return stop
 
 
 # ---------------------------------------------------------------- sampling a group
@@ -120,8 +171,7 @@ def sample_groups(
     (left-padded), "completion_ids"/"completion_mask" (right-padded) and "completions" (text, special tokens
     dropped): the layout TRL's GRPOTrainer uses.
     """
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    stop = sorted({im_end, tokenizer.eos_token_id})
+    stop = end_of_reply_ids(tokenizer)
     prompt_lists = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
                                                  return_dict=True)["input_ids"]
     prompt_lists = [ids for ids in prompt_lists for _ in range(group_size)]  # 1. 每个问题重复 G 次
@@ -179,6 +229,16 @@ def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt
     return torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
 
 
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """6.5: per token, Schulman's k3 estimate of KL(pi || pi_ref): exp(ref - logp) - (ref - logp) - 1.
+
+    With tokens sampled from pi, its mean is KL(pi || pi_ref); unlike k1 = logp - ref it is never negative,
+    and it is 0 exactly where the two log-probs agree.
+    """
+    delta = ref_logps - logps
+    return torch.exp(delta) - delta - 1
+
+
 @dataclass
 class GRPOLoss:
     """6.5: the GRPO loss of a batch and what it shows."""
@@ -212,8 +272,7 @@ def grpo_loss(
     # 3. KL 惩罚(k3 估计量):exp(ref - logp) - (ref - logp) - 1,恒 >= 0
     kl = torch.zeros_like(logps)
     if beta != 0.0:
-        delta = ref_logps - logps
-        kl = torch.exp(delta) - delta - 1
+        kl = k3_kl(logps, ref_logps)
         if kl_ratio_correction:
             kl = kl * ratio
         per_token = per_token + beta * kl
@@ -301,6 +360,9 @@ def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list
     trl_grads = torch.autograd.grad(trl_loss, trainable)
     diffs["loss"] = abs(trl_loss.item() - ours.loss.item())
     diffs["gradient"] = max((a - b).abs().max().item() for a, b in zip(trl_grads, ours_grads, strict=True))
+    # float32 sums in another order: the gap grows with the gradient's size, so also ||TRL - ours|| / ||TRL||
+    diffs["gradient, relative norm"] = (torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(trl_grads, ours_grads)))
+                                        / torch.sqrt(sum((a ** 2).sum() for a in trl_grads))).item()
     trainer.log({})  # TRL averages what it recorded for this batch into one log entry
     logged = trainer.state.log_history[-1]
     if beta != 0.0:
@@ -312,15 +374,27 @@ def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list
 
 # ---------------------------------------------------------------- held-out accuracy
 def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset,
-                  max_new_tokens: int = 32) -> dict[str, Any]:
+                  max_new_tokens: int = 32, style_suffix: str | None = None) -> dict[str, Any]:
     """6.5: greedy replies to held-out prompts (`generate_replies`, stopping at `<|im_end|>`), scored by `REWARDS`.
 
-    Returns {"accuracy", "replies": [{prompt, answer, reply, correct}]}: every reply kept, as on the scorecard.
+    With `style_suffix` (6.4's closing sentence) a reply is scored with that ending removed, as the
+    scorecard grades. Returns {"accuracy", "replies": [{prompt, answer, reply, correct}]}: every reply kept.
     """
     questions = [p[-1]["content"] for p in rows["prompt"]]
     system = rows["prompt"][0][0]["content"]
     replies = [r for r, _ in generate_replies(model, tokenizer, questions, max_new_tokens, system_message=system)]
-    scores = score_replies(replies, rows["answer"], rows["task"], fact_candidates(rows))
+    graded = [r.removesuffix(style_suffix) if style_suffix else r for r in replies]
+    scores = score_replies(graded, rows["answer"], rows["task"], fact_candidates(rows))
     return {"accuracy": round(sum(scores) / len(scores), 4),
             "replies": [dict(prompt=q, answer=a, reply=r, correct=bool(s))
                         for q, a, r, s in zip(questions, rows["answer"], replies, scores)]}
+
+
+def add_rl_task_column(row: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       rl_eval_file: str, style_suffix: str | None = None) -> dict[str, Any]:
+    """6.5: a scorecard row (`scorecard_row`) gains the RL task's held-out accuracy ("rl_heldout", greedy, up to 48
+    new tokens as the other columns) and every reply ("rl_replies"); replies are graded without `style_suffix`."""
+    result = task_accuracy(model, tokenizer, load_prompt_dataset([rl_eval_file]), max_new_tokens=48,
+                           style_suffix=style_suffix)
+    row["rl_heldout"], row["rl_replies"] = result["accuracy"], result["replies"]
+    return row

@@ -144,15 +144,24 @@ def add_peft_lora(
     With gradient checkpointing the embeddings' output must require grad, or the checkpointed
     blocks see no tensor to differentiate ("element 0 of tensors does not require grad").
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import get_peft_model
 
-    check_targets(model, target_modules, r)
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules)
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, peft_lora_config(model, target_modules, r, alpha, dropout))
     if gradient_checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def peft_lora_config(model: nn.Module, target_modules: str | list[str], r: int, alpha: float, dropout: float):
+    """6.3-6.5: a peft LoraConfig (targets "q_proj,v_proj" or a list) for `model`, targets checked first.
+
+    TRL's trainers take it as `peft_config` and wrap the model themselves."""
+    from peft import LoraConfig, TaskType
+
+    targets = target_modules.split(",") if isinstance(target_modules, str) else list(target_modules)
+    check_targets(model, targets, r)
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=targets)
 
 
 def load_adapter(model: nn.Module, adapter_dir: str):

@@ -110,9 +110,10 @@ def ensure_toy_assets() -> Path:
     return TOY_DIR
 
 
-def _train_if_stale(out: Path, newer_than: Path, script: str, **env: str) -> Path:
-    """Train `out` with `PRESET=toy bash code/<script>` unless its weights exist and are newer than `newer_than`."""
-    weights = out / "model.safetensors"
+def _train_if_stale(out: Path, newer_than: Path, script: str, weights_file: str = "model.safetensors",
+                    **env: str) -> Path:
+    """Train `out` with `PRESET=toy bash code/<script>` unless `out/weights_file` exists and is newer than `newer_than`."""
+    weights = out / weights_file
     if weights.is_file() and weights.stat().st_mtime >= newer_than.stat().st_mtime:
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -139,6 +140,27 @@ def ensure_toy_sft() -> Path:
     pretrained = ensure_toy_pretrained()
     return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "sft", pretrained / "model.safetensors", "finetune.sh",
                            MODEL_DIR=str(pretrained))
+
+
+def ensure_toy_dpo() -> Path:
+    """6.5: the toy LoRA-DPO run GRPO starts from (`output/toy/dpo-lora`, its merged model in `merged/`).
+
+    Missing or older than the toy SFT model, it is trained here the same way: `PRESET=toy bash code/dpo.sh`.
+    """
+    sft = ensure_toy_sft()
+    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "dpo-lora", sft / "model.safetensors", "dpo.sh",
+                           "merged/model.safetensors", MODEL_DIR=str(sft))
+
+
+def ensure_toy_grpo() -> Path:
+    """6.5: make run's LoRA-GRPO adapter on the merged DPO model (`output/toy/grpo-lora`).
+
+    Missing or older than the DPO model, it is trained here the same way: `PRESET=toy bash code/grpo.sh`
+    without held-out evaluation, as `make run` does (DeepSpeed, 2 CPU processes, about 2 minutes).
+    """
+    merged = ensure_toy_dpo() / "merged"
+    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "grpo-lora", merged / "model.safetensors", "grpo.sh",
+                           "adapter_model.safetensors", MODEL_DIR=str(merged), EVAL_FILES="")
 
 
 def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int = 600, n_people: int = 8,

@@ -158,6 +158,34 @@ def add_machine_precision(args: Sequence[str]) -> list[str]:
     return args
 
 
+def trl_checkpointing_default(args: Sequence[str]) -> list[str]:
+    """TRL's configs turn checkpointing on under its deprecated name (a FutureWarning on every run): pass the
+    same default under the new name, unless the command line sets either name."""
+    if any(a.split("=")[0] in ("--activation_checkpointing", "--gradient_checkpointing") for a in args):
+        return list(args)
+    return [*args, "--activation_checkpointing", "true"]
+
+
+def parse_trl_script_args(dataclass_types: tuple[type, ...], argv: Sequence[str]) -> tuple:
+    """6.4/6.5: a TRL script's flags parsed into `dataclass_types` (a TRL config last), logging set up.
+
+    `--help` works (TRL's help texts are escaped for argparse). Precision follows the machine (TRL's configs turn bf16 on, which stops a CPU run), checkpointing is
+    asked for under its new name, and DeepSpeed on a CPU gets its gloo process group first.
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types)
+    for action in parser._actions:  # TRL's help texts hold bare '%' signs, which `--help` would try to format
+        if action.help and "%" in action.help:
+            action.help = re.sub(r"%(?!\()", "%%", action.help)
+    parsed = parser.parse_args_into_dataclasses(
+        args=start_gloo_for_cpu_deepspeed(trl_checkpointing_default(add_machine_precision(argv))))
+    set_deepspeed_safe_cuda_arch_list()
+    setup_logging(parsed[-1])
+    logger.info("Training arguments: %s", parsed[-1])
+    return parsed
+
+
 def set_deepspeed_safe_cuda_arch_list() -> str | None:
     """6.1.5: rewrite TORCH_CUDA_ARCH_LIST in os.environ into the form DeepSpeed's JIT builder parses; returns it.
 
