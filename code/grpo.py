@@ -57,19 +57,6 @@ class PromptArguments:
         default=0.0, metadata={"help": "Weight of the format reward for ending with --style_suffix (0: none)."})
 
 
-def check_group_layout(training_args: GRPOConfig) -> None:
-    """Every step must hold whole groups: the replies of one prompt are compared with each other."""
-    group, per_step = training_args.num_generations, training_args.per_device_train_batch_size * training_args.world_size
-    if group is None or group < 2:
-        raise LlmtrainError(f"--num_generations {group}: GRPO needs at least 2 replies per prompt (an advantage is "
-                            "a reply's reward relative to its group).")
-    if per_step % group:
-        raise LlmtrainError(
-            f"--per_device_train_batch_size {training_args.per_device_train_batch_size} x {training_args.world_size} "
-            f"process(es) = {per_step} replies a step, not a multiple of --num_generations {group}: choose a "
-            f"per-device batch such that the replies of a step are whole groups (e.g. {group} x prompts per process).")
-
-
 def main() -> None:
     # 1. 解析参数:提示数据、LoRA、RunArguments 与 TRL 的 GRPOConfig;CPU 上的 DeepSpeed 先建 gloo 进程组
     model_args, data_args, prompt_args, lora_args, run_args, training_args = parse_trl_script_args(
@@ -84,7 +71,6 @@ def main() -> None:
     if data_args.validation_split_percentage:
         raise LlmtrainError("GRPO holds out prompts in a file of their own: pass --eval_files, not "
                             "--validation_split_percentage.")
-    check_group_layout(training_args)
     if prompt_args.style_weight and not prompt_args.style_suffix:
         raise LlmtrainError("--style_weight rewards ending with --style_suffix: pass the sentence too.")
 

@@ -169,7 +169,8 @@ def trl_checkpointing_default(args: Sequence[str]) -> list[str]:
 def parse_trl_script_args(dataclass_types: tuple[type, ...], argv: Sequence[str]) -> tuple:
     """6.4/6.5: a TRL script's flags parsed into `dataclass_types` (a TRL config last), logging set up.
 
-    `--help` works (TRL's help texts are escaped for argparse). Precision follows the machine (TRL's configs turn bf16 on, which stops a CPU run), checkpointing is
+    `--help` works (TRL's help texts are escaped for argparse); a value the config rejects is one clear error.
+    Precision follows the machine (TRL's configs turn bf16 on, which stops a CPU run), checkpointing is
     asked for under its new name, and DeepSpeed on a CPU gets its gloo process group first.
     """
     from transformers import HfArgumentParser
@@ -178,8 +179,11 @@ def parse_trl_script_args(dataclass_types: tuple[type, ...], argv: Sequence[str]
     for action in parser._actions:  # TRL's help texts hold bare '%' signs, which `--help` would try to format
         if action.help and "%" in action.help:
             action.help = re.sub(r"%(?!\()", "%%", action.help)
-    parsed = parser.parse_args_into_dataclasses(
-        args=start_gloo_for_cpu_deepspeed(trl_checkpointing_default(add_machine_precision(argv))))
+    try:
+        parsed = parser.parse_args_into_dataclasses(
+            args=start_gloo_for_cpu_deepspeed(trl_checkpointing_default(add_machine_precision(argv))))
+    except ValueError as error:  # a config's own check of the flags' values (TRL's __post_init__)
+        raise LlmtrainError(f"{error} Change the flags it names (python {sys.argv[0]} --help lists them).") from None
     set_deepspeed_safe_cuda_arch_list()
     setup_logging(parsed[-1])
     logger.info("Training arguments: %s", parsed[-1])
