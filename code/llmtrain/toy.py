@@ -112,7 +112,8 @@ def ensure_toy_assets() -> Path:
 
 def _train_if_stale(out: Path, newer_than: Path, script: str, weights_file: str = "model.safetensors",
                     **env: str) -> Path:
-    """Train `out` with `PRESET=toy bash code/<script>` unless `out/weights_file` exists and is newer than `newer_than`."""
+    """Train `out` with `PRESET=toy bash code/<script>` unless `out/weights_file` exists and is newer than
+    `newer_than`."""
     weights = out / weights_file
     if weights.is_file() and weights.stat().st_mtime >= newer_than.stat().st_mtime:
         return out
