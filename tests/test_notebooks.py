@@ -112,6 +112,6 @@ def test_notebook_runs_under_papermill_with_toy_parameters(ipynb, tmp_path, monk
         first, last = map(float, re.search(r"答对的比例:第一次记录 ([\d.]+),最后一次 ([\d.]+)", text).groups())
         assert last > first
         before, after = map(int, re.search(r"留出的 RL 问题:DPO 模型答对 (\d+)%,GRPO 之后 (\d+)%", text).groups())
-        assert after >= before + 10  # 20+ points on 3 seeds here (bench/grpo_seed_spread.json); another CPU moves a few
+        assert after >= before + 10  # 25+ points on 6 seeds here (bench/grpo_seed_spread.json); another CPU moves a few
         assert "β = 0、无格式奖励,20 步" in text
     assert list((tmp_path / "images").glob("*.png"))
