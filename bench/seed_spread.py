@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.evaluation import TOY_STYLE_SUFFIX, scorecard_row, statement_completion_accuracy
-from llmtrain.grpo import load_prompt_dataset, task_accuracy
+from llmtrain.grpo import add_rl_task_column
 from llmtrain.lora import load_adapter
 from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 from sft_throughput import cpu_name  # bench/ is on sys.path when run as a script
@@ -62,8 +62,8 @@ def run_seed(seed: int, out: Path, grpo: bool = False) -> dict[str, float]:
     base = AutoModelForCausalLM.from_pretrained(out / "pretrain")
     statements = statement_completion_accuracy(base, tokenizer, EVAL_FILE)
     chat = scorecard_row(base, tokenizer, EVAL_FILE)
-    sft = scorecard_row(AutoModelForCausalLM.from_pretrained(out / "sft"), tokenizer, EVAL_FILE,
-                        style_suffix=TOY_STYLE_SUFFIX)
+    sft_model = AutoModelForCausalLM.from_pretrained(out / "sft")
+    sft = scorecard_row(sft_model, tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
     lora = scorecard_row(load_adapter(AutoModelForCausalLM.from_pretrained(out / "pretrain"), str(out / "sft-lora")),
                          tokenizer, EVAL_FILE)
     dpo_model = load_adapter(AutoModelForCausalLM.from_pretrained(out / "sft"), str(out / "dpo-lora"))
@@ -72,17 +72,13 @@ def run_seed(seed: int, out: Path, grpo: bool = False) -> dict[str, float]:
               sft["sft_seen"], sft["heldout"], sft["style"], lora["sft_seen"], lora["heldout"],
               dpo["sft_seen"], dpo["heldout"], dpo["style"]]
     if grpo:
-        rl_prompts = load_prompt_dataset([RL_EVAL_FILE])
-
-        def rl_accuracy(model) -> float:
-            return task_accuracy(model, tokenizer, rl_prompts, max_new_tokens=48, style_suffix=TOY_STYLE_SUFFIX)[
-                "accuracy"]
-
         grpo_model = load_adapter(AutoModelForCausalLM.from_pretrained(out / "dpo-lora" / "merged"),
                                   str(out / "grpo-lora"))
         grpo_row = scorecard_row(grpo_model, tokenizer, EVAL_FILE, style_suffix=TOY_STYLE_SUFFIX)
-        values += [rl_accuracy(AutoModelForCausalLM.from_pretrained(out / "sft")), rl_accuracy(dpo_model),
-                   grpo_row["sft_seen"], grpo_row["heldout"], grpo_row["style"], rl_accuracy(grpo_model)]
+        for row, model in ((sft, sft_model), (dpo, dpo_model), (grpo_row, grpo_model)):
+            add_rl_task_column(row, model, tokenizer, RL_EVAL_FILE, TOY_STYLE_SUFFIX)
+        values += [sft["rl_heldout"], dpo["rl_heldout"], grpo_row["sft_seen"], grpo_row["heldout"], grpo_row["style"],
+                   grpo_row["rl_heldout"]]
     return dict(zip(COLUMNS + GRPO_COLUMNS, values))
 
 

@@ -157,21 +157,27 @@ print("优势:", [round(a, 3) for a in advantages.tolist()], "—— 第二组�
 
 # %%
 from llmtrain.grpo import fact_candidates, sample_groups, score_replies, stop_at_end_of_turn
+from llmtrain.tokenizer import decode_showing_partial_bytes
 
 print("结束符 id:", stop_at_end_of_turn(dpo_model, tokenizer))
 torch.manual_seed(SEED)
 picked = [rl_train[1], rl_train[6]]
 groups = sample_groups(dpo_model, tokenizer, [r["prompt"] for r in picked], GROUP, max_new_tokens=MAX_COMPLETION)
 answers = [r["answer"] for r in picked for _ in range(GROUP)]
+completion_ids = [ids[:int(m.sum())] for ids, m in zip(groups["completion_ids"].tolist(), groups["completion_mask"])]
 graded = [c.removesuffix(STYLE) for c in groups["completions"]]  # 和成绩单一样,先去掉结尾句再判分
 group_rewards = torch.tensor(score_replies(graded, answers, ["fact"] * len(answers), fact_candidates(rl_train)))
 group_adv = group_advantages(group_rewards, GROUP)
+shown = [decode_showing_partial_bytes(tokenizer, ids) for ids in completion_ids]  # 半个汉字显示成它的字节
 table = pd.DataFrame({"问题": [r["prompt"][-1]["content"] for r in picked for _ in range(GROUP)],
-                      "回答": groups["completions"], "奖励": group_rewards.tolist(),
+                      "回答": shown, "奖励": group_rewards.tolist(),
                       "优势": [round(a, 2) for a in group_adv.tolist()]})
 display(table)
 flat = sum(bool((group_rewards[i * GROUP:(i + 1) * GROUP] == group_rewards[i * GROUP]).all()) for i in range(len(picked)))
 print(f"{len(picked)} 组里有 {flat} 组的 {GROUP} 条回答得分全相同:这些组的优势全是 0,这一步从它们那里学不到东西")
+partial = sum("\\x" in r for r in shown)
+print(f"{partial} 条回答里有单独的字节(表中的 \\xNN):温度 1 的采样偶尔挑中半个汉字的 token,"
+      "tokenizer.decode 会把它变成 U+FFFD 替换符")
 
 # %% [markdown]
 # ## 6.5.4 和 TRL 的 `GRPOTrainer` 逐项核对
@@ -193,7 +199,6 @@ from trl import GRPOConfig, GRPOTrainer
 from llmtrain.grpo import compare_with_trl, trl_reward_function
 
 rows = [rl_train[i] for i in (1, 6) for _ in range(GROUP)]
-completion_ids = [ids[:int(m.sum())] for ids, m in zip(groups["completion_ids"].tolist(), groups["completion_mask"])]
 for loss_type in ("dapo", "grpo"):
     torch.manual_seed(SEED)
     lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0,

@@ -101,6 +101,17 @@ def test_toy_tokenizer_decodes_every_sample_token_to_whole_characters(toy_tokeni
     assert len(toy_tokenizer) < 4096  # merging stops once every character is one token: the toy stays fast
 
 
+def test_a_partial_character_is_shown_as_its_byte(toy_tokenizer):
+    """6.5: a sampled lone byte decodes to "\\xe8", not "\ufffd"; whole characters decode as `decode` does."""
+    from llmtrain.tokenizer import decode_showing_partial_bytes
+
+    whole = toy_tokenizer("林晓雨的职业是厨师。")["input_ids"] + [toy_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert decode_showing_partial_bytes(toy_tokenizer, whole) == toy_tokenizer.decode(whole, skip_special_tokens=True)
+    ids = toy_tokenizer("木")["input_ids"] + [toy_tokenizer.convert_tokens_to_ids("è")] + toy_tokenizer("匠")["input_ids"]
+    assert "\ufffd" in toy_tokenizer.decode(ids)
+    assert decode_showing_partial_bytes(toy_tokenizer, ids) == "木\\xe8匠"
+
+
 def test_sft_edits_without_new_characters_leave_the_toy_tokenizer_unchanged(tmp_path):
     from llmtrain.toy import TOKENIZER_CHARACTER_FILES, TOKENIZER_TRAIN_FILES, build_toy_assets
 

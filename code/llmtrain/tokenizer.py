@@ -70,3 +70,18 @@ def train_toy_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrai
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
+
+
+def decode_showing_partial_bytes(tokenizer, ids: list[int]) -> str:
+    """6.5: decode `ids` (special tokens dropped) with any incomplete UTF-8 sequence shown as \\xNN, not "\ufffd".
+
+    A sampled reply can end a character halfway: byte-level BPE keeps single bytes and partial
+    characters in its vocabulary, and temperature-1 sampling sometimes picks one. `decode` turns those
+    bytes into "\ufffd"; this shows which bytes the model actually produced.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # the byte <-> character map of byte-level BPE
+
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    tokens = tokenizer.convert_ids_to_tokens([i for i in ids if i not in tokenizer.all_special_ids])
+    raw = bytes(byte_of[char] for token in tokens for char in token)
+    return raw.decode("utf-8", errors="backslashreplace")
