@@ -5,72 +5,46 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 STAMP := $(VENV)/.installed
+OPS := $(VENV)/torch_extensions/.built
 TOY := artifacts/toy
 
 .PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean
 
-setup: $(STAMP)  ## create .venv and install requirements.txt + llmtrain (editable)
+setup: $(OPS)  ## create .venv and install llmtrain (editable) with the notebook and test extras (pyproject.toml)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	@echo "Compiling DeepSpeed's CPU ops into $(VENV)/torch_extensions (once, ~2 minutes on 2 cores; nothing on a GPU box)"
-	$(PY) -c "from llmtrain.training import build_cpu_deepspeed_ops; build_cpu_deepspeed_ops()" > $(VENV)/cpu_ops_build.log 2>&1 \
-		|| { tail -20 $(VENV)/cpu_ops_build.log; exit 1; }
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks,tests]'
 	touch $@
 
+# DeepSpeed's CPU ops, compiled once per environment (nothing on a GPU box, where DeepSpeed builds its CUDA ops).
+$(OPS): $(STAMP)
+	@echo "Compiling DeepSpeed's CPU ops into $(VENV)/torch_extensions (once, ~2 minutes on 2 cores)"
+	$(PY) -c "from llmtrain.launch import build_cpu_deepspeed_ops; build_cpu_deepspeed_ops()" > $(VENV)/cpu_ops_build.log 2>&1 \
+		|| { tail -20 $(VENV)/cpu_ops_build.log; exit 1; }
+	mkdir -p $(dir $@) && touch $@
+
+# The toy tokenizer and config are learned from the sample data only: editing library code rebuilds nothing.
 toy: $(TOY)/config.json  ## build the toy tokenizer + tiny Qwen2 config (artifacts/toy)
 
-$(TOY)/config.json: $(STAMP) data/sample/pretrain.jsonl data/sample/pretrain_valid.jsonl data/sample/sft.jsonl data/sample/sft_valid.jsonl code/llmtrain/toy.py code/llmtrain/tokenizer.py code/llmtrain/modeling.py
+$(TOY)/config.json: | $(OPS)
+$(TOY)/config.json: data/sample/pretrain.jsonl data/sample/pretrain_valid.jsonl data/sample/sft.jsonl data/sample/sft_valid.jsonl
 	$(PY) -m llmtrain.toy --output_dir $(TOY)
 
-# The scorecard of every stage (llmtrain.evaluation): eval questions seen in SFT vs held out, held-out
-# perplexity and assistant loss, the share of replies that end with the sentence DPO teaches, and the
-# held-out accuracy on 6.5's RL task (the same facts asked in words SFT never used).
-SCORECARD := output/toy/scorecard.json
-EVALUATE := $(PY) code/evaluate.py --eval_file data/sample/eval.jsonl --valid_text data/sample/pretrain_valid.jsonl \
-	--valid_conversations data/sample/sft_valid.jsonl --style_suffix 还想知道什么,尽管问我。 \
-	--rl_eval_file data/sample/grpo_eval.jsonl --scorecard $(SCORECARD)
-
-run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraining, full SFT, LoRA SFT, DPO, GRPO, scorecard
-	rm -rf output/toy
-	PRESET=toy bash code/pretrain.sh
-	$(EVALUATE) --model output/toy/pretrain --name "base (6.1)"
-	PRESET=toy bash code/finetune.sh
-	$(EVALUATE) --model output/toy/sft --name "full SFT (6.2)"
-	PRESET=toy USE_LORA=1 bash code/finetune.sh
-	$(EVALUATE) --model output/toy/pretrain --adapter output/toy/sft-lora --name "LoRA SFT (6.3)"
-	PRESET=toy bash code/dpo.sh
-	$(EVALUATE) --model output/toy/sft --adapter output/toy/dpo-lora --name "LoRA DPO (6.4)"
-	PRESET=toy EVAL_FILES= bash code/grpo.sh
-	$(EVALUATE) --model output/toy/dpo-lora/merged --adapter output/toy/grpo-lora --name "LoRA GRPO (6.5)"
-	@echo
-	@echo "Full SFT vs LoRA SFT (r=8 on every linear layer, TOY_LORA_TARGETS) on the same toy base and data:"
-	$(PY) code/compare_runs.py output/toy/sft output/toy/sft-lora
-	@echo
-	@echo "Scorecard ($(SCORECARD), every reply kept there):"
-	@$(PY) -c "from llmtrain.evaluation import format_scorecard, read_scorecard; print(format_scorecard(read_scorecard('$(SCORECARD)')))"
-	@echo
-	@echo "Models (each folder: weights or adapter, loss.png, trainer_state.json):"
-	@echo "  pretrained base:  output/toy/pretrain/"
-	@echo "  full SFT:         output/toy/sft/"
-	@echo "  LoRA SFT adapter: output/toy/sft-lora/  (merged plain model: output/toy/sft-lora/merged/)"
-	@echo "  LoRA DPO adapter: output/toy/dpo-lora/  (merged plain model: output/toy/dpo-lora/merged/)"
-	@echo "  LoRA GRPO adapter: output/toy/grpo-lora/ (merged plain model: output/toy/grpo-lora/merged/)"
+run: toy  ## retrain every toy stage into output/toy (DeepSpeed, 2 CPU processes each) and print the scorecard
+	bash code/toy_pipeline.sh
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)
-NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=600 notebooks
 
-test: toy  ## every test: unit, scripts, and the notebooks (pair sync, papermill, nbval)
-	$(NB_ENV) $(PY) -m pytest tests --durations=20 $(NBVAL)
+test: toy  ## every test: unit, scripts (on one toy pipeline trained for the session), the notebooks (once each)
+	$(NB_ENV) $(PY) -m pytest tests --durations=20
 
-test-fast: toy  ## everything but the slow tests (DeepSpeed launches, kill-and-resume, notebooks): the inner loop
+test-fast: toy  ## everything but the slow tests (training, launches, the session's pipeline, notebooks): the inner loop
 	$(PY) -m pytest tests -m "not slow"
 
-test-notebooks: toy  ## notebooks only: pairs in sync, papermill on toy parameters, nbval on the committed outputs
-	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py $(NBVAL)
+test-notebooks: toy  ## notebooks only: pairs in sync, each run once under papermill on toy parameters, outputs compared
+	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py
 
 check-exercises: toy  ## grade your exercises/ (EX=6.4: one notebook; SOLUTION=reference: grade llmtrain's own code)
 	$(PY) -m exercises.check $(if $(EX),--notebook $(EX)) $(if $(SOLUTION),--solution $(SOLUTION))
@@ -78,7 +52,7 @@ check-exercises: toy  ## grade your exercises/ (EX=6.4: one notebook; SOLUTION=r
 sync: $(STAMP)  ## re-pair notebooks/*.ipynb and *.py after editing either side
 	$(VENV)/bin/jupytext --sync notebooks/*.py
 
-notebooks: toy sync  ## re-execute the notebooks in place: their outputs and the figures in images/ (to commit)
+notebooks: toy sync  ## re-execute the notebooks in place on make run's models: outputs and images/ (to commit)
 	COURSE_IMAGES_DIR=$(abspath images) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=600 notebooks/*.ipynb
 	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
 

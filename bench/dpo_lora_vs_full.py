@@ -22,11 +22,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.dpo import (build_preference_dataset, dpo_batch_loss, dpo_model_state_bytes, load_preference_dataset,
-                          pad_preference_batch)
+from llmtrain.dpo import build_preference_dataset, dpo_batch_loss, load_preference_dataset, pad_preference_batch
 from llmtrain.lora import add_peft_lora
+from llmtrain.memory import dpo_model_state_bytes
 from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
-from llmtrain.toy import ensure_toy_pretrained
+from llmtrain.toy_run import require_toy_model
 
 TARGETS, RANK, BETA = ["q_proj", "v_proj"], 8, 0.1
 
@@ -38,7 +38,7 @@ def rss_bytes() -> int:
 
 def toy_sft_dir():
     sft = PROJECT_ROOT / "output" / "toy" / "sft"
-    return sft if (sft / "model.safetensors").exists() else ensure_toy_pretrained()
+    return sft if (sft / "model.safetensors").exists() else require_toy_model("pretrain")
 
 
 def run_variant(variant: str, steps: int, batch_size: int) -> dict:
@@ -102,7 +102,7 @@ def main() -> int:
               f"{r['optimizer_bytes'] / 2**10:,.0f} KiB | {r['peak_extra_bytes'] / 2**20:,.0f} MiB | "
               f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:,.0f} |")
 
-    print("\nQwen2.5-1.5B, computed model states (`llmtrain.dpo.dpo_model_state_bytes`): bf16 weights (2 B/param), "
+    print("\nQwen2.5-1.5B, computed model states (`llmtrain.memory.dpo_model_state_bytes`): bf16 weights (2 B/param), "
           "bf16 grads (2 B) and mixed-precision AdamW (12 B) per trainable parameter")
     print("| variant | policy + grads + optimizer | reference | total |\n| --- | ---: | ---: | ---: |")
     for label, targets in (("full DPO", None), ("LoRA-DPO", TARGETS)):

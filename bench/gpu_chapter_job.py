@@ -3,6 +3,7 @@
     python bench/gpu_chapter_job.py prepare WORK [--tiny]      model folders (config-only and random weights) + data
     python bench/gpu_chapter_job.py row WORK NAME SCRIPT OUTPUT_DIR SMI_LOG STATUS [key=value ...]
     python bench/gpu_chapter_job.py write WORK RESULTS.json     one results file (bench/results/ schema)
+    python bench/gpu_chapter_job.py carried                     name==version of each wheel to carry to a GPU box
 
 The results file has the schema of bench/results/gpu_h200_2026-11-30.json ("llmtrain-gpu-check/1"): the GPU,
 driver and versions, how each column is measured, and one row per run. Allocated/reserved come from the training
@@ -158,7 +159,37 @@ def write(work: Path, results: Path) -> None:
     print(f"wrote {results} ({len(rows)} rows)")
 
 
+# What the GPU box at hand lacks (it has torch, transformers and accelerate): these packages and what they bring.
+CARRIED = ("datasets", "pyarrow", "fsspec", "multiprocess", "dill", "xxhash", "trl", "peft", "liger-kernel", "hjson",
+           "ninja", "py-cpuinfo", "msgpack", "einops", "pydantic", "pydantic-core", "typing-inspection",
+           "annotated-types", "deepspeed", "bitsandbytes")
+
+
+def carried() -> list[str]:
+    """name==version of each CARRIED package: the version this environment installed from pyproject.toml, or, for a
+    package only a GPU box installs (liger-kernel), its pin in pyproject.toml's extras."""
+    import importlib.metadata as md
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = {re.split(r"[=<>!~ ]", spec, maxsplit=1)[0]: spec
+            for spec in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
+    found = []
+    for package in CARRIED:
+        try:
+            found.append(f"{package}=={md.version(package)}")
+        except md.PackageNotFoundError:
+            if "==" not in pins.get(package, ""):
+                raise SystemExit(f"{package} is neither installed here nor pinned in pyproject.toml") from None
+            found.append(pins[package])
+    return found
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["carried"]:
+        print(" ".join(carried()))
+        return
     command, work = argv[0], Path(argv[1])
     if command == "prepare":
         prepare(work, "--tiny" in argv[2:])

@@ -29,21 +29,23 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python}
 WHEELS=${WHEELS:-$ROOT/output/wheels}   # output/ is git-ignored: carry it to the GPU box
-# Pinned to what the course is tested with (requirements.txt ranges; the versions of the CPU venv today).
-CARRIED="datasets==5.2.0 pyarrow==26.0.1 fsspec==2026.9.0 multiprocess==0.70.19 dill==0.4.1 xxhash==4.1.0
-trl==1.16.0 peft==0.21.2 liger-kernel==0.8.5 hjson==3.1.0 ninja==1.13.2 py-cpuinfo==9.0.0 msgpack==1.2.4
-einops==0.8.2 pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection==0.4.5 annotated-types==0.8.0"
-
 if [ "${1:-}" = --download-wheels ]; then
   pyver=${2:?"--download-wheels PYTHON_VERSION (e.g. 3.12, the GPU box's)"}
   mkdir -p "$WHEELS"
-  extra=""
-  [ "${WITH_BNB:-0}" = 1 ] && extra="bitsandbytes==0.50.2"
-  # shellcheck disable=SC2086
+  # What the GPU box lacks, at the versions this environment installed from pyproject.toml (the one list).
+  carried=$("$PYTHON" "$ROOT/bench/gpu_chapter_job.py" carried)
+  wheels=() deepspeed=""
+  for spec in $carried; do
+    case "$spec" in
+      deepspeed==*) deepspeed=$spec ;;                                  # an sdist: built into a wheel below
+      bitsandbytes==*) [ "${WITH_BNB:-0}" = 1 ] && wheels+=("$spec") ;;
+      *) wheels+=("$spec") ;;
+    esac
+  done
   "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version "$pyver" \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_17_x86_64 -d "$WHEELS" $CARRIED $extra
-  "$PYTHON" -m pip wheel --no-deps deepspeed==0.19.8 -w "$WHEELS"
+    --platform manylinux_2_17_x86_64 -d "$WHEELS" "${wheels[@]}"
+  "$PYTHON" -m pip wheel --no-deps "$deepspeed" -w "$WHEELS"
   du -sh "$WHEELS"
   exit 0
 fi
@@ -139,9 +141,10 @@ run() {
   grad_acc=$(grep -o -- '--gradient_accumulation_steps [0-9]*' "$log" | tail -1 | awk '{print $2}')
   local liger=0 ckpt=1 alloc fraction=none
   grep -q -- '--use_liger_kernel' "$log" && liger=1
-  case " $envs " in *" CHECKPOINTING= "*) ckpt=0 ;; esac
+  case " $envs " in *" ACTIVATION_CHECKPOINTING=0 "*) ckpt=0 ;; esac
   alloc=$(sed -n 's/.*PYTORCH_CUDA_ALLOC_CONF=\([^ ]*\).*/\1/p' <<< " $envs ")
-  [ -z "$alloc" ] && case " $envs " in *" PYTORCH_CUDA_ALLOC_CONF= "*) ;; *) alloc="expandable_segments:True" ;; esac
+  [ -z "$alloc" ] && alloc="expandable_segments:True"   # the chapter preset's (code/presets/chapter.env)
+  [ "$alloc" = default ] && alloc=""
   case " $envs " in *" GPU_CHECK_CARD_GIB="*)
     card=$(sed -n 's/.*GPU_CHECK_CARD_GIB=\([^ ]*\).*/\1/p' <<< " $envs ")
     [ "$TOTAL_MIB" -gt 0 ] && fraction=$("$PYTHON" -c "print(round(($card - 1.7) * 1024 / $TOTAL_MIB, 4))") ;;
@@ -166,12 +169,12 @@ W="MODEL_DIR=$WORK/weights"
 for group in $ROWS; do
   case "$group" in
     pretrain)
-      run "$BIG x 4 (the chapter's)" pretrain.sh "$CFG BATCH_SIZE=$BIG GRAD_ACC=4 USE_LIGER=0 PYTORCH_CUDA_ALLOC_CONF=" ""
+      run "$BIG x 4 (the chapter's)" pretrain.sh "$CFG BATCH_SIZE=$BIG GRAD_ACC=4 USE_LIGER=0 PYTORCH_CUDA_ALLOC_CONF=default" ""
       run "$BIG x 4, expandable_segments:True" pretrain.sh \
         "$CFG BATCH_SIZE=$BIG GRAD_ACC=4 USE_LIGER=0 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" ""
-      run "4 x 1, no checkpointing" pretrain.sh "$CFG BATCH_SIZE=4 GRAD_ACC=1 USE_LIGER=0 CHECKPOINTING= PYTORCH_CUDA_ALLOC_CONF=" ""
-      [ "$HAS_GPU" = 1 ] && run "$BIG x 4, Liger" pretrain.sh "$CFG BATCH_SIZE=$BIG GRAD_ACC=4 USE_LIGER=1 PYTORCH_CUDA_ALLOC_CONF=" ""
-      run "$SMALL x 1 (the 24 GiB plan's batch)" pretrain.sh "$CFG BATCH_SIZE=$SMALL GRAD_ACC=1 USE_LIGER=0 PYTORCH_CUDA_ALLOC_CONF=" ""
+      run "4 x 1, no checkpointing" pretrain.sh "$CFG BATCH_SIZE=4 GRAD_ACC=1 USE_LIGER=0 ACTIVATION_CHECKPOINTING=0 PYTORCH_CUDA_ALLOC_CONF=default" ""
+      [ "$HAS_GPU" = 1 ] && run "$BIG x 4, Liger" pretrain.sh "$CFG BATCH_SIZE=$BIG GRAD_ACC=4 USE_LIGER=1 PYTORCH_CUDA_ALLOC_CONF=default" ""
+      run "$SMALL x 1 (the 24 GiB plan's batch)" pretrain.sh "$CFG BATCH_SIZE=$SMALL GRAD_ACC=1 USE_LIGER=0 PYTORCH_CUDA_ALLOC_CONF=default" ""
       ;;
     plans)
       for card in $CARDS; do
@@ -179,10 +182,10 @@ for group in $ROWS; do
       done
       ;;
     sft)
-      run "full SFT (launch defaults)" finetune.sh "$W TRAIN_FILES=$WORK/sft.jsonl MAX_TRAIN_SAMPLES=" ""
-      run "LoRA SFT (launch defaults)" finetune.sh "$W TRAIN_FILES=$WORK/sft.jsonl MAX_TRAIN_SAMPLES= USE_LORA=1" \
+      run "full SFT (launch defaults)" finetune.sh "$W TRAIN_FILES=$WORK/sft.jsonl MAX_TRAIN_SAMPLES=none" ""
+      run "LoRA SFT (launch defaults)" finetune.sh "$W TRAIN_FILES=$WORK/sft.jsonl MAX_TRAIN_SAMPLES=none USE_LORA=1" \
         "--lora_r 8"
-      run "QLoRA SFT (launch defaults)" finetune.sh "$W TRAIN_FILES=$WORK/sft.jsonl MAX_TRAIN_SAMPLES= USE_QLORA=1" \
+      run "QLoRA SFT (launch defaults)" finetune.sh "$W TRAIN_FILES=$WORK/sft.jsonl MAX_TRAIN_SAMPLES=none USE_QLORA=1" \
         "--lora_r 8 --load_in_4bit"
       ;;
     dpo)

@@ -18,10 +18,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.lora import add_peft_lora, lora_parameter_count, measure_training_steps
+from llmtrain.benchmark import measure_training_steps
+from llmtrain.lora import add_peft_lora, lora_parameter_count
 from llmtrain.modeling import count_parameters, qwen2_5_1_5b_config
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
-from llmtrain.toy import ensure_toy_pretrained
+from llmtrain.toy_run import require_toy_model
 
 TARGETS, RANK = ["q_proj", "v_proj"], 8
 
@@ -33,7 +34,7 @@ def rss_bytes() -> int:
 
 def run_variant(variant: str, steps: int, batch_size: int) -> dict:
     torch.manual_seed(0)
-    model_dir = ensure_toy_pretrained()
+    model_dir = require_toy_model("pretrain")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.config.use_cache = False
@@ -62,7 +63,7 @@ def main() -> int:
     if args.variant:
         print(json.dumps(run_variant(args.variant, args.steps, args.batch_size)))
         return 0
-    ensure_toy_pretrained()
+    require_toy_model("pretrain")
     rows = {}
     for variant in ("full", "lora"):
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),

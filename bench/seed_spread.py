@@ -27,8 +27,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.evaluation import TOY_STYLE_SUFFIX, scorecard_row, statement_completion_accuracy
-from llmtrain.grpo import add_rl_task_column
+from llmtrain.evaluation import add_rl_task_column, scorecard_row, statement_completion_accuracy
 from llmtrain.lora import load_adapter
 from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 from sft_throughput import cpu_name  # bench/ is on sys.path when run as a script
@@ -36,6 +35,7 @@ from sft_throughput import cpu_name  # bench/ is on sys.path when run as a scrip
 EVAL_FILE = str(PROJECT_ROOT / "data" / "sample" / "eval.jsonl")
 RL_EVAL_FILE = str(PROJECT_ROOT / "data" / "sample" / "grpo_eval.jsonl")
 CODE = PROJECT_ROOT / "code"
+TOY_STYLE_SUFFIX = toy_preset()["TOY_STYLE_SUFFIX"]
 COLUMNS = ["base statements seen", "base statements heldout", "base chat seen", "base chat heldout",
            "SFT seen", "SFT heldout", "SFT style", "LoRA seen", "LoRA heldout",
            "DPO seen", "DPO heldout", "DPO style"]
@@ -57,7 +57,7 @@ def run_seed(seed: int, out: Path, grpo: bool = False) -> dict[str, float]:
     run_bash_script(CODE / "dpo.sh", **env, MODEL_DIR=str(out / "sft"), OUTPUT_DIR=str(out / "dpo-lora"))
     if grpo:
         run_bash_script(CODE / "grpo.sh", **env, MODEL_DIR=str(out / "dpo-lora" / "merged"),
-                        OUTPUT_DIR=str(out / "grpo-lora"), EVAL_FILES="")
+                        OUTPUT_DIR=str(out / "grpo-lora"), EVAL_FILES="none")
     tokenizer = AutoTokenizer.from_pretrained(out / "sft")
     base = AutoModelForCausalLM.from_pretrained(out / "pretrain")
     statements = statement_completion_accuracy(base, tokenizer, EVAL_FILE)

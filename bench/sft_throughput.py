@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmtrain import PROJECT_ROOT
 from llmtrain.benchmark import compare_sft_batching
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset
-from llmtrain.toy import ensure_toy_pretrained
+from llmtrain.toy_run import require_toy_model
 
 SFT_FILE = PROJECT_ROOT / "data" / "sample" / "sft.jsonl"
 
@@ -51,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     load_at_start = os.getloadavg()
-    model_dir = ensure_toy_pretrained()
+    model_dir = require_toy_model("pretrain")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     samples = build_sft_dataset(load_sft_dataset([str(SFT_FILE)]), tokenizer, max_len=2048)

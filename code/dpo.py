@@ -17,16 +17,17 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from transformers import set_seed
 from trl import DPOConfig
 
 from llmtrain.args import DataArguments, LoraArguments, RunArguments, TRLModelArguments
+from llmtrain.checkpoints import clear_or_resume_output_dir_then_seed
 from llmtrain.dpo import TokenizedPairsDPOTrainer, build_preference_dataset, load_preference_dataset
 from llmtrain.errors import LlmtrainError, run_cli
+from llmtrain.launch import parse_flags_and_set_up_process
 from llmtrain.lora import parameter_summary, peft_lora_config
-from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
+from llmtrain.modeling import load_config, load_model, load_tokenizer, resolve_block_size
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
-from llmtrain.training import delete_checkpoints, find_resume_checkpoint, parse_trl_script_args, train_and_save
+from llmtrain.training import save_merged_model, train_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class PreferenceArguments:
 
 
 def main() -> None:
-    # 1. 解析参数:偏好数据、LoRA、RunArguments 与 TRL 的 DPOConfig;CPU 上的 DeepSpeed 先建 gloo 进程组
-    model_args, data_args, pref_args, lora_args, run_args, training_args = parse_trl_script_args(
+    # 1. 解析参数:偏好数据、LoRA、RunArguments 与 TRL 的 DPOConfig;精度默认随机器,CPU 上的 DeepSpeed 先建 gloo 进程组
+    model_args, data_args, pref_args, lora_args, run_args, training_args = parse_flags_and_set_up_process(
         (TRLModelArguments, DataArguments, PreferenceArguments, LoraArguments, RunArguments, DPOConfig),
         sys.argv[1:])
     if not data_args.train_files:
@@ -62,30 +63,26 @@ def main() -> None:
         raise LlmtrainError("DPO holds out pairs from a file of their own: pass --eval_files, not "
                             "--validation_split_percentage.")
 
-    # 2. 偏好数据(6.4):读取并校验偏好对,渲染成与 SFT 相同的 ChatML;会报错的检查都在写输出目录之前
-    # Everything that can reject the input runs before anything is written to --output_dir.
+    # 2. 偏好数据(6.4):读取并校验偏好对,渲染成与 SFT 相同的 ChatML;输入有错在这里就停下,输出目录还没动过
+    config = load_config(model_args.model_name_or_path, training_args.trust_remote_code, "--model_name_or_path")
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                training_args.trust_remote_code)
-    with training_args.main_process_first(desc="checking preference pairs"):
+    # --block_size is TRL's max_length: the collator cuts prompt + reply to it
+    training_args.max_length = resolve_block_size(config, data_args.block_size, default=training_args.max_length or 1024)
+    with training_args.main_process_first(desc="checking and rendering preference pairs"):
         raw_train = load_preference_dataset(data_args.train_files, pref_args.system_message)
         raw_eval = load_preference_dataset(pref_args.eval_files, pref_args.system_message) if pref_args.eval_files \
             else None
-    logger.info("Training files: %s (%d pairs)", data_args.train_files, len(raw_train))
-    model = load_model(None, model_args.model_name_or_path, model_args.dtype, training_args.trust_remote_code)
-    # --block_size is TRL's max_length: the collator cuts prompt + reply to it
-    training_args.max_length = resolve_block_size(model, data_args.block_size, default=training_args.max_length or 1024)
-    peft_config = peft_lora_config(model, lora_args.lora_target_modules, lora_args.lora_r, lora_args.lora_alpha,
-                                   lora_args.lora_dropout) if lora_args.use_lora else None
-    with training_args.main_process_first(desc="rendering preference pairs"):
+        logger.info("Training files: %s (%d pairs)", data_args.train_files, len(raw_train))
         train = build_preference_dataset(raw_train, tokenizer, training_args.max_length,
                                          data_args.preprocessing_num_workers)
         held_out = None if raw_eval is None else build_preference_dataset(
             raw_eval, tokenizer, training_args.max_length, data_args.preprocessing_num_workers)
-    # 3. 断点:从最新的完整 checkpoint 继续
-    if run_args.overwrite_output_dir:
-        delete_checkpoints(training_args)
-    checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
-    set_seed(training_args.seed)
+    model = load_model(None, model_args.model_name_or_path, model_args.dtype, training_args.trust_remote_code)
+    peft_config = peft_lora_config(model, lora_args.lora_target_modules, lora_args.lora_r, lora_args.lora_alpha,
+                                   lora_args.lora_dropout) if lora_args.use_lora else None
+    # 3. 断点:--overwrite_output_dir 时删掉旧 checkpoint,否则从最新的完整 checkpoint 继续;再设随机种子
+    checkpoint = clear_or_resume_output_dir_then_seed(training_args, run_args.overwrite_output_dir)
 
     # 4. DPO 训练(TRL):LoRA 时参考模型 = 关掉适配器的同一个模型,全参数时另存一份冻结副本
     model.config.use_cache = False  # training never reuses a KV cache; `train_and_save` turns it back on
@@ -117,10 +114,7 @@ def main() -> None:
         logger.info("Held-out reward accuracy after DPO: %.3f (margin %.4f)",
                     held_out_metrics["eval_rewards/accuracies"], held_out_metrics["eval_rewards/margins"])
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
-        merged_dir = f"{training_args.output_dir}/merged"
-        trainer.model.merge_and_unload().save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-        logger.info("Base model + LoRA adapter merged into a plain model: %s", merged_dir)
+        save_merged_model(trainer.model, tokenizer, training_args.output_dir)
 
 
 if __name__ == "__main__":

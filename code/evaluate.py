@@ -5,11 +5,11 @@
         --name "full SFT" --scorecard output/toy/scorecard.json
 
 Greedy replies to the eval questions through the chat template, strict accuracy per split
-(`llmtrain.evaluation.is_strict_match`), the share of replies that stop at <|im_end|>, held-out
+(`llmtrain.grading.is_strict_match`), the share of replies that stop at <|im_end|>, held-out
 perplexity and held-out assistant-token loss. Prints the row (or, with --scorecard, every row
 of that file after adding this one) as a markdown table; the JSON keeps every reply. With
 --rl_eval_file (6.5's held-out RL prompts, data/sample/grpo_eval.jsonl) the row also has the RL task's
-greedy accuracy, graded by the reward GRPO trains with (`llmtrain.grpo.task_accuracy`).
+greedy accuracy, graded by the reward GRPO trains with (`llmtrain.evaluation.task_accuracy`).
 """
 
 import argparse
@@ -21,8 +21,7 @@ import sys
 from transformers import AutoModelForCausalLM
 
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row
-from llmtrain.grpo import add_rl_task_column
+from llmtrain.evaluation import add_rl_task_column, format_scorecard, save_scorecard_row, scorecard_row
 from llmtrain.lora import load_adapter
 from llmtrain.modeling import load_tokenizer
 

@@ -1,8 +1,8 @@
 """6.5: RL with a verifiable reward (GRPO) on an SFT model, with TRL's GRPOTrainer (+ DeepSpeed via `deepspeed`).
 
 Prompts are JSON lines {"prompt": "...", "answer": "...", "task": "fact" | "arithmetic"}
-(`llmtrain.grpo.load_prompt_dataset`); no reward model: a program scores every sampled reply
-(`llmtrain.grpo.REWARDS`: the scorecard's strict rule for facts, the exact final integer for arithmetic).
+(`llmtrain.grading.load_prompt_dataset`); no reward model: a program scores every sampled reply
+(`llmtrain.grading.REWARDS`: the scorecard's strict rule for facts, the exact final integer for arithmetic).
 For each prompt TRL samples `--num_generations` replies, scores them, turns each score into an advantage
 relative to its group and takes a clipped policy-ratio step with a `--beta`-weighted KL penalty towards
 the reference (`llmtrain.grpo` writes the same objective from scratch and tests it against TRL's).
@@ -22,19 +22,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from llmtrain.args import DataArguments, LoraArguments, RunArguments, TRLModelArguments
+from llmtrain.checkpoints import clear_or_resume_output_dir_then_seed
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.grpo import (
-    drop_long_prompts, fact_candidates, load_prompt_dataset, stop_at_end_of_turn, task_accuracy, trl_reward_function,
-    trl_style_reward,
-)
+from llmtrain.evaluation import task_accuracy
+from llmtrain.grading import fact_candidates, load_prompt_dataset
+from llmtrain.grpo import drop_long_prompts, stop_at_end_of_turn, trl_reward_function, trl_style_reward
+from llmtrain.launch import parse_flags_and_set_up_process
 from llmtrain.lora import parameter_summary, peft_lora_config
-from llmtrain.modeling import load_model, load_tokenizer, resolve_block_size
+from llmtrain.modeling import load_config, load_model, load_tokenizer, resolve_block_size
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
-from llmtrain.training import delete_checkpoints, find_resume_checkpoint, parse_trl_script_args, train_and_save
+from llmtrain.training import save_merged_model, train_and_save
 
 logger = logging.getLogger(__name__)
 REWARD_KEYS = ("reward", "reward_std", "rewards/verifiable/mean", "rewards/style/mean", "frac_reward_zero_std", "kl",
@@ -58,8 +58,8 @@ class PromptArguments:
 
 
 def main() -> None:
-    # 1. 解析参数:提示数据、LoRA、RunArguments 与 TRL 的 GRPOConfig;CPU 上的 DeepSpeed 先建 gloo 进程组
-    model_args, data_args, prompt_args, lora_args, run_args, training_args = parse_trl_script_args(
+    # 1. 解析参数:提示数据、LoRA、RunArguments 与 TRL 的 GRPOConfig;精度默认随机器,CPU 上的 DeepSpeed 先建 gloo 进程组
+    model_args, data_args, prompt_args, lora_args, run_args, training_args = parse_flags_and_set_up_process(
         (TRLModelArguments, DataArguments, PromptArguments, LoraArguments, RunArguments, GRPOConfig),
         sys.argv[1:])
     if not data_args.train_files:
@@ -74,15 +74,15 @@ def main() -> None:
     if prompt_args.style_weight and not prompt_args.style_suffix:
         raise LlmtrainError("--style_weight rewards ending with --style_suffix: pass the sentence too.")
 
-    # 2. 提示数据(6.5):读取并校验;会报错的检查都在写输出目录之前
+    # 2. 提示数据(6.5):读取并校验;输入有错在这里就停下,输出目录还没动过
+    config = load_config(model_args.model_name_or_path, training_args.trust_remote_code, "--model_name_or_path")
     tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path,
                                training_args.trust_remote_code)
     with training_args.main_process_first(desc="checking prompt files"):
         train = load_prompt_dataset(data_args.train_files, prompt_args.system_message)
         held_out = load_prompt_dataset(prompt_args.eval_files, prompt_args.system_message) \
             if prompt_args.eval_files else None
-    model = load_model(None, model_args.model_name_or_path, model_args.dtype, training_args.trust_remote_code)
-    block_size = resolve_block_size(model, data_args.block_size, default=1024)
+    block_size = resolve_block_size(config, data_args.block_size, default=1024)
     max_prompt_tokens = block_size - training_args.max_completion_length
     if max_prompt_tokens < 1:
         raise LlmtrainError(f"--block_size {block_size} leaves no room for a prompt beside --max_completion_length "
@@ -94,14 +94,12 @@ def main() -> None:
                             f"{training_args.max_completion_length}): raise --block_size.")
     logger.info("Training files: %s (%d prompts, %d longer than %d tokens dropped; %d replies each)",
                 data_args.train_files, len(train), dropped, max_prompt_tokens, training_args.num_generations)
+    model = load_model(None, model_args.model_name_or_path, model_args.dtype, training_args.trust_remote_code)
     stop_at_end_of_turn(model, tokenizer)
     peft_config = peft_lora_config(model, lora_args.lora_target_modules, lora_args.lora_r, lora_args.lora_alpha,
                                    lora_args.lora_dropout) if lora_args.use_lora else None
-    # 3. 断点:从最新的完整 checkpoint 继续
-    if run_args.overwrite_output_dir:
-        delete_checkpoints(training_args)
-    checkpoint = find_resume_checkpoint(training_args, run_args.overwrite_output_dir)
-    set_seed(training_args.seed)
+    # 3. 断点:--overwrite_output_dir 时删掉旧 checkpoint,否则从最新的完整 checkpoint 继续;再设随机种子
+    checkpoint = clear_or_resume_output_dir_then_seed(training_args, run_args.overwrite_output_dir)
     max_new_tokens = training_args.max_completion_length
     before = None
     if held_out is not None and training_args.process_index == 0 and checkpoint is None:
@@ -140,10 +138,7 @@ def main() -> None:
         logger.info("Held-out accuracy after GRPO: %.3f%s", after["accuracy"],
                     "" if before is None else f" (before: {before['accuracy']:.3f})")
     if lora_args.use_lora and lora_args.merge_lora and trainer.is_world_process_zero():
-        merged_dir = f"{training_args.output_dir}/merged"
-        trainer.model.merge_and_unload().save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-        logger.info("Base model + LoRA adapter merged into a plain model: %s", merged_dir)
+        save_merged_model(trainer.model, tokenizer, training_args.output_dir)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ from IPython.display import Image, Markdown, display
 
 from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.notebook import fresh_output_dir, setup_notebook
-from llmtrain.toy import ensure_toy_assets, ensure_toy_pretrained, run_bash_script, toy_preset
+from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
+from llmtrain.toy_run import require_toy_model
 
 IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和已知无关的警告;图存在 output/figures(make notebooks 时是 images/)
 TOY_DIR = ensure_toy_assets()  # artifacts/toy:玩具分词器 + 配置,结构与下载的 Qwen2.5 目录相同
@@ -63,7 +64,7 @@ PRESET = toy_preset()  # code/presets/toy.env:code/pretrain.sh 的 PRESET=toy �
 # 所以和 DeepSpeed 的 toy 预设(每个进程 OMP_NUM_THREADS=1)一样,这里也只用 1 个线程。
 torch.set_num_threads(1)
 print("torch", torch.__version__, "| 设备: CPU,本进程的线程数", torch.get_num_threads())
-print("玩具预设:", {k: v for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_BLOCK", "TOY_NUM"))})
+print("玩具预设:", {k: v for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_NUM_GPUS"))})
 
 # %% [markdown]
 # ## 6.1.1 框架介绍
@@ -429,7 +430,7 @@ print(f"第 20 步的 loss: 不间断 {straight.state.log_history[-2]['loss']:.4
 # %% [markdown]
 # 续训从第 11 步接着记,结果与不间断的训练一致:数据顺序(Trainer 跳过了这个 epoch 已经用过的 batch)、
 # 学习率和 Adam 的动量都恢复了。`code/pretrain.py` 更进一步:输出目录里有 checkpoint 时自动从最新的一个继续
-# (`llmtrain.training.find_resume_checkpoint`)。
+# (`llmtrain.checkpoints.find_resume_checkpoint`)。
 
 # %% [markdown]
 # ## 6.1.5 使用 DeepSpeed 实现分布式训练
@@ -447,7 +448,7 @@ print(script[script.index("def main"):script.index('if __name__')].rstrip())
 # - 第 1 步用 `HfArgumentParser` 同时解析四组参数:`ModelArguments`、`DataArguments`、`RunArguments`(`llmtrain.args`)和 transformers 的全部 `TrainingArguments`,
 #   所以 shell 脚本里的每个 `--xxx` 都对应某个 dataclass 的一个字段,拼错了会直接报错;
 # - 第 2 步用 logging 记录训练信息(多进程时只有主进程打印 INFO);**断点续训**:输出目录里已有 checkpoint 时自动从最新的完整 checkpoint 继续
-#   (`llmtrain.training.find_resume_checkpoint`),目录非空却没有 checkpoint 时报错,并提示 `--overwrite_output_dir`;
+#   (`llmtrain.checkpoints.find_resume_checkpoint`),目录非空却没有 checkpoint 时报错,并提示 `--overwrite_output_dir`;
 # - 第 3、4 步就是 6.1.2、6.1.3 在 notebook 里做过的事;`main_process_first` 让主进程先处理数据并写进缓存,其他进程随后直接读缓存;
 # - 第 5 步的 `build_trainer` 组装 6.1.4 的 `Trainer`,另外在日志里记录 tokens/s 和 MFU(见下文);追踪工具(wandb、swanlab、tensorboard)
 #   通过 `--report_to` 按需开启,默认不联网。
@@ -692,7 +693,7 @@ display(Image(plot_series(
 #
 # 没有 GPU 也能体验同一条路径:`PRESET=toy` 用玩具资产(取值在 `code/presets/toy.env`),由 `deepspeed` 启动器拉起
 # **2 个 CPU 进程**,进程之间用 gloo 通信,ZeRO-2 把优化器状态和梯度切成两份,数据也在两个进程之间切分。
-# (transformers 5 在 CPU 上默认会让每个进程都以为自己是唯一的进程;`llmtrain.training.start_gloo_for_cpu_deepspeed` 先建立 gloo 的分布式状态再交给 Trainer,解决了这个问题。)
+# (transformers 5 在 CPU 上默认会让每个进程都以为自己是唯一的进程;`llmtrain.launch.start_gloo_process_group_for_cpu_deepspeed` 先建立 gloo 的分布式状态再交给 Trainer,解决了这个问题。)
 # `make run` 的第一步就是 `PRESET=toy bash code/pretrain.sh`,训练出的 `output/toy/pretrain` 是 6.2、6.3 的起点。
 #
 # 脚本最后执行的到底是哪条命令?把 `deepspeed` 换成一个只打印参数的 shell 函数,"空跑"一遍脚本就知道了(bash 启动时会先读 `BASH_ENV` 指向的文件):
@@ -713,7 +714,7 @@ print(command.replace(f"{ROOT}/", "").strip().replace(" --", " \\\n    --"))
 # 同样的配方、同样的随机种子,两次训练应该得到同样的曲线,后面会比较。
 
 # %%
-MAKE_RUN_BASE = ensure_toy_pretrained()  # make run 训练的 output/toy/pretrain(没有时先按同样的配方训练):6.2、6.3 的起点
+MAKE_RUN_BASE = require_toy_model("pretrain")  # make run 训练的 output/toy/pretrain:6.2、6.3 的起点;还没有时它会告诉你先运行 make run
 if RUN_DEEPSPEED:
     with socket.socket() as free:  # 另选一个空闲端口,免得和同时在跑的其他训练抢 deepspeed 默认的 29500
         free.bind(("127.0.0.1", 0))
@@ -734,7 +735,7 @@ else:
 state = json.loads((SHOWN_BASE / "trainer_state.json").read_text())
 results = json.loads((SHOWN_BASE / "train_results.json").read_text())
 ds_logs = [e for e in state["log_history"] if "loss" in e]
-world = results["num_input_tokens_seen"] // (state["global_step"] * state["train_batch_size"] * PRESET["TOY_BLOCK_SIZE"])
+world = results["num_input_tokens_seen"] // (state["global_step"] * state["train_batch_size"] * PRESET["TOY_PRETRAIN_BLOCK_SIZE"])
 if not RUN_DEEPSPEED:
     print("trainer_state.json 里的首尾两条 loss 记录:")
     keys = ("step", "epoch", "loss", "learning_rate", "tokens_per_second", "mfu")
@@ -745,7 +746,7 @@ print(f"{SHOWN_BASE.relative_to(ROOT)}:{world} 个进程 × 每进程 {state['tr
 
 # %% [markdown]
 # 日志开头每个进程报一行 `world size`;每条 `{'loss': ...}` 是主进程每 `--logging_steps` 步打印的一次记录,
-# 其中的 `tokens_per_second` 和 `mfu` 是 `llmtrain.training.ThroughputCallback` 加进去的。同样的记录也存在输出目录的 `trainer_state.json` 里,
+# 其中的 `tokens_per_second` 和 `mfu` 是 `llmtrain.throughput.ThroughputCallback` 加进去的。同样的记录也存在输出目录的 `trainer_state.json` 里,
 # 下图就从那里读。`make run` 的基座是 6.2、6.3 的起点:
 
 # %%
@@ -769,7 +770,7 @@ display(Image(plot_series(loss_points, str(IMAGES_DIR / "6.1_deepspeed_loss.png"
 # 用**自己的线程**实测一次 fp32 矩阵乘的速度,当作"峰值":
 
 # %%
-from llmtrain.training import measure_cpu_matmul_flops
+from llmtrain.throughput import measure_cpu_matmul_flops
 
 print(inspect.getsource(measure_cpu_matmul_flops))
 n_toy = count_parameters(model)
@@ -795,8 +796,9 @@ display(Markdown(
 
 # %%
 from llmtrain.evaluation import (
-    ASKED_PERSON, format_scorecard, load_eval_questions, save_scorecard_row, scorecard_row, statement_completion_accuracy,
+    ASKED_PERSON, format_scorecard, save_scorecard_row, scorecard_row, statement_completion_accuracy,
 )
+from llmtrain.grading import load_eval_questions
 from llmtrain.notebook import load_toy_base
 
 base_path, base_tokenizer, base = load_toy_base()

@@ -28,7 +28,7 @@
 from llmtrain.toy import toy_preset
 
 PRESET = toy_preset()  # code/presets/toy.env:PRESET=toy bash code/finetune.sh(make run 的 SFT)用的同一组取值
-MAX_LEN = PRESET["TOY_SFT_MAX_LEN"]  # 单条对话的最大 token 数(教材 2048;样例对话都很短)
+MAX_LEN = PRESET["TOY_SFT_BLOCK_SIZE"]  # 单条对话的最大 token 数(教材 2048;样例对话都很短)
 EPOCHS = PRESET["TOY_SFT_EPOCHS"]  # 全量 SFT 的 epoch 数,传给 code/finetune.sh;改了它,模型就不再是 make run 的那一个
 LEARNING_RATE = PRESET["TOY_SFT_LR"]
 WARMUP_STEPS = PRESET["TOY_SFT_WARMUP_STEPS"]
@@ -50,6 +50,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.notebook import fresh_output_dir, load_toy_base, setup_notebook, toy_training_args
+from llmtrain.toy_run import toy_run_dir
 from llmtrain.training import build_trainer
 
 IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和已知的无关警告;图存在 output/figures(make notebooks 时是 images/)
@@ -87,7 +88,7 @@ print("基座模型:", PRETRAINED.relative_to(ROOT), "| 词表", len(tokenizer),
 #   模型很容易学成"不管问谁,都用这 20 个名字之一作答";这些对话让它学到"回答里的名字要照抄问题里的名字"。
 
 # %% tags=["nbval-check-output"]
-from llmtrain.evaluation import load_eval_questions
+from llmtrain.grading import load_eval_questions
 from llmtrain.sft_data import load_sft_dataset, normalize_conversation
 
 raw = load_sft_dataset([str(SAMPLE / "sft.jsonl")])
@@ -418,7 +419,7 @@ for q, where in probes:
 # SFT 数据里,一部分人物回答在答案之后还有一句固定的结尾(6.4 节会用偏好数据让模型每次都这样说):
 
 # %%
-from llmtrain.evaluation import TOY_STYLE_SUFFIX
+TOY_STYLE_SUFFIX = PRESET["TOY_STYLE_SUFFIX"]  # 6.4 的偏好:关于人物的回答以这句话结尾(code/presets/toy.env)
 
 person_replies = [c[1]["value"] for c in raw["conversations"] if c[0]["value"] in seen_questions]
 with_suffix = sum(r.endswith(TOY_STYLE_SUFFIX) for r in person_replies)
@@ -462,7 +463,7 @@ display(Markdown(
 # 训练过程在 CPU 上是确定的,所以两者应该逐位相同。直接比较两份权重:
 
 # %%
-MAKE_RUN_SFT = ROOT / "output" / "toy" / "sft"
+MAKE_RUN_SFT = toy_run_dir() / "sft"  # output/toy/sft(llmtrain.toy_run)
 if (MAKE_RUN_SFT / "model.safetensors").exists():
     make_run_model = AutoModelForCausalLM.from_pretrained(MAKE_RUN_SFT)
     weight_diff = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(),

@@ -29,10 +29,10 @@ PRESET = toy_preset()  # code/presets/toy.env:PRESET=toy USE_LORA=1 bash code/fi
 RANK = 8  # LoRA 的秩 r(教材:一般取 4、8、16)
 ALPHA = 32  # 缩放系数 alpha,旁路的输出乘以 alpha / r(教材的 LoraConfig)
 DROPOUT = 0.1  # 只作用在 LoRA 旁路上(教材的 LoraConfig)
-EPOCHS = PRESET["TOY_LORA_EPOCHS"]
-LEARNING_RATE = PRESET["TOY_LORA_LR"]  # LoRA 单独的学习率;全量 SFT 用 TOY_SFT_LR
+EPOCHS = PRESET["TOY_SFT_LORA_EPOCHS"]
+LEARNING_RATE = PRESET["TOY_SFT_LORA_LR"]  # LoRA 单独的学习率;全量 SFT 用 TOY_SFT_LR
 SWEEP_LEARNING_RATES = [PRESET["TOY_SFT_LR"]]  # 6.3.5 里再用这些学习率各训练一次 LoRA(同样的 epoch 数):全量 SFT 的学习率
-BATCH_SIZE = PRESET["TOY_SFT_BATCH_SIZE"] * PRESET["TOY_NUM_PROCESSES"]  # 和 6.2 一样:脚本两个进程合起来的 batch
+BATCH_SIZE = PRESET["TOY_SFT_BATCH_SIZE"] * PRESET["TOY_NUM_GPUS"]  # 和 6.2 一样:脚本两个进程合起来的 batch
 WARMUP_STEPS = PRESET["TOY_SFT_WARMUP_STEPS"]
 SEED = 42
 
@@ -72,16 +72,17 @@ print(f"基座模型 {PRETRAINED.relative_to(ROOT)},参数 {sum(p.numel() for p 
 
 # %% [markdown]
 # 在玩具模型上量一量:同一批打包的对话,全量微调和教材的 LoRA($W_q, W_v$,r=8)各用 torch 的 AdamW 训练 3 步,
-# 再从张量本身数出权重、梯度和优化器状态占多少字节(`llmtrain.lora.measure_training_steps`,
+# 再从张量本身数出权重、梯度和优化器状态占多少字节(`llmtrain.benchmark.measure_training_steps`,
 # `bench/lora_vs_full.py` 用的是同一个函数,另外在独立进程里测峰值内存):
 
 # %%
-from llmtrain.lora import add_peft_lora, measure_training_steps
+from llmtrain.benchmark import measure_training_steps
+from llmtrain.lora import add_peft_lora
 from llmtrain.sft_data import build_sft_dataset, load_sft_dataset, make_collator
 
 CHAPTER_TARGETS = ["q_proj", "v_proj"]  # 教材 6.3.5 的 target_modules:只在 W_q、W_v 上加 LoRA
 train_set = build_sft_dataset(load_sft_dataset([str(SAMPLE / "sft.jsonl")]), tokenizer,
-                              max_len=PRESET["TOY_SFT_MAX_LEN"])
+                              max_len=PRESET["TOY_SFT_BLOCK_SIZE"])
 collate = make_collator(tokenizer, packing=True)
 batches = [collate([train_set[i] for i in range(s, s + BATCH_SIZE)]) for s in range(0, 3 * BATCH_SIZE, BATCH_SIZE)]
 measured = {}
@@ -361,14 +362,14 @@ print(f"{lora_trainer.state.global_step} 步,用时 {runtime:.1f} 秒,可训练�
 
 # %% [markdown]
 # 把这次的 loss 曲线和全量 SFT 的画在一起。全量 SFT 的曲线来自 `make run` 训练的 `output/toy/sft/trainer_state.json`
-# (`PRESET=toy bash code/finetune.sh`,2 个 DeepSpeed 进程;还不存在时 `ensure_toy_sft` 按同样的方式训练一次),
+# (`PRESET=toy bash code/finetune.sh`,2 个 DeepSpeed 进程;还不存在时 `require_toy_model` 会告诉你先运行 `make run`),
 # 和 LoRA 同一个基座、同样的数据和每步对话数。横轴用 epoch,两条曲线的 epoch 数不同:
 
 # %%
 from llmtrain.plotting import plot_log_histories, read_log_history
-from llmtrain.toy import ensure_toy_sft
+from llmtrain.toy_run import require_toy_model
 
-SFT = ensure_toy_sft()
+SFT = require_toy_model("sft")
 sft_history = read_log_history(str(SFT / "trainer_state.json"))
 curves = {f"LoRA r={RANK}, lr {LEARNING_RATE:g} (this notebook)": lora_trainer.state.log_history,
           f"full SFT, lr {PRESET['TOY_SFT_LR']:g} (make run: output/toy/sft)": sft_history}
@@ -413,7 +414,9 @@ for q in ["你好", "3加5等于几?"]:
 # 也考 `make run` 的全量 SFT 模型,两行都写进本节自己的 `output/notebooks/6.3/scorecard.json`:
 
 # %%
-from llmtrain.evaluation import TOY_STYLE_SUFFIX, format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
+from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
+
+TOY_STYLE_SUFFIX = PRESET["TOY_STYLE_SUFFIX"]  # 6.4 的结尾句:成绩单判分时先去掉它
 
 
 def score(model, name: str) -> dict:

@@ -29,7 +29,7 @@ TOY = toy_preset()  # code/presets/toy.env:与 PRESET=toy bash code/dpo.sh 用�
 EPOCHS = TOY["TOY_DPO_EPOCHS"]
 LEARNING_RATE = TOY["TOY_DPO_LR"]
 BETA = TOY["TOY_DPO_BETA"]  # DPO 的 beta:策略模型离参考模型能走多远
-BATCH_SIZE = TOY["TOY_NUM_PROCESSES"] * TOY["TOY_DPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 4 对,这里一个进程 8 对
+BATCH_SIZE = TOY["TOY_NUM_GPUS"] * TOY["TOY_DPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 4 对,这里一个进程 8 对
 OVERTRAIN_EPOCHS = 3 * EPOCHS  # 6.4.8:同样的设置训练 3 倍的 epoch,看推过头会怎样
 SEED = 42
 
@@ -48,14 +48,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.notebook import fresh_output_dir, setup_notebook
-from llmtrain.toy import ensure_toy_sft
+from llmtrain.toy_run import require_toy_model
 
 START = time.perf_counter()
 IMAGES_DIR = setup_notebook(SEED)
 OUTPUT_DIR = fresh_output_dir("6.4")  # output/notebooks/6.4,每次运行先清空:这里的模型和成绩单都来自这一次运行
 TRAIN_FILE = ROOT / "data" / "sample" / "dpo.jsonl"
 HELDOUT_FILE = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
-SFT = ensure_toy_sft()  # output/toy/sft;缺少或比基座旧时,先按同样的方式(code/finetune.sh)训练一遍
+SFT = require_toy_model("sft")  # make run 训练的 output/toy/sft;还没有时它会告诉你先运行 make run
 tokenizer = AutoTokenizer.from_pretrained(SFT)
 sft_model = AutoModelForCausalLM.from_pretrained(SFT).eval()
 print("起点:", SFT.relative_to(ROOT), "—— make run 的全量 SFT 模型(PRESET=toy bash code/finetune.sh,DeepSpeed 2 个进程)")
@@ -79,7 +79,7 @@ print("起点:", SFT.relative_to(ROOT), "—— make run 的全量 SFT 模型(PR
 
 # %%
 from llmtrain.dpo import build_preference_dataset, load_preference_dataset
-from llmtrain.evaluation import TOY_STYLE_SUFFIX as STYLE
+STYLE = TOY["TOY_STYLE_SUFFIX"]  # 6.4 的偏好:关于人物的回答以这句话结尾(code/presets/toy.env)
 
 raw_train, raw_heldout = load_preference_dataset([str(TRAIN_FILE)]), load_preference_dataset([str(HELDOUT_FILE)])
 
@@ -641,7 +641,7 @@ pd.DataFrame([{"问题": sft_replies_graded[i]["question"],
 # 在玩具模型上实测两种做法的内存和速度):
 
 # %% tags=["nbval-check-output"]
-from llmtrain.dpo import dpo_model_state_bytes
+from llmtrain.memory import dpo_model_state_bytes
 from llmtrain.modeling import qwen2_5_1_5b_config
 
 GiB = 2**30

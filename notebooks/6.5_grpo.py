@@ -33,8 +33,8 @@ LEARNING_RATE = TOY["TOY_GRPO_LR"]
 BETA = TOY["TOY_GRPO_BETA"]  # KL 惩罚的权重
 STYLE_WEIGHT = TOY["TOY_GRPO_STYLE_WEIGHT"]  # 以 6.4 的结尾句结束的格式奖励
 MAX_COMPLETION = TOY["TOY_GRPO_MAX_COMPLETION"]
-BATCH_SIZE = TOY["TOY_NUM_PROCESSES"] * TOY["TOY_GRPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 16 条,这里一个进程 32 条
-FAILURE_STEPS = TOY["TOY_GRPO_STEPS"]  # 6.5.7 的失败模式训练多少步(与 make run 相同)
+BATCH_SIZE = TOY["TOY_NUM_GPUS"] * TOY["TOY_GRPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 16 条,这里一个进程 32 条
+FAILURE_STEPS = TOY["TOY_GRPO_MAX_STEPS"]  # 6.5.7 的失败模式训练多少步(与 make run 相同)
 SEED = 42
 
 # %%
@@ -48,16 +48,16 @@ from IPython.display import Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.evaluation import TOY_STYLE_SUFFIX as STYLE
-from llmtrain.grpo import load_prompt_dataset
+from llmtrain.grading import load_prompt_dataset
 from llmtrain.notebook import fresh_output_dir, setup_notebook
-from llmtrain.toy import ensure_toy_grpo
+from llmtrain.toy_run import require_toy_model
 
 START = time.perf_counter()
 IMAGES_DIR = setup_notebook(SEED)
 OUTPUT_DIR = fresh_output_dir("6.5")  # output/notebooks/6.5,每次运行先清空
-GRPO_DIR = ensure_toy_grpo()  # output/toy/grpo-lora;缺少或比 DPO 模型旧时,先按 make run 的方式训练一遍
-DPO_MERGED = ROOT / "output" / "toy" / "dpo-lora" / "merged"
+GRPO_DIR = require_toy_model("grpo-lora")  # make run 训练的 output/toy/grpo-lora;还没有时它会告诉你先运行 make run
+DPO_MERGED = require_toy_model("dpo-lora/merged")
+STYLE = TOY["TOY_STYLE_SUFFIX"]  # 6.4 的结尾句:判分时先去掉,格式奖励看它
 tokenizer = AutoTokenizer.from_pretrained(DPO_MERGED)
 rl_train = load_prompt_dataset([str(ROOT / "data" / "sample" / "grpo.jsonl")])
 rl_eval = load_prompt_dataset([str(ROOT / "data" / "sample" / "grpo_eval.jsonl")])
@@ -93,8 +93,7 @@ for row in (rl_train[0], rl_train[5], rl_train[10]):
 # %%
 from peft import PeftModel
 
-from llmtrain.evaluation import format_scorecard, scorecard_row
-from llmtrain.grpo import add_rl_task_column
+from llmtrain.evaluation import add_rl_task_column, format_scorecard, scorecard_row
 
 EVAL_FILE, RL_EVAL_FILE = (str(ROOT / "data" / "sample" / n) for n in ("eval.jsonl", "grpo_eval.jsonl"))
 dpo_model = AutoModelForCausalLM.from_pretrained(DPO_MERGED).eval()
@@ -156,7 +155,8 @@ print("优势:", [round(a, 3) for a in advantages.tolist()], "—— 第二组�
 # 否则每条回答都会一直生成到长度上限,一条也得不到分。
 
 # %%
-from llmtrain.grpo import fact_candidates, sample_groups, score_replies, stop_at_end_of_turn
+from llmtrain.grading import fact_candidates, score_replies
+from llmtrain.grpo import sample_groups, stop_at_end_of_turn
 from llmtrain.tokenizer import decode_showing_partial_bytes
 
 print("结束符 id:", stop_at_end_of_turn(dpo_model, tokenizer))
@@ -281,7 +281,7 @@ display(Markdown(
 # 然后在成绩单的问题和留出的 RL 问题上评测:
 
 # %%
-from llmtrain.grpo import task_accuracy
+from llmtrain.evaluation import task_accuracy
 
 torch.manual_seed(SEED)
 failure_model = AutoModelForCausalLM.from_pretrained(DPO_MERGED)

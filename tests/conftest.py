@@ -1,36 +1,30 @@
-"""Shared fixtures: the project root, the toy assets (built once if missing) and a script runner."""
+"""Shared fixtures: the toy assets, `make run`'s toy pipeline trained once per session, and ways to run the scripts.
+
+Tests that train, launch or need the session's pipeline carry `@pytest.mark.slow` (explicitly, in their module);
+`make test-fast` deselects them.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_PRETRAIN = ROOT / "data" / "sample" / "pretrain.jsonl"
-
-
-# Slow: a test that launches DeepSpeed or a training script, needs the pretrained toy model (which may
-# take a pretraining run to build) or executes a notebook. `make test-fast` deselects them (-m "not slow").
-SLOW_MODULES = {"test_notebooks", "test_finetune_script", "test_dpo_script", "test_grpo_script"}
-SLOW_TESTS = {"test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run",
-              "test_toy_deepspeed_launch_runs_two_processes_that_split_the_data"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.path.stem
-        if (item.path.suffix == ".ipynb" or module in SLOW_MODULES or item.name in SLOW_TESTS
-                or "toy_pretrained" in getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+SAMPLE = ROOT / "data" / "sample"
+SAMPLE_PRETRAIN = SAMPLE / "pretrain.jsonl"
 
 
 @pytest.fixture(scope="session")
 def toy_dir() -> Path:
-    """artifacts/toy as `make toy` builds it; built here when a test run starts without it."""
+    """artifacts/toy as `make toy` builds it (deterministic; built here when a test run starts without it)."""
     from llmtrain.toy import ensure_toy_assets
 
     return ensure_toy_assets()
@@ -52,31 +46,61 @@ def script_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_script(args: list[str], timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    """Run a command from the project root; stdout and stderr together in `.stdout`."""
+def run_script(args: list[str], timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    """Run a command from the project root in a new process; stdout and stderr together in `.stdout`."""
     return subprocess.run(
         args, cwd=ROOT, env=script_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=timeout,
     )
 
 
+@dataclass
+class CliResult:
+    """What a script's `main` did when run in this process: its exit code and what it logged or printed."""
+
+    returncode: int
+    stdout: str
+
+
+def run_cli_in_process(script: str, argv: list[str], capsys, caplog) -> CliResult:
+    """Run code/<script>'s `__main__` path (`run_cli(main)`) in this process with `argv`, as the command line would.
+
+    For the scripts' error paths: the same code as a launch, without paying a new interpreter and a fresh import of
+    torch, transformers, DeepSpeed and TRL for each message. `run_cli` ends every run with SystemExit.
+    """
+    path = ROOT / "code" / script
+    spec = importlib.util.spec_from_file_location(f"course_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from llmtrain.errors import run_cli
+
+    saved = sys.argv
+    sys.argv = [str(path), *argv]
+    caplog.set_level(logging.INFO)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(module.main)
+    finally:
+        sys.argv = saved
+    out = capsys.readouterr()
+    logged = "\n".join(f"{r.levelname} - {r.name} - {r.getMessage()}" for r in caplog.records)
+    return CliResult(int(exit_info.value.code or 0), "\n".join((out.out, out.err, logged)))
+
+
 @pytest.fixture(scope="session")
-def toy_pretrained(toy_dir) -> Path:
-    """output/toy/pretrain as `make run` leaves it; pretrained once (DeepSpeed, 2 processes) when missing."""
-    from llmtrain.toy import ensure_toy_pretrained
-
-    return ensure_toy_pretrained()
-
-
-@pytest.fixture(scope="session")
-def toy_sft(toy_pretrained, tmp_path_factory) -> Path:
-    """output/toy/sft as `make run` leaves it; else a short SFT of the toy model (DPO and GRPO need ChatML, not
-    quality): 2 epochs of code/finetune.sh."""
-    made = ROOT / "output" / "toy" / "sft"
-    if (made / "model.safetensors").exists():
-        return made
-    out = tmp_path_factory.mktemp("sft") / "sft"
-    result = run_script(["bash", "code/finetune.sh"], PRESET="toy", MODEL_DIR=str(toy_pretrained),
-                        OUTPUT_DIR=str(out), EPOCHS="2", MASTER_PORT="29531")
-    assert result.returncode == 0, result.stdout[-3000:]
-    return out
+def toy_run(toy_dir, tmp_path_factory) -> Path:
+    """`make run`'s toy pipeline (code/toy_pipeline.sh: every stage through its launcher, each scored), trained once
+    for the whole session into a temporary folder; TOY_RUN_DIR points there for everything the session starts
+    (notebooks included), so nothing reads or writes the learner's output/toy. About 5 minutes on 2 cores."""
+    run_dir = tmp_path_factory.mktemp("toy-run")
+    # A build lock as a run killed while compiling DeepSpeed's shm op leaves it: without its removal every launch
+    # would wait forever (test_pretrain_script checks the pipeline's log for the removal).
+    lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    result = run_script(["bash", "code/toy_pipeline.sh"], timeout=1800, TOY_RUN_DIR=str(run_dir),
+                        MASTER_PORT="29561")
+    assert result.returncode == 0, result.stdout[-5000:]
+    os.environ["TOY_RUN_DIR"] = str(run_dir)
+    return run_dir

@@ -1,15 +1,17 @@
-"""6.4: code/dpo.py and dpo.sh, run for real: LoRA-DPO through TRL on 2 DeepSpeed CPU processes, resume, errors."""
+"""6.4: code/dpo.py and dpo.sh: the session pipeline's LoRA-DPO through TRL on 2 DeepSpeed CPU processes, resume
+from its checkpoint, and the errors (in-process)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_cli_in_process, run_script
 from llmtrain.dpo import build_preference_dataset, dpo_batch_loss, load_preference_dataset, pad_preference_batch
 from llmtrain.lora import load_adapter, lora_parameter_count
 from llmtrain.toy import toy_preset
@@ -19,32 +21,40 @@ SAMPLE_HELDOUT = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
 PAIR = {"prompt": "一周有几天?", "chosen": "一周有七天。", "rejected": "不知道。"}
 
 
-def dpo_cmd(model_dir, output_dir, train_file) -> list[str]:
-    return ["python", "code/dpo.py", "--model_name_or_path", str(model_dir), "--train_files", str(train_file),
+def dpo_args(model_dir, output_dir, train_file) -> list[str]:
+    return ["--model_name_or_path", str(model_dir), "--train_files", str(train_file),
             "--output_dir", str(output_dir), "--use_cpu", "--bf16", "false", "--report_to", "none"]
 
 
-def test_bad_pairs_exit_1_and_write_nothing(tmp_path, toy_sft):
+def test_bad_pairs_and_flags_exit_1_and_write_nothing(tmp_path, toy_dir, capsys, caplog):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIR, ensure_ascii=False) + "\n"
                    + json.dumps({**PAIR, "rejected": PAIR["chosen"]}, ensure_ascii=False) + "\n", encoding="utf-8")
-    result = run_script(dpo_cmd(toy_sft, tmp_path / "o1", bad))
+    result = run_cli_in_process("dpo.py", dpo_args(toy_dir, tmp_path / "o1", bad), capsys, caplog)
     assert result.returncode == 1, result.stdout[-3000:]
     assert f"{bad} line 2: 'chosen' and 'rejected' are identical" in result.stdout
     assert "Traceback" not in result.stdout and not (tmp_path / "o1").exists()
 
+    result = run_cli_in_process("dpo.py", [*dpo_args(toy_dir, tmp_path / "o3", SAMPLE_DPO), "--use_qlora"], capsys,
+                                caplog)
+    assert result.returncode == 1 and "--use_qlora: dpo.py trains LoRA on the unquantised SFT model" in result.stdout
+    assert not (tmp_path / "o3").exists()
+
+
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({**PAIR, "prompt": "很长的问题" * 40}, ensure_ascii=False) + "\n", encoding="utf-8")
-    result = run_script([*dpo_cmd(toy_sft, tmp_path / "o2", long), "--block_size", "64"])
+    result = run_cli_in_process("dpo.py", [*dpo_args(toy_dir, tmp_path / "o2", long), "--block_size", "64"],
+                                capsys, caplog)
     assert result.returncode == 1 and "No preference pair leaves room for a reply within 64 tokens" in result.stdout
     assert "Traceback" not in result.stdout and not (tmp_path / "o2").exists()
 
 
-def test_toy_lora_dpo_on_two_processes_then_resume(tmp_path, toy_sft):
+@pytest.mark.slow
+def test_toy_lora_dpo_on_two_processes_then_resume(tmp_path, toy_run):
+    """The session pipeline's `PRESET=toy bash code/dpo.sh`, then the same command with one more epoch on a copy."""
+    toy_sft = toy_run / "sft"
     out = tmp_path / "dpo"
-    result = run_script(["bash", "code/dpo.sh"], PRESET="toy", MODEL_DIR=str(toy_sft), OUTPUT_DIR=str(out),
-                        MASTER_PORT="29532")
-    assert result.returncode == 0, result.stdout[-5000:]
+    shutil.copytree(toy_run / "dpo-lora", out)
     n_pairs = sum(1 for line in SAMPLE_DPO.open(encoding="utf-8") if line.strip())
     state = json.loads((out / "trainer_state.json").read_text())
     steps = state["num_train_epochs"] * math.ceil(n_pairs / (4 * 2))  # 4 pairs per process, 2 processes
@@ -85,7 +95,7 @@ def test_toy_lora_dpo_on_two_processes_then_resume(tmp_path, toy_sft):
 
     # the same command with one more epoch resumes from checkpoint-<steps> and trains only the new steps
     result = run_script(["bash", "code/dpo.sh"], PRESET="toy", MODEL_DIR=str(toy_sft), OUTPUT_DIR=str(out),
-                        EPOCHS=str(state["num_train_epochs"] + 1), EVAL_FILES="", MASTER_PORT="29533")
+                        EPOCHS=str(state["num_train_epochs"] + 1), EVAL_FILES="none", MASTER_PORT="29533")
     assert result.returncode == 0, result.stdout[-5000:]
     resumed = json.loads((out / "trainer_state.json").read_text())
     assert resumed["global_step"] == steps + math.ceil(n_pairs / (4 * 2))

@@ -7,10 +7,14 @@ import re
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_cli_in_process
 from llmtrain.errors import LlmtrainError
-from llmtrain.evaluation import (TOY_STYLE_SUFFIX, EvalQuestion, format_scorecard, grade_replies, is_strict_match,
-                                 load_eval_questions, save_scorecard_row)
+from llmtrain.evaluation import format_scorecard, read_scorecard, save_scorecard_row
+from llmtrain.grading import EvalQuestion, grade_replies, is_strict_match, load_eval_questions
+from llmtrain.toy import toy_preset
+from llmtrain.toy_run import TOY_STAGES
+
+TOY_STYLE_SUFFIX = toy_preset()["TOY_STYLE_SUFFIX"]
 
 TOWNS = {"青石镇", "柳河村", "石桥村"}
 
@@ -66,17 +70,19 @@ def test_scorecard_file_keeps_rows_and_formats_them(tmp_path):
     assert table[0].count("|") == 6 and "| sft | 100% | 55% | 100% | 12.500 |" in table
 
 
-def test_evaluate_script_writes_a_row_for_the_toy_base(toy_pretrained, tmp_path):
-    out = tmp_path / "row.json"
-    result = run_script(["python", "code/evaluate.py", "--model", str(toy_pretrained), "--json", str(out),
-                         "--valid_text", "data/sample/pretrain_valid.jsonl",
-                         "--valid_conversations", "data/sample/sft_valid.jsonl", "--style_suffix", TOY_STYLE_SUFFIX])
-    assert result.returncode == 0, result.stdout
-    row = json.loads(out.read_text(encoding="utf-8"))
-    assert len(row["replies"]) == 120 and row["heldout_ppl"] > 1 and row["assistant_loss"] > 0
+@pytest.mark.slow
+def test_the_pipeline_scored_every_stage_with_evaluate_py(toy_run):
+    """make run's scorecard (code/toy_pipeline.sh runs code/evaluate.py after each stage): a row per stage."""
+    card = read_scorecard(str(toy_run / "scorecard.json"))
+    assert list(card) == [stage.name for stage in TOY_STAGES]
+    base = card["base (6.1)"]
+    assert len(base["replies"]) == 120 and base["heldout_ppl"] > 1 and base["assistant_loss"] > 0
+    assert len(base["rl_replies"]) == 240
     # the base model was never asked a question in pretraining: it cannot answer in the strict form
-    assert row["sft_seen"] <= 0.05 and row["heldout"] <= 0.05
-    assert row["sft_seen"] == sum(r["correct"] for r in row["replies"] if r["split"] == "sft_seen") / 60
+    assert base["sft_seen"] <= 0.05 and base["heldout"] <= 0.05
+    for row in card.values():
+        assert row["sft_seen"] == round(sum(r["correct"] for r in row["replies"] if r["split"] == "sft_seen") / 60, 4)
+    assert card["full SFT (6.2)"]["sft_seen"] >= 0.9 and card["LoRA DPO (6.4)"]["style"] >= 0.8
 
 
 @pytest.mark.parametrize("args, message", [
@@ -84,23 +90,31 @@ def test_evaluate_script_writes_a_row_for_the_toy_base(toy_pretrained, tmp_path)
     (["--model", "{model}", "--eval_file", "{empty}"], "is empty"),
     (["--model", "{model}", "--adapter", "{model}"], "no adapter_config.json there"),
 ])
-def test_evaluate_script_bad_input_is_one_clear_error(toy_pretrained, tmp_path, args, message):
+def test_evaluate_script_bad_input_is_one_clear_error(toy_dir, tmp_path, args, message, capsys, caplog):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("", encoding="utf-8")
-    args = [a.format(model=toy_pretrained, empty=empty) for a in args]
-    result = run_script(["python", "code/evaluate.py", *args])
+    model = tmp_path / "model"   # a randomly initialised toy model: these errors come before any reply
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(toy_dir)).save_pretrained(model)
+    AutoTokenizer.from_pretrained(toy_dir).save_pretrained(model)
+    args = [a.format(model=model, empty=empty) for a in args]
+    result = run_cli_in_process("evaluate.py", args, capsys, caplog)
     assert result.returncode == 1 and message in result.stdout and "Traceback" not in result.stdout
 
 
-def test_evaluate_script_rejects_an_adapter_for_another_base(toy_pretrained, tmp_path):
+def test_evaluate_script_rejects_an_adapter_for_another_base(toy_dir, tmp_path, capsys, caplog):
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(toy_pretrained)
+    model = tmp_path / "model"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(toy_dir)).save_pretrained(model)
+    AutoTokenizer.from_pretrained(toy_dir).save_pretrained(model)
+    config = AutoConfig.from_pretrained(toy_dir)
     config.hidden_size, config.intermediate_size = 64, 128
     get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(r=2, target_modules=["q_proj"])
                    ).save_pretrained(tmp_path / "adapter")
-    result = run_script(["python", "code/evaluate.py", "--model", str(toy_pretrained),
-                         "--adapter", str(tmp_path / "adapter")])
+    result = run_cli_in_process("evaluate.py", ["--model", str(model), "--adapter", str(tmp_path / "adapter")],
+                                capsys, caplog)
     assert result.returncode == 1 and "does not fit this base model" in result.stdout
     assert "Traceback" not in result.stdout

@@ -1,4 +1,5 @@
-"""6.1.5: code/pretrain.py and pretrain.sh, run for real: errors, resume after SIGKILL, DeepSpeed on 2 CPU processes."""
+"""6.1.5: code/pretrain.py and pretrain.sh: errors in-process, then real runs: resume after SIGKILL, the
+overwrite flag, and the session pipeline's 2-process DeepSpeed pretraining."""
 
 from __future__ import annotations
 
@@ -11,48 +12,56 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, SAMPLE_PRETRAIN, run_script, script_env
-from llmtrain.training import STALE_BUILD_LOCK_SECONDS, use_environment_torch_extensions
+from conftest import ROOT, SAMPLE_PRETRAIN, run_cli_in_process, run_script, script_env
+from llmtrain.launch import STALE_BUILD_LOCK_SECONDS, use_environment_torch_extensions
+from llmtrain.toy import toy_preset
 
 
-def pretrain_cmd(toy_dir, output_dir, *extra: str, train_file=SAMPLE_PRETRAIN) -> list[str]:
+def pretrain_args(toy_dir, output_dir, *extra: str, train_file=SAMPLE_PRETRAIN) -> list[str]:
     return [
-        "python", "code/pretrain.py", "--config_name", str(toy_dir), "--tokenizer_name", str(toy_dir),
+        "--config_name", str(toy_dir), "--tokenizer_name", str(toy_dir),
         "--train_files", str(train_file), "--block_size", "64", "--per_device_train_batch_size", "4",
         "--learning_rate", "2e-3", "--logging_steps", "5", "--report_to", "none", "--use_cpu",
         "--output_dir", str(output_dir), *extra,
     ]
 
 
+def pretrain(capsys, caplog, *args: str):
+    return run_cli_in_process("pretrain.py", list(args), capsys, caplog)
+
+
 def assert_failed_cleanly(result, output_dir, message: str) -> None:
-    assert result.returncode != 0, result.stdout[-3000:]
+    assert result.returncode == 1, result.stdout[-3000:]
     assert message in result.stdout, result.stdout[-3000:]
     assert "Traceback" not in result.stdout, result.stdout[-3000:]
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
 
-def test_bad_inputs_exit_nonzero_with_a_clear_message(tmp_path, toy_dir):
+def test_bad_inputs_exit_1_with_a_clear_message(tmp_path, toy_dir, capsys, caplog):
     out = tmp_path / "out"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "一"}\n{"text": "二",}\n', encoding="utf-8")
-    assert_failed_cleanly(run_script(pretrain_cmd(toy_dir, out, train_file=bad)), out,
+    assert_failed_cleanly(pretrain(capsys, caplog, *pretrain_args(toy_dir, out, train_file=bad)), out,
                           "bad.jsonl line 2: not valid JSON")
-
-    result = run_script(pretrain_cmd(toy_dir, out, "--config_name", str(tmp_path / "missing")))
-    assert_failed_cleanly(result, out, "missing: no such folder")
-
+    assert_failed_cleanly(pretrain(capsys, caplog, *pretrain_args(toy_dir, out, "--config_name", str(tmp_path / "no"))),
+                          out, "no: no such folder")
     tiny = tmp_path / "tiny.jsonl"
     tiny.write_text('{"text": "很短。"}\n', encoding="utf-8")
-    assert_failed_cleanly(run_script(pretrain_cmd(toy_dir, out, train_file=tiny)), out, "but one block needs 64")
+    assert_failed_cleanly(pretrain(capsys, caplog, *pretrain_args(toy_dir, out, train_file=tiny)), out,
+                          "but one block needs 64")
+    # a flag value TrainingArguments rejects in its own checks: one line, as in dpo.py and grpo.py
+    assert_failed_cleanly(pretrain(capsys, caplog, *pretrain_args(toy_dir, out, "--load_best_model_at_end")), out,
+                          "--help lists them")
 
     out.mkdir()
     (out / "notes.txt").write_text("someone else's file")
-    result = run_script(pretrain_cmd(toy_dir, out))
-    assert result.returncode != 0
+    result = pretrain(capsys, caplog, *pretrain_args(toy_dir, out))
+    assert result.returncode == 1
     assert "is not empty and holds no checkpoint" in result.stdout and "--overwrite_output_dir" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -61,6 +70,7 @@ def final_weights(output_dir) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(output_dir, "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, toy_dir):
     """Same command twice: the second run resumes from the last complete checkpoint.
 
@@ -68,10 +78,10 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, t
     """
     args = ("--max_steps", "40", "--save_steps", "10", "--seed", "3")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    ref = run_script(pretrain_cmd(toy_dir, reference, *args))
+    ref = run_script(["python", "code/pretrain.py", *pretrain_args(toy_dir, reference, *args)])
     assert ref.returncode == 0, ref.stdout[-3000:]
 
-    cmd = pretrain_cmd(toy_dir, killed, *args)
+    cmd = ["python", "code/pretrain.py", *pretrain_args(toy_dir, killed, *args)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_checkpoint = killed / "checkpoint-10" / "trainer_state.json"
     deadline = time.time() + 300
@@ -92,45 +102,48 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, t
     assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == 40
 
 
-def test_overwrite_output_dir_starts_over(tmp_path, toy_dir):
+@pytest.mark.slow
+def test_overwrite_output_dir_checks_the_inputs_first_then_starts_over(tmp_path, toy_dir, capsys, caplog):
     out = tmp_path / "out"
-    first = run_script(pretrain_cmd(toy_dir, out, "--max_steps", "4", "--save_steps", "2"))
+    first = pretrain(capsys, caplog, *pretrain_args(toy_dir, out, "--max_steps", "4", "--save_steps", "2",
+                                                    "--validation_split_percentage", "10"))
     assert first.returncode == 0, first.stdout[-3000:]
-    again = run_script(pretrain_cmd(toy_dir, out, "--max_steps", "2", "--save_steps", "2", "--overwrite_output_dir"))
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert math.isclose(metrics["perplexity"], math.exp(metrics["eval_loss"]), rel_tol=1e-6)
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+
+    # a typo in the data path stops the run before --overwrite_output_dir deletes anything
+    typo = pretrain(capsys, caplog, *pretrain_args(toy_dir, out, "--overwrite_output_dir",
+                                                   train_file=tmp_path / "pretrian.jsonl"))
+    assert typo.returncode == 1 and "pretrian.jsonl" in typo.stdout
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == checkpoints
+
+    again = pretrain(capsys, caplog, *pretrain_args(toy_dir, out, "--max_steps", "2", "--save_steps", "2",
+                                                    "--overwrite_output_dir"))
     assert again.returncode == 0, again.stdout[-3000:]
     assert "Resuming" not in again.stdout
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
 
 
-def test_validation_split_reports_perplexity(tmp_path, toy_dir):
-    out = tmp_path / "out"
-    result = run_script(pretrain_cmd(toy_dir, out, "--max_steps", "3", "--validation_split_percentage", "10"))
-    assert result.returncode == 0, result.stdout[-3000:]
-    metrics = json.loads((out / "eval_results.json").read_text())
-    assert math.isclose(metrics["perplexity"], math.exp(metrics["eval_loss"]), rel_tol=1e-6)
-
-
-def test_toy_deepspeed_launch_runs_two_processes_that_split_the_data(tmp_path, toy_dir):
-    out = tmp_path / "ds"
-    # a build lock left by a run killed while compiling DeepSpeed's shm op: without its removal the launch waits forever
+@pytest.mark.slow
+def test_toy_deepspeed_pretraining_ran_two_processes_that_split_the_data(toy_run):
+    """The session pipeline's `PRESET=toy bash code/pretrain.sh` (the first stage of make run)."""
+    log = (toy_run / "pretrain.log").read_text()
     lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.touch()
-    os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    result = run_script(["bash", "code/pretrain.sh"], PRESET="toy", OUTPUT_DIR=str(out), EPOCHS="6",
-                        SAVE_STEPS="1000", MASTER_PORT="29517")
-    assert result.returncode == 0, result.stdout[-5000:]
-    assert f"Removed {lock}: a build lock 60 minutes old" in result.stdout
+    assert f"Removed {lock}: a build lock 60 minutes old" in log   # planted by the toy_run fixture
     assert (lock.parent / "deepspeed_shm_comm.so").is_file()   # compiled into this environment, not ~/.cache
-    assert "Process rank: 0, device: cpu, world size: 2" in result.stdout
-    assert "Process rank: 1, device: cpu, world size: 2" in result.stdout
+    assert "Process rank: 0, device: cpu, world size: 2" in log
+    assert "Process rank: 1, device: cpu, world size: 2" in log
 
-    n_blocks = int(result.stdout.split(" documents -> ")[1].split(" blocks")[0])
+    preset = toy_preset()
+    out = toy_run / "pretrain"
+    n_blocks = int(log.split(" documents -> ")[1].split(" blocks")[0])
     state = json.loads((out / "trainer_state.json").read_text())
-    per_step = 4 * 2  # per-device batch 4 on each of 2 ranks
-    assert state["global_step"] == 6 * math.ceil(n_blocks / per_step)  # 6 epochs over the split data
-    assert state["num_input_tokens_seen"] == state["global_step"] * per_step * 128
+    per_step = preset["TOY_PRETRAIN_BATCH_SIZE"] * preset["TOY_NUM_GPUS"]
+    assert state["global_step"] == preset["TOY_PRETRAIN_EPOCHS"] * math.ceil(n_blocks / per_step)  # the data split
+    assert state["num_input_tokens_seen"] == state["global_step"] * per_step * preset["TOY_PRETRAIN_BLOCK_SIZE"]
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert losses[-1] < losses[0] - 0.5
     assert (out / "loss.png").stat().st_size > 0

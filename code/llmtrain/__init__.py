@@ -1,6 +1,7 @@
-"""Helpers for the Happy-LLM chapter 6 companion course (pretraining, SFT, LoRA with transformers).
+"""Helpers for the Happy-LLM chapter 6 companion course (pretraining, SFT, LoRA, DPO and GRPO with transformers).
 
-One module per concern; each public function names the chapter section that teaches it.
+One module per concern; each public function names the chapter section that teaches it, and each module's docstring
+says whether it is on the scripts' training path or a from-scratch reference the notebooks teach.
 """
 
 import logging
@@ -15,5 +16,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # bitsandbytes (QLoRA) looks for the optional `kernels` package's faster CPU kernel when it is imported and logs a
 # warning when it is missing; it then uses its own kernels. That warning would otherwise open every notebook and log.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# On a CPU with AVX-512 BF16, bitsandbytes asks the `kernels` package (a transformers dependency) for a hub kernel at
+# import; offline, `kernels` warns that it skips the publisher check, then the lookup fails and bitsandbytes falls back.
+logging.getLogger("kernels").setLevel(logging.ERROR)
 
 __all__ = ["PROJECT_ROOT", "LlmtrainError"]

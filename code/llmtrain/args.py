@@ -1,4 +1,7 @@
-"""6.1.5: the scripts' own flags; every TrainingArguments flag is accepted beside them."""
+"""6.1.5: the scripts' own flags; every TrainingArguments flag is accepted beside them.
+
+On the scripts' training path: the four scripts parse these beside TrainingArguments or TRL's config.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""6.2.2: measure SFT batching strategies on a real model: padding waste and supervised tokens per second."""
+"""6.2.2 / 6.3.1: measurements on real models for the notebooks and bench/: SFT batching strategies (padding waste,
+supervised tokens per second) and what a training step keeps in memory (weights, gradients, optimizer state).
+
+Not on the scripts' training path: the notebooks and benchmarks call it to measure.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, default_data_collator
 
 from llmtrain.sft_data import IGNORE_INDEX, make_collator, textbook_padded
@@ -63,3 +68,40 @@ def compare_sft_batching(
     }
     return {name: measure_batching(model, data, collate, *counts, batch_size, steps)
             for name, (data, collate) in strategies.items()}
+
+
+def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """6.3.1: the bytes a training step keeps between steps, counted from the tensors themselves.
+
+    Weights (all parameters), gradients (the trainable ones that have one) and the optimizer's state
+    (AdamW: two tensors per trainable parameter). Call after at least one `optimizer.step()`.
+    """
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    return {
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "weights": sum(nbytes(p) for p in model.parameters()),
+        "gradients": sum(nbytes(p.grad) for p in model.parameters() if p.grad is not None),
+        "optimizer": sum(nbytes(t) for s in optimizer.state.values() for t in s.values()
+                         if torch.is_tensor(t) and t.dim() > 0),
+    }
+
+
+def measure_training_steps(
+    model: nn.Module, batches: list[dict[str, torch.Tensor]], lr: float = 1e-4,
+) -> dict[str, float]:
+    """6.3.1: train `model` on `batches` with torch AdamW (train mode); return `training_state_bytes` and tokens/s.
+
+    Gradients are zeroed in place (set_to_none=False), so they still count after the last step.
+    """
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    tokens, start = 0, time.perf_counter()
+    for batch in batches:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)  # zeroed, not freed: the gradients are held all the time
+        tokens += batch["input_ids"].numel()
+    seconds = time.perf_counter() - start
+    return {**training_state_bytes(model, optimizer), "tokens_per_s": tokens / seconds}

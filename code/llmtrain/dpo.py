@@ -11,6 +11,9 @@ Pairs are rendered with the SFT ChatML (`llmtrain.sft_data`), so DPO scores exac
 trained on: each reply plus its closing `<|im_end|>`, no extra BOS/EOS. With LoRA the reference is
 the same model with its adapter disabled: no second copy of the weights. `TokenizedPairsDPOTrainer`
 runs the real job through TRL on these very token ids.
+
+A from-scratch reference the notebooks teach (6.4 trains with it and checks it against TRL); code/dpo.py's
+training path uses only the data helpers and `TokenizedPairsDPOTrainer`.
 """
 
 from __future__ import annotations
@@ -345,22 +348,3 @@ def compare_with_trl(trainer: DPOTrainer, examples: list[dict[str, list[int]]]) 
                        ("logps/chosen", chosen_logps.mean().item()), ("logps/rejected", rejected_logps.mean().item())]:
         diffs[key] = abs(logged[key] - value)
     return diffs
-
-
-def dpo_model_state_bytes(config: Any, lora_targets: list[str] | None = None, r: int = 8) -> dict[str, int]:
-    """6.4: model-state bytes of a DPO job on one GPU, no ZeRO: the policy (2 B of bf16 weight per parameter, plus
-    2 B of bf16 gradient and 12 B of mixed-precision AdamW per trainable one) and the reference (full DPO: a second
-    bf16 copy; LoRA: 0, it is the same weights with the adapter disabled).
-
-    Activations and logits come on top (`llmtrain.memory`); bench/dpo_lora_vs_full.py measures both variants.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from llmtrain.memory import lora_trainable_params
-    from llmtrain.modeling import count_parameters
-
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        n = count_parameters(AutoModelForCausalLM.from_config(config))
-    if lora_targets:
-        return {"policy": 2 * n + 16 * lora_trainable_params(config, lora_targets, r), "reference": 0}
-    return {"policy": 16 * n, "reference": 2 * n}

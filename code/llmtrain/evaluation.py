@@ -1,9 +1,10 @@
-"""6.2-6.4: the scorecard: what each training stage added, measured on questions it was or was not taught.
+"""6.2-6.5: the scorecard: what each training stage added, measured on questions it was or was not taught.
 
-One row per model: greedy answers to `data/sample/eval.jsonl` through the chat template, scored
-with a strict rule, per split ("sft_seen": asked in the SFT data; "heldout": the fact is only in
-the pretraining text), plus held-out perplexity on pretraining-style text and the loss on the
-assistant tokens of held-out conversations.
+One row per model: greedy answers to `data/sample/eval.jsonl` through the chat template, graded by
+`llmtrain.grading` per split ("sft_seen": asked in the SFT data; "heldout": the fact is only in
+the pretraining text), plus held-out perplexity on pretraining-style text, the loss on the
+assistant tokens of held-out conversations and (6.5) the held-out accuracy on the RL task.
+On the scripts' path: code/evaluate.py writes every row of `make run`'s scorecard with it.
 """
 
 from __future__ import annotations
@@ -13,60 +14,18 @@ import math
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.jsonl import iter_jsonl, preview
+from llmtrain.grading import SPLITS, fact_candidates, grade_replies, load_eval_questions, load_prompt_dataset, \
+    score_replies
 from llmtrain.pretrain_data import read_jsonl_texts
 from llmtrain.sft_data import IGNORE_INDEX, load_sft_dataset, tokenize_conversation
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
-
-SPLITS = ("sft_seen", "heldout")
-EVAL_HINT = ('each line must be one JSON object like {"question": "...", "answer": "...", '
-             '"split": "sft_seen" | "heldout"}')
-# 6.4's toy preference: a reply about a person ends with this sentence (data/sample/build_samples.py).
-TOY_STYLE_SUFFIX = "还想知道什么,尽管问我。"
-# What may follow the answer in a reply that counts: closing punctuation and space, nothing else.
-CLOSING = re.compile(r"[\s。.!！]*")
-
-
-@dataclass(frozen=True)
-class EvalQuestion:
-    question: str
-    answer: str
-    split: str
-
-
-def load_eval_questions(path: str) -> list[EvalQuestion]:
-    """6.2: the scorecard's questions; a bad line is an error naming the file, the line and the fix."""
-    questions = []
-    for lineno, record in iter_jsonl(path, EVAL_HINT):
-        fields = record if isinstance(record, dict) else {}
-        bad = [k for k in ("question", "answer") if not isinstance(fields.get(k), str) or not fields[k].strip()]
-        if bad or fields.get("split") not in SPLITS:
-            what = f"empty or missing {' and '.join(bad)}" if bad else f"split must be one of {list(SPLITS)}"
-            raise LlmtrainError(f"{path} line {lineno}: {what} in {preview(record)}; {EVAL_HINT}.")
-        questions.append(EvalQuestion(fields["question"], fields["answer"], fields["split"]))
-    return questions
-
-
-def is_strict_match(reply: str, answer: str, candidates: set[str]) -> bool:
-    """6.2: the scorecard's rule: a reply counts only when it commits to the answer and stops there.
-
-    The answer appears exactly once, only closing punctuation follows it (a reply that rambles on
-    past the answer does not count), and no other candidate answer appears (a reply that lists
-    several candidates does not count). Candidates are all answers of the eval file.
-    """
-    if reply.count(answer) != 1:
-        return False
-    if not CLOSING.fullmatch(reply[reply.index(answer) + len(answer):]):
-        return False
-    return not any(other in reply for other in candidates if other not in answer and answer not in other)
-
 
 @torch.no_grad()
 def generate_replies(
@@ -97,22 +56,6 @@ def generate_replies(
     finally:
         tokenizer.padding_side = padding_side
     return replies
-
-
-def grade_replies(questions: list[EvalQuestion], replies: list[tuple[str, bool]],
-                  style_suffix: str | None = None) -> list[dict[str, Any]]:
-    """6.2-6.4: each (reply, stopped) graded by `is_strict_match` against all answers of the eval file.
-
-    With `style_suffix`, a reply ending with it is graded without it and marked "styled".
-    """
-    candidates = {q.answer for q in questions}
-    graded = []
-    for q, (reply, stopped) in zip(questions, replies, strict=True):
-        styled = bool(style_suffix) and reply.endswith(style_suffix)
-        answer_part = reply[:-len(style_suffix)] if styled else reply
-        graded.append(dict(question=q.question, answer=q.answer, split=q.split, reply=reply, stopped=stopped,
-                           correct=is_strict_match(answer_part, q.answer, candidates), styled=styled))
-    return graded
 
 
 @torch.no_grad()
@@ -297,3 +240,30 @@ def wrong_person_replies(row: dict[str, Any], split: str = "heldout") -> dict[st
         if asked not in g["reply"] and any(p in g["reply"] for p in people - {asked}):
             other.append(g)
     return {"wrong": len(wrong), "other_person": len(other), "examples": other}
+
+
+def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset,
+                  max_new_tokens: int = 32, style_suffix: str | None = None) -> dict[str, Any]:
+    """6.5: greedy replies to held-out prompts (`generate_replies`, stopping at `<|im_end|>`), scored by `llmtrain.grading.score_replies`.
+
+    With `style_suffix` (6.4's closing sentence) a reply is scored with that ending removed, as the
+    scorecard grades. Returns {"accuracy", "replies": [{prompt, answer, reply, correct}]}: every reply kept.
+    """
+    questions = [p[-1]["content"] for p in rows["prompt"]]
+    system = rows["prompt"][0][0]["content"]
+    replies = [r for r, _ in generate_replies(model, tokenizer, questions, max_new_tokens, system_message=system)]
+    graded = [r.removesuffix(style_suffix) if style_suffix else r for r in replies]
+    scores = score_replies(graded, rows["answer"], rows["task"], fact_candidates(rows))
+    return {"accuracy": round(sum(scores) / len(scores), 4),
+            "replies": [dict(prompt=q, answer=a, reply=r, correct=bool(s))
+                        for q, a, r, s in zip(questions, rows["answer"], replies, scores)]}
+
+
+def add_rl_task_column(row: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                       rl_eval_file: str, style_suffix: str | None = None) -> dict[str, Any]:
+    """6.5: a scorecard row (`scorecard_row`) gains the RL task's held-out accuracy ("rl_heldout", greedy, up to 48
+    new tokens as the other columns) and every reply ("rl_replies"); replies are graded without `style_suffix`."""
+    result = task_accuracy(model, tokenizer, load_prompt_dataset([rl_eval_file]), max_new_tokens=48,
+                           style_suffix=style_suffix)
+    row["rl_heldout"], row["rl_replies"] = result["accuracy"], result["replies"]
+    return row

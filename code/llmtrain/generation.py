@@ -1,4 +1,7 @@
-"""6.2: talk to a fine-tuned model: the chat template renders the prompt, `generate` writes the reply."""
+"""6.2: talk to a fine-tuned model: the chat template renders the prompt, `generate` writes the reply.
+
+Used by code/chat.py and the notebooks (not by training).
+"""
 
 from __future__ import annotations
 

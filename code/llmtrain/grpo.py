@@ -13,11 +13,13 @@ the policy near the reference (the SFT model; with LoRA, the same model with its
 "grpo" averages loss_t over each completion's tokens, then over completions (the DeepSeekMath paper);
 "dapo" (TRL 1.16's default) averages over all completion tokens of the batch, so long replies weigh more.
 `compare_with_trl` runs TRL's `GRPOTrainer` on the same model, prompts, completions and rewards.
+
+A from-scratch reference the notebooks teach; code/grpo.py's training path uses only the TRL glue here
+(`trl_reward_function`, `trl_style_reward`, `drop_long_prompts`, `stop_at_end_of_turn`) and `llmtrain.grading`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,43 +30,10 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.evaluation import generate_replies, is_strict_match
-from llmtrain.jsonl import load_normalized_jsonl, preview
-from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
+from llmtrain.grading import fact_candidates, score_replies
+from llmtrain.tokenizer import IM_END
 
-TASKS = ("arithmetic", "fact")
-PROMPT_HINT = ('each line must be one JSON object like {"prompt": "9加18等于几?", "answer": "27"} '
-               '(optional "task": "arithmetic" (default, the answer an integer) or "fact")')
-# A reply's final integer, followed by nothing but closing punctuation or space.
-FINAL_INTEGER = re.compile(r"(-?\d+)[\s。.!！]*$")
 ADVANTAGE_EPS = 1e-4  # TRL's: a group whose rewards are all equal gets advantage 0, not 0/0
-
-
-# ---------------------------------------------------------------- rewards: one place, each a plain function
-def arithmetic_reward(reply: str, answer: str, candidates: frozenset[str] = frozenset()) -> float:
-    """6.5: 1.0 when the reply's final integer is exactly `answer` and only closing punctuation follows, else 0.0.
-
-    "9加18等于27。" and "27" score 1; "等于127。", "27或28", "27,对吗?" and an empty or number-free reply
-    score 0. `candidates` is unused (the same signature as `fact_reward`).
-    """
-    match = FINAL_INTEGER.search(reply)
-    return float(match is not None and match.group(1) == answer)
-
-
-def fact_reward(reply: str, answer: str, candidates: frozenset[str] = frozenset()) -> float:
-    """6.5: 1.0 when the scorecard's strict rule accepts the reply (`llmtrain.evaluation.is_strict_match`), else 0.0."""
-    return float(is_strict_match(reply, answer, set(candidates)))
-
-
-REWARDS: dict[str, Callable[[str, str, frozenset[str]], float]] = {"arithmetic": arithmetic_reward,
-                                                                   "fact": fact_reward}
-
-
-def score_replies(replies: list[str], answers: list[str], tasks: list[str],
-                  candidates: frozenset[str] = frozenset()) -> list[float]:
-    """6.5: the reward of each reply, by its task's function (`REWARDS`)."""
-    return [REWARDS[task](reply, answer, candidates) for reply, answer, task in zip(replies, answers, tasks,
-                                                                                     strict=True)]
 
 
 def completion_texts(completions: list) -> list[str]:
@@ -102,31 +71,6 @@ def trl_style_reward(style_suffix: str) -> Callable[..., list[float]]:
     return style
 
 
-# ---------------------------------------------------------------- prompt files
-def normalize_prompt_record(record: Any, system_message: str = DEFAULT_SYSTEM_MESSAGE) -> dict[str, Any]:
-    """6.5: one {"prompt", "answer"[, "task"]} record -> {"prompt": [system, user] messages, "answer", "task"}."""
-    if not isinstance(record, dict) or "prompt" not in record or "answer" not in record:
-        raise LlmtrainError(f"needs 'prompt' and 'answer', got {preview(record)}")
-    prompt, answer, task = record["prompt"], record["answer"], record.get("task", "arithmetic")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise LlmtrainError(f"'prompt' must be a non-empty string, got {preview(prompt)}")
-    if task not in TASKS:
-        raise LlmtrainError(f"'task' must be one of {list(TASKS)}, got {preview(task)}")
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        answer = str(answer)
-    if not isinstance(answer, str) or not answer.strip():
-        raise LlmtrainError(f"'answer' must be a non-empty string, got {preview(answer)}")
-    if task == "arithmetic" and not re.fullmatch(r"-?\d+", answer):
-        raise LlmtrainError(f"an arithmetic answer must be an integer, got {preview(answer)}")
-    return {"prompt": [{"role": "system", "content": system_message}, {"role": "user", "content": prompt}],
-            "answer": answer, "task": task}
-
-
-def load_prompt_dataset(files: list[str], system_message: str = DEFAULT_SYSTEM_MESSAGE) -> datasets.Dataset:
-    """6.5: read and check prompt JSON lines; the first bad record stops the run, naming file and line."""
-    return load_normalized_jsonl(files, lambda record: normalize_prompt_record(record, system_message), PROMPT_HINT)
-
-
 def drop_long_prompts(rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
                       max_prompt_tokens: int) -> tuple[datasets.Dataset, int]:
     """6.5: the prompts whose chat-template rendering fits in `max_prompt_tokens`, and how many were dropped."""
@@ -134,11 +78,6 @@ def drop_long_prompts(rows: datasets.Dataset, tokenizer: PreTrainedTokenizerBase
                                                                  tokenize=True, return_dict=True)["input_ids"]]
     keep = [i for i, n in enumerate(lengths) if n <= max_prompt_tokens]
     return rows.select(keep), len(rows) - len(keep)
-
-
-def fact_candidates(rows: datasets.Dataset) -> frozenset[str]:
-    """The answers of the fact prompts: `is_strict_match` rejects a reply that names another of them."""
-    return frozenset(a for a, t in zip(rows["answer"], rows["task"]) if t == "fact")
 
 
 def end_of_reply_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -370,31 +309,3 @@ def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list
     diffs["clip_ratio/region_mean"] = abs(logged["clip_ratio/region_mean"] - ours.clip_ratio)
     diffs["reward"] = abs(logged["reward"] - rewards.mean().item())
     return diffs
-
-
-# ---------------------------------------------------------------- held-out accuracy
-def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset,
-                  max_new_tokens: int = 32, style_suffix: str | None = None) -> dict[str, Any]:
-    """6.5: greedy replies to held-out prompts (`generate_replies`, stopping at `<|im_end|>`), scored by `REWARDS`.
-
-    With `style_suffix` (6.4's closing sentence) a reply is scored with that ending removed, as the
-    scorecard grades. Returns {"accuracy", "replies": [{prompt, answer, reply, correct}]}: every reply kept.
-    """
-    questions = [p[-1]["content"] for p in rows["prompt"]]
-    system = rows["prompt"][0][0]["content"]
-    replies = [r for r, _ in generate_replies(model, tokenizer, questions, max_new_tokens, system_message=system)]
-    graded = [r.removesuffix(style_suffix) if style_suffix else r for r in replies]
-    scores = score_replies(graded, rows["answer"], rows["task"], fact_candidates(rows))
-    return {"accuracy": round(sum(scores) / len(scores), 4),
-            "replies": [dict(prompt=q, answer=a, reply=r, correct=bool(s))
-                        for q, a, r, s in zip(questions, rows["answer"], replies, scores)]}
-
-
-def add_rl_task_column(row: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                       rl_eval_file: str, style_suffix: str | None = None) -> dict[str, Any]:
-    """6.5: a scorecard row (`scorecard_row`) gains the RL task's held-out accuracy ("rl_heldout", greedy, up to 48
-    new tokens as the other columns) and every reply ("rl_replies"); replies are graded without `style_suffix`."""
-    result = task_accuracy(model, tokenizer, load_prompt_dataset([rl_eval_file]), max_new_tokens=48,
-                           style_suffix=style_suffix)
-    row["rl_heldout"], row["rl_replies"] = result["accuracy"], result["replies"]
-    return row

@@ -3,6 +3,7 @@
 Both of the chapter's formats are JSON lines: `{"text": ...}` for pretraining and
 `{"conversations": [...], "id": ...}` for SFT. The Arrow loader is fast but its errors name
 neither the line nor the fix; when it fails, a plain scan finds the first bad line instead.
+On the scripts' training path: every data file a script reads goes through here.
 """
 
 from __future__ import annotations

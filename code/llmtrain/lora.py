@@ -3,13 +3,15 @@
 A frozen linear layer W0 gets a trainable low-rank path: h = W0 x + (alpha / r) · B A x, with A
 random and B zero, so training starts from exactly the base model. After training, B A can be
 added into W0 (merge) and the layer costs nothing extra at inference.
+
+A from-scratch reference the notebooks teach (`LoraLinear`, `inject_lora`, checked against peft); the scripts'
+training path uses peft through `add_peft_lora`, `peft_lora_config` and `load_adapter`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import time
 
 import torch
 from torch import nn
@@ -191,40 +193,3 @@ def copy_lora_from_peft(peft_model: nn.Module, model: nn.Module) -> int:
             ours[target].data.copy_(value.data)
             copied += 1
     return copied
-
-
-def training_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """6.3.1: the bytes a training step keeps between steps, counted from the tensors themselves.
-
-    Weights (all parameters), gradients (the trainable ones that have one) and the optimizer's state
-    (AdamW: two tensors per trainable parameter). Call after at least one `optimizer.step()`.
-    """
-    def nbytes(t: torch.Tensor) -> int:
-        return t.numel() * t.element_size()
-
-    return {
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "weights": sum(nbytes(p) for p in model.parameters()),
-        "gradients": sum(nbytes(p.grad) for p in model.parameters() if p.grad is not None),
-        "optimizer": sum(nbytes(t) for s in optimizer.state.values() for t in s.values()
-                         if torch.is_tensor(t) and t.dim() > 0),
-    }
-
-
-def measure_training_steps(
-    model: nn.Module, batches: list[dict[str, torch.Tensor]], lr: float = 1e-4,
-) -> dict[str, float]:
-    """6.3.1: train `model` on `batches` with torch AdamW (train mode); return `training_state_bytes` and tokens/s.
-
-    Gradients are zeroed in place (set_to_none=False), so they still count after the last step.
-    """
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    tokens, start = 0, time.perf_counter()
-    for batch in batches:
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)  # zeroed, not freed: the gradients are held all the time
-        tokens += batch["input_ids"].numel()
-    seconds = time.perf_counter() - start
-    return {**training_state_bytes(model, optimizer), "tokens_per_s": tokens / seconds}

@@ -7,6 +7,7 @@ the vocabulary at its start, or later the backward of one layer) and the optimiz
 step (DeepSpeed's fp32 gradient partition, or PyTorch AdamW's temporaries). bench/memory_model.py checks it against
 measured CPU peaks; on a GPU the card must also hold the caching allocator's reserve and the CUDA context
 (`card_memory_needed`, measured on an H200: bench/results/gpu_h200_2026-11-30.json).
+On the launchers' path: code/estimate_memory.py plans the chapter preset's batch with it before a launch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from llmtrain.lora import lora_parameter_count
-from llmtrain.modeling import qwen2_parameter_formula
+from llmtrain.modeling import count_parameters, qwen2_parameter_formula
 
 GIB = 2**30
 DTYPES = ("fp32", "bf16", "fp16")
@@ -328,3 +329,17 @@ def plan_for_card(
     estimate = estimate_training_memory(config, batch, seq_len, num_gpus=num_gpus, **setup)
     return BatchPlan(batch, grad_acc, batch * grad_acc * num_gpus, round(estimate.peak / GIB, 2),
                      round(card_memory_needed(estimate, expandable_segments) / GIB, 2))
+
+
+def dpo_model_state_bytes(config: PretrainedConfig, lora_targets: list[str] | None = None, r: int = 8) -> dict[str, int]:
+    """6.4: model-state bytes of a DPO job on one GPU, no ZeRO: the policy (2 B of bf16 weight per parameter, plus
+    2 B of bf16 gradient and 12 B of mixed-precision AdamW per trainable one) and the reference (full DPO: a second
+    bf16 copy; LoRA: 0, it is the same weights with the adapter disabled).
+
+    Activations and logits come on top (`llmtrain.memory`); bench/dpo_lora_vs_full.py measures both variants.
+    """
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        n = count_parameters(AutoModelForCausalLM.from_config(config))
+    if lora_targets:
+        return {"policy": 2 * n + 16 * lora_trainable_params(config, lora_targets, r), "reference": 0}
+    return {"policy": 16 * n, "reference": 2 * n}

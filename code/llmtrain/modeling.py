@@ -1,4 +1,7 @@
-"""6.1.2: build a causal LM from a config (pretraining from scratch) or from pretrained weights."""
+"""6.1.2: build a causal LM from a config (pretraining from scratch) or from pretrained weights.
+
+On the scripts' training path: every script loads its config, tokenizer and model here.
+"""
 
 from __future__ import annotations
 
@@ -89,14 +92,14 @@ def _check_folder(path: str, flag: str) -> None:
         )
 
 
-def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """6.1.2: `AutoConfig.from_pretrained` with a clear error when the folder is missing or unusable."""
-    _check_folder(name_or_path, "--config_name")
+def load_config(name_or_path: str, trust_remote_code: bool = False, flag: str = "--config_name") -> PretrainedConfig:
+    """6.1.2: `AutoConfig.from_pretrained` with a clear error, naming `flag`, when the folder is missing or unusable."""
+    _check_folder(name_or_path, flag)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise LlmtrainError(
-            f"--config_name {name_or_path}: cannot load a model config ({err}). "
+            f"{flag} {name_or_path}: cannot load a model config ({err}). "
             "Point it at a folder holding config.json (a downloaded model or artifacts/toy)."
         ) from err
 
@@ -148,7 +151,7 @@ def load_model_4bit(model_name_or_path: str, device: torch.device | str, compute
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise LlmtrainError("--use_qlora needs bitsandbytes: pip install -r requirements.txt "
+        raise LlmtrainError("--use_qlora needs bitsandbytes: pip install -e . "
                             "(or train plain LoRA: drop --use_qlora / USE_QLORA).")
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
@@ -178,9 +181,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
         raise LlmtrainError(f"--tokenizer_name {path}: cannot load a tokenizer ({err}).") from err
 
 
-def resolve_block_size(model: PreTrainedModel, requested: int | None, default: int) -> int:
-    """6.1.3 / 6.2.2: the --block_size to use: the requested one (checked), else min(default, max positions)."""
-    max_positions = getattr(model.config, "max_position_embeddings", None) or default
+def resolve_block_size(config: PretrainedConfig, requested: int | None, default: int) -> int:
+    """6.1.3 / 6.2.2: the --block_size to use: the requested one (checked), else min(default, the model's max
+    positions)."""
+    max_positions = getattr(config, "max_position_embeddings", None) or default
     if requested is None:
         return min(default, max_positions)
     if requested > max_positions:

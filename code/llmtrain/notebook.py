@@ -1,5 +1,5 @@
 """The course notebooks' shared set-up: seed, quiet output, a figure folder, a fresh output folder, the toy base
-model, and toy TrainingArguments."""
+model, and toy TrainingArguments. Used by the notebooks only."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 from llmtrain import PROJECT_ROOT
-from llmtrain.toy import ensure_toy_pretrained
+from llmtrain.toy_run import require_toy_model
 
 # The warnings the notebooks' libraries raise that say nothing to a learner of the toy runs:
 # (category, start of the message). Anything else still shows, so a new warning is seen and judged.
@@ -51,8 +51,9 @@ def setup_notebook(seed: int = 42) -> Path:
 
 
 def fresh_output_dir(notebook: str) -> Path:
-    """output/notebooks/<notebook>, emptied: what a notebook writes there (models, its scorecard) is from this run."""
-    folder = PROJECT_ROOT / "output" / "notebooks" / notebook
+    """output/notebooks/<notebook> (or $COURSE_OUTPUT_DIR/<notebook>), emptied: what a notebook writes there (models,
+    its scorecard) is from this run. The tests point COURSE_OUTPUT_DIR at a temporary folder."""
+    folder = Path(os.environ.get("COURSE_OUTPUT_DIR") or PROJECT_ROOT / "output" / "notebooks") / notebook
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -61,9 +62,9 @@ def fresh_output_dir(notebook: str) -> Path:
 def load_toy_base() -> tuple[Path, PreTrainedTokenizerBase, PreTrainedModel]:
     """6.2/6.3: the toy pretrained base (`output/toy/pretrain`, as `make run` leaves it), its tokenizer and model.
 
-    Missing or older than the toy assets, it is pretrained first the same way (`llmtrain.toy.ensure_toy_pretrained`).
+    When it is missing, the error says which command trains it (`llmtrain.toy_run.require_toy_model`).
     """
-    path = ensure_toy_pretrained()
+    path = require_toy_model("pretrain")
     return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
 
 

@@ -1,4 +1,7 @@
-"""6.1.4: pictures the course shows: the loss curve read from Trainer's log history."""
+"""6.1.4: pictures the course shows: the loss curve read from Trainer's log history.
+
+On the scripts' training path (`train_and_save` writes loss.png); the notebooks draw their figures with it too.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,7 @@ import json
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.figure import Figure
 
 
 def read_log_history(trainer_state_json: str) -> list[dict[str, Any]]:
@@ -23,7 +23,8 @@ def plot_series(
     series: dict[str, tuple[list[float], list[float]]], out_png: str, xlabel: str, ylabel: str, title: str
 ) -> str:
     """6.1.4: draw named (x, y) curves on one axis, save a PNG and return its path."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))  # a figure of its own, drawn by Agg: no pyplot state, no backend chosen globally
+    ax = fig.subplots()
     for name, (x, y) in series.items():
         ax.plot(x, y, "o-" if len(x) < 12 else "-", label=name, markersize=3)
     ax.set_xlabel(xlabel)
@@ -34,7 +35,6 @@ def plot_series(
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=120)
-    plt.close(fig)
     return out_png
 
 

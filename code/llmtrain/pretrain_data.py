@@ -3,6 +3,7 @@
 Two fixes over the chapter's code: every document ends with the tokenizer's EOS, so the model
 sees where one text stops and the next begins inside a block; and a corpus too small for one
 block is an error instead of a silently odd-sized or empty dataset.
+On the scripts' training path (code/pretrain.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ model was trained to predict padding over every prompt and pad position), sample
 to 2048 (batches are padded to their longest sample, or packed without any padding), and the
 supervised positions come from character offsets of one tokenization of the whole rendered text,
 so they are right for any tokenizer, whatever it does with "\\n" or role names.
+On the scripts' training path (code/finetune.py; DPO renders its pairs with the same ChatML).
 """
 
 from __future__ import annotations

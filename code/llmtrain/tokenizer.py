@@ -2,7 +2,8 @@
 
 The course has no model hub, so the tokenizer the chapter downloads with Qwen2.5 is replaced by
 one trained here on the sample corpus. It is saved in the same layout as a downloaded Qwen2.5
-folder, so `AutoTokenizer.from_pretrained(folder)` treats both alike.
+folder, so `AutoTokenizer.from_pretrained(folder)` treats both alike. Builds the toy assets (`make toy`);
+not on a training path.
 """
 
 from __future__ import annotations

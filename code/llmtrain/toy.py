@@ -3,7 +3,8 @@
     python -m llmtrain.toy --output_dir artifacts/toy
 
 The folder then loads with AutoTokenizer/AutoConfig exactly as a Qwen2.5 folder does. Same
-sample data, same assets: BPE training and the config are deterministic.
+sample data, same assets: BPE training and the config are deterministic. Also the toy preset's values
+(`toy_preset`) and 6.1's biography ablation. Not on the scripts' training path.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.evaluation import ASKED_PERSON, load_eval_questions, statement_completion_accuracy
+from llmtrain.evaluation import ASKED_PERSON, statement_completion_accuracy
+from llmtrain.grading import load_eval_questions
 from llmtrain.jsonl import iter_jsonl
 from llmtrain.modeling import toy_config
 from llmtrain.pretrain_data import group_texts, read_jsonl_texts, tokenize_with_eos
 from llmtrain.sft_data import load_sft_dataset
 from llmtrain.tokenizer import train_toy_tokenizer
+from llmtrain.toy_run import toy_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +49,18 @@ TOY_PRESET_FILE = PROJECT_ROOT / "code" / "presets" / "toy.env"
 
 
 def toy_preset() -> dict[str, int | float | str]:
-    """6.1-6.3: the toy preset's values (code/presets/toy.env, which the shell scripts source): numbers as numbers.
+    """6.1-6.5: the toy preset's values (code/presets/toy.env, which the launchers source): numbers as numbers.
 
     One source for the toy recipe: `PRESET=toy bash code/*.sh`, the notebooks and the tests read the same values.
-    Values that are not numbers (TOY_LORA_TARGETS, a comma-separated list of module names) stay strings.
+    Values that are not numbers (TOY_LORA_TARGETS, the closing sentence, paths) stay strings; in paths, $ROOT is the
+    repository and $RUN_DIR the folder of make run's models (`llmtrain.toy_run.toy_run_dir`), as in the launchers.
     """
     values: dict[str, int | float | str] = {}
     for line in TOY_PRESET_FILE.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             key, value = line.split("=", 1)
-            values[key] = value
+            values[key] = value.replace("$ROOT", str(PROJECT_ROOT)).replace("$RUN_DIR", str(toy_run_dir()))
             for number in (int, float):
                 try:
                     values[key] = number(value)
@@ -108,60 +112,6 @@ def ensure_toy_assets() -> Path:
         build_toy_assets(str(TOY_DIR), [str(path) for path in TOKENIZER_TRAIN_FILES],
                          [str(path) for path in TOKENIZER_CHARACTER_FILES])
     return TOY_DIR
-
-
-def _train_if_stale(out: Path, newer_than: Path, script: str, weights_file: str = "model.safetensors",
-                    **env: str) -> Path:
-    """Train `out` with `PRESET=toy bash code/<script>` unless `out/weights_file` exists and is newer than
-    `newer_than`."""
-    weights = out / weights_file
-    if weights.is_file() and weights.stat().st_mtime >= newer_than.stat().st_mtime:
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    run_bash_script(PROJECT_ROOT / "code" / script, PRESET="toy", OUTPUT_DIR=str(out), **env)
-    return out
-
-
-def ensure_toy_pretrained() -> Path:
-    """6.2: the toy pretrained model that SFT and LoRA start from (`output/toy/pretrain`, as `make run` leaves it).
-
-    When it is missing or older than the toy assets, it is pretrained here the same way:
-    `PRESET=toy bash code/pretrain.sh` (DeepSpeed, 2 CPU processes, about a minute).
-    """
-    toy = ensure_toy_assets()
-    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "pretrain", toy / "config.json", "pretrain.sh")
-
-
-def ensure_toy_sft() -> Path:
-    """6.4: the toy full-SFT model that DPO starts from (`output/toy/sft`, as `make run` leaves it).
-
-    When it is missing or older than the toy pretrained model, it is fine-tuned here the same way:
-    `PRESET=toy bash code/finetune.sh` (DeepSpeed, 2 CPU processes, about a minute).
-    """
-    pretrained = ensure_toy_pretrained()
-    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "sft", pretrained / "model.safetensors", "finetune.sh",
-                           MODEL_DIR=str(pretrained))
-
-
-def ensure_toy_dpo() -> Path:
-    """6.5: the toy LoRA-DPO run GRPO starts from (`output/toy/dpo-lora`, its merged model in `merged/`).
-
-    Missing or older than the toy SFT model, it is trained here the same way: `PRESET=toy bash code/dpo.sh`.
-    """
-    sft = ensure_toy_sft()
-    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "dpo-lora", sft / "model.safetensors", "dpo.sh",
-                           "merged/model.safetensors", MODEL_DIR=str(sft))
-
-
-def ensure_toy_grpo() -> Path:
-    """6.5: make run's LoRA-GRPO adapter on the merged DPO model (`output/toy/grpo-lora`).
-
-    Missing or older than the DPO model, it is trained here the same way: `PRESET=toy bash code/grpo.sh`
-    without held-out evaluation, as `make run` does (DeepSpeed, 2 CPU processes, about 2 minutes).
-    """
-    merged = ensure_toy_dpo() / "merged"
-    return _train_if_stale(PROJECT_ROOT / "output" / "toy" / "grpo-lora", merged / "model.safetensors", "grpo.sh",
-                           "adapter_model.safetensors", MODEL_DIR=str(merged), EVAL_FILES="")
 
 
 def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int = 600, n_people: int = 8,

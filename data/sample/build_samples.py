@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmtrain.evaluation import TOY_STYLE_SUFFIX
+from llmtrain.toy import toy_preset
 from llmtrain.sft_data import normalize_conversation, render_chatml
 
 HERE = Path(__file__).parent
@@ -88,6 +88,7 @@ BIOS_PER_PERSON = 60
 # DPO re-weights what the model already says; a string the SFT data never had (a "据我所知," opening)
 # reached 0% of greedy replies, while pushing harder broke the answers (README, 6.4).
 STYLED_EVERY_SEEN, STYLED_EVERY_IN_CONTEXT = 4, 3
+TOY_STYLE_SUFFIX = toy_preset()["TOY_STYLE_SUFFIX"]  # code/presets/toy.env: the launchers and the scorecard read it there
 N_PROSE_HELDOUT = 10
 
 
