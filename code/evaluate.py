@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "preference); replies are graded without it.")
     parser.add_argument("--rl_eval_file", help='6.5: held-out RL prompts {"prompt", "answer", "task"}: the RL '
                         "task's accuracy (replies graded without --style_suffix).")
+    parser.add_argument("--rl_new_phrasing_file", help="6.5: held-out RL prompts in a phrasing RL never trained on "
+                        "(data/sample/grpo_eval_new_phrasing.jsonl): a column of its own.")
     parser.add_argument("--name", help="Run name of the row (default: the model folder).")
     parser.add_argument("--scorecard", help="JSON file of all rows ({name: row}): add this row to it.")
     parser.add_argument("--json", help="Write this row alone, with every reply, to this JSON file.")
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                         args.style_suffix)
     if args.rl_eval_file:
         add_rl_task_column(row, model, tokenizer, args.rl_eval_file, args.style_suffix)
+    if args.rl_new_phrasing_file:
+        add_rl_task_column(row, model, tokenizer, args.rl_new_phrasing_file, args.style_suffix, "rl_new_phrasing")
     name = args.name or os.path.basename(os.path.normpath(args.adapter or args.model))
     rows = save_scorecard_row(args.scorecard, name, row) if args.scorecard else {name: row}
     if args.json:

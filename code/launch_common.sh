@@ -16,7 +16,7 @@
 # Shared settings (each a variable of that name, e.g. LR=1e-4 bash code/pretrain.sh): MODEL_DIR TRAIN_FILES
 # OUTPUT_DIR NUM_GPUS WORKERS PRECISION (auto|bf16|fp16|fp32) ACTIVATION_CHECKPOINTING (1|0) BATCH_SIZE GRAD_ACC LR
 # EPOCHS MAX_STEPS WARMUP_STEPS BLOCK_SIZE LOGGING_STEPS SAVE_STEPS SEED DS_CONFIG REPORT_TO; also HOSTFILE
-# (multi-node) and MASTER_PORT, and PYTHON (the interpreter; default: python).
+# (multi-node) and MASTER_PORT (default: a free port on a single node), and PYTHON (the interpreter; default: python).
 set -euo pipefail
 
 CODE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -208,6 +208,11 @@ launch() {
   local launcher=(deepspeed) precision=()
   [ "$NUM_GPUS" != all ] && launcher+=(--num_gpus "$NUM_GPUS")
   [ -n "${HOSTFILE:-}" ] && launcher+=(--hostfile "$HOSTFILE")     # multi-node
+  # The launcher's default port 29500 is taken by any other run on this machine (a notebook, a second make run):
+  # single-node launches pick a free one unless MASTER_PORT says otherwise.
+  [ -z "${MASTER_PORT:-}" ] && [ -z "${HOSTFILE:-}" ] && MASTER_PORT=$("$PYTHON" -c 'import socket
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   [ -n "${MASTER_PORT:-}" ] && launcher+=(--master_port "$MASTER_PORT")
   case "$PRECISION" in
     auto) ;;                                  # the script takes it from the machine
@@ -241,6 +246,6 @@ launch() {
     "${precision[@]}" \
     --activation_checkpointing "$([ "$ACTIVATION_CHECKPOINTING" = 1 ] && echo true || echo false)" \
     --deepspeed "$DS_CONFIG" \
-    --report_to "$REPORT_TO" \
+    --report_to "${REPORT_TO:-none}" \
     "$@"
 }

@@ -37,6 +37,7 @@ score() {
   "$PYTHON" "$CODE_DIR/evaluate.py" --name "$1" --model "$RUN_DIR/$2" ${3:+--adapter "$RUN_DIR/$3"} \
     --eval_file "$SAMPLE/eval.jsonl" --valid_text "$SAMPLE/pretrain_valid.jsonl" \
     --valid_conversations "$SAMPLE/sft_valid.jsonl" --rl_eval_file "$SAMPLE/grpo_eval.jsonl" \
+    --rl_new_phrasing_file "$SAMPLE/grpo_eval_new_phrasing.jsonl" \
     --style_suffix "$TOY_STYLE_SUFFIX" --scorecard "$RUN_DIR/scorecard.json" > /dev/null
 }
 

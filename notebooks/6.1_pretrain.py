@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -50,7 +50,7 @@ import torch
 from IPython.display import Image, Markdown, display
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.notebook import fresh_output_dir, setup_notebook
+from llmtrain.notebook import fresh_output_dir, setup_notebook, shown_path
 from llmtrain.toy import ensure_toy_assets, run_bash_script, toy_preset
 from llmtrain.toy_run import require_toy_model
 
@@ -740,7 +740,7 @@ if not RUN_DEEPSPEED:
     print("trainer_state.json 里的首尾两条 loss 记录:")
     keys = ("step", "epoch", "loss", "learning_rate", "tokens_per_second", "mfu")
     print("\n".join(str({k: e[k] for k in keys if k in e}) if e != "..." else e for e in ds_logs[:2] + ["..."] + ds_logs[-2:]))
-print(f"{SHOWN_BASE.relative_to(ROOT)}:{world} 个进程 × 每进程 {state['train_batch_size']} 个 block,"
+print(f"{shown_path(SHOWN_BASE)}:{world} 个进程 × 每进程 {state['train_batch_size']} 个 block,"
       f"{state['global_step']} 步 = {results['epoch']:.0f} 个 epoch,训练 {results['train_runtime']:.0f} 秒;"
       f"loss {ds_logs[0]['loss']:.2f}(第 {ds_logs[0]['step']} 步)→ {ds_logs[-1]['loss']:.2f}(第 {ds_logs[-1]['step']} 步)")
 
@@ -796,7 +796,7 @@ display(Markdown(
 
 # %%
 from llmtrain.evaluation import (
-    ASKED_PERSON, format_scorecard, save_scorecard_row, scorecard_row, statement_completion_accuracy,
+    format_scorecard, save_scorecard_row, scorecard_row, statement_completion_accuracy,
 )
 from llmtrain.grading import load_eval_questions
 from llmtrain.notebook import load_toy_base
@@ -805,7 +805,7 @@ base_path, base_tokenizer, base = load_toy_base()
 EVAL_FILE = str(SAMPLE / "eval.jsonl")
 facts = statement_completion_accuracy(base, base_tokenizer, EVAL_FILE)
 n_split = {split: sum(c["split"] == split for c in facts["completions"]) for split in ("sft_seen", "heldout")}
-print(f"评测 {base_path.relative_to(ROOT)}。续写事实陈述的准确率:sft_seen {facts['sft_seen']:.0%}({n_split['sft_seen']} 个事实),"
+print(f"评测 {shown_path(base_path)}。续写事实陈述的准确率:sft_seen {facts['sft_seen']:.0%}({n_split['sft_seen']} 个事实),"
       f"heldout {facts['heldout']:.0%}({n_split['heldout']} 个事实)")
 for split in ("sft_seen", "heldout"):
     for c in [c for c in facts["completions"] if c["split"] == split][:3]:
@@ -816,7 +816,7 @@ for split in ("sft_seen", "heldout"):
 
 # %%
 questions = load_eval_questions(EVAL_FILE)
-people = {split: sorted({ASKED_PERSON.match(q.question).group(1) for q in questions if q.split == split})
+people = {split: sorted({q.person for q in questions if q.split == split})
           for split in ("sft_seen", "heldout")}
 for split, names in people.items():
     per_person = [sum(name in t for t in texts) for name in names]

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -49,7 +49,7 @@ from transformers import AutoModelForCausalLM, default_data_collator
 from transformers.trainer_callback import PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.notebook import fresh_output_dir, load_toy_base, setup_notebook, toy_training_args
+from llmtrain.notebook import fresh_output_dir, load_toy_base, setup_notebook, shown_path, toy_training_args
 from llmtrain.toy_run import toy_run_dir
 from llmtrain.training import build_trainer
 
@@ -58,7 +58,7 @@ OUTPUT_DIR = fresh_output_dir("6.2")  # output/notebooks/6.2,每次运行先清�
 SCORECARD = OUTPUT_DIR / "scorecard.json"
 SAMPLE = ROOT / "data" / "sample"
 PRETRAINED, tokenizer, base_model = load_toy_base()  # output/toy/pretrain:6.1 / make run 训练的基座
-print("基座模型:", PRETRAINED.relative_to(ROOT), "| 词表", len(tokenizer), "| 本节的输出:", OUTPUT_DIR.relative_to(ROOT))
+print("基座模型:", shown_path(PRETRAINED), "| 词表", len(tokenizer), "| 本节的输出:", shown_path(OUTPUT_DIR))
 
 # %% [markdown]
 # ## 6.2.1 Pretrain 与 SFT 的区别
@@ -385,7 +385,7 @@ world = len(ranks)
 print(f"\n每步 {world} 个进程 × 每进程 {saved_args.per_device_train_batch_size} 条对话 = "
       f"{world * saved_args.per_device_train_batch_size} 条;{len(train_set)} 条对话 × {saved_args.num_train_epochs:g} 个 epoch")
 print(f"{state['global_step']} 步,训练 {train_results['train_runtime']:.0f} 秒,连同启动共 {wall:.0f} 秒;"
-      f"模型存在 {SFT_DIR.relative_to(ROOT)}")
+      f"模型存在 {shown_path(SFT_DIR)}")
 
 # %%
 from llmtrain.plotting import plot_loss
@@ -487,12 +487,13 @@ else:
 #
 # held-out 的事实从没在 SFT 数据里以问答形式出现过,只能来自预训练。一种可能的错法是:模型把问题里的人换成 SFT 数据里
 # 问过的人,再答那个人的事实。`llmtrain.evaluation.wrong_person_replies` 数一数错误回答里有多少在讲**另一个人**
-# (回答里出现了 eval 文件里别的人名,却没有被问到的那个):
+# (回答里出现了这个世界里别人的名字,整个的或者残缺的,见 `llmtrain.grading.names_only_the_asked_person`):
 
 # %%
 from llmtrain.evaluation import wrong_person_replies
+from llmtrain.grading import load_people
 
-wrong = wrong_person_replies(row, "heldout")
+wrong = wrong_person_replies(row, load_people(str(SAMPLE / "eval.jsonl")), "heldout")
 if wrong["wrong"] == 0:
     print("held-out 的问题全部答对,没有答错的回答可分析")
 else:

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -48,14 +48,14 @@ from transformers import AutoModelForCausalLM
 from transformers.trainer_callback import PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.notebook import fresh_output_dir, load_toy_base, setup_notebook, toy_training_args
+from llmtrain.notebook import fresh_output_dir, load_toy_base, setup_notebook, shown_path, toy_training_args
 
 IMAGES_DIR = setup_notebook(SEED)  # 随机种子、关掉进度条和已知无关的警告;图存在 output/figures
 SAMPLE = ROOT / "data" / "sample"
 OUTPUT_DIR = fresh_output_dir("6.3")  # output/notebooks/6.3,每次运行先清空:里面的模型和成绩单都来自这一次运行
 SCORECARD = OUTPUT_DIR / "scorecard.json"
 PRETRAINED, tokenizer, base_model = load_toy_base()  # output/toy/pretrain:make run 训练的基座,也是全量 SFT 的起点
-print(f"基座模型 {PRETRAINED.relative_to(ROOT)},参数 {sum(p.numel() for p in base_model.parameters()):,} 个")
+print(f"基座模型 {shown_path(PRETRAINED)},参数 {sum(p.numel() for p in base_model.parameters()):,} 个")
 
 # %% [markdown]
 # ## 6.3.1 高效微调方案
@@ -415,6 +415,7 @@ for q in ["你好", "3加5等于几?"]:
 
 # %%
 from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
+from llmtrain.grading import load_people
 
 TOY_STYLE_SUFFIX = PRESET["TOY_STYLE_SUFFIX"]  # 6.4 的结尾句:成绩单判分时先去掉它
 
@@ -446,7 +447,8 @@ def versus(a: float, b: float) -> str:
     return "高于" if a > b else "低于" if a < b else "等于"
 
 
-wrong = {split: wrong_person_replies(lora_row, split) for split in ("sft_seen", "heldout")}
+PEOPLE = load_people(str(SAMPLE / "eval.jsonl"))  # 这个世界的全部人名:判分时回答里不能换成别人
+wrong = {split: wrong_person_replies(lora_row, PEOPLE, split) for split in ("sft_seen", "heldout")}
 n_total = sum(p.numel() for p in merged.parameters())
 comparison = (versus(lora_row["sft_seen"], full_row["sft_seen"]), versus(lora_row["heldout"], full_row["heldout"]))
 verdict = ("两项都不如全量 SFT" if comparison == ("低于", "低于")
@@ -527,7 +529,7 @@ for g in [g for g in chapter_row["replies"] if g["split"] == "heldout" and not g
     print(f"[heldout] 问: {g['question']}  答案: {g['answer']}  q、v 上的 LoRA 答: {g['reply']!r}")
 
 # %%
-chapter_wrong = wrong_person_replies(chapter_row, "heldout")
+chapter_wrong = wrong_person_replies(chapter_row, PEOPLE, "heldout")
 display(Markdown(
     f"只在 q、v 上:可训练参数 {n_chapter:,} 个(每个线性层时是 {n_trainable:,} 个),heldout {pct(chapter_row['heldout'])},"
     f"{versus(chapter_row['heldout'], lora_row['heldout'])}每个线性层的 {pct(lora_row['heldout'])};"

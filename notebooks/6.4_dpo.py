@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -47,7 +47,7 @@ from IPython.display import Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.notebook import fresh_output_dir, setup_notebook
+from llmtrain.notebook import fresh_output_dir, setup_notebook, shown_path
 from llmtrain.toy_run import require_toy_model
 
 START = time.perf_counter()
@@ -58,7 +58,7 @@ HELDOUT_FILE = ROOT / "data" / "sample" / "dpo_heldout.jsonl"
 SFT = require_toy_model("sft")  # make run 训练的 output/toy/sft;还没有时它会告诉你先运行 make run
 tokenizer = AutoTokenizer.from_pretrained(SFT)
 sft_model = AutoModelForCausalLM.from_pretrained(SFT).eval()
-print("起点:", SFT.relative_to(ROOT), "—— make run 的全量 SFT 模型(PRESET=toy bash code/finetune.sh,DeepSpeed 2 个进程)")
+print("起点:", shown_path(SFT), "—— make run 的全量 SFT 模型(PRESET=toy bash code/finetune.sh,DeepSpeed 2 个进程)")
 
 # %% [markdown]
 # ## 6.4.1 为什么 SFT 之后还要偏好对齐

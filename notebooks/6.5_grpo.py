@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -49,7 +49,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
 from llmtrain.grading import load_prompt_dataset
-from llmtrain.notebook import fresh_output_dir, setup_notebook
+from llmtrain.notebook import fresh_output_dir, setup_notebook, shown_path
 from llmtrain.toy_run import require_toy_model
 
 START = time.perf_counter()
@@ -61,8 +61,8 @@ STYLE = TOY["TOY_STYLE_SUFFIX"]  # 6.4 的结尾句:判分时先去掉,格式奖
 tokenizer = AutoTokenizer.from_pretrained(DPO_MERGED)
 rl_train = load_prompt_dataset([str(ROOT / "data" / "sample" / "grpo.jsonl")])
 rl_eval = load_prompt_dataset([str(ROOT / "data" / "sample" / "grpo_eval.jsonl")])
-print("起点:", DPO_MERGED.relative_to(ROOT), "—— 6.4 的 LoRA-DPO 合并后的模型(make run)")
-print("GRPO 适配器:", GRPO_DIR.relative_to(ROOT), "—— PRESET=toy bash code/grpo.sh(DeepSpeed 2 个进程)")
+print("起点:", shown_path(DPO_MERGED), "—— 6.4 的 LoRA-DPO 合并后的模型(make run)")
+print("GRPO 适配器:", shown_path(GRPO_DIR), "—— PRESET=toy bash code/grpo.sh(DeepSpeed 2 个进程)")
 
 # %% [markdown]
 # ## 6.5.1 RL 任务:换一种问法问同样的事实
@@ -102,10 +102,10 @@ card = {name: add_rl_task_column(scorecard_row(model, tokenizer, EVAL_FILE, styl
                                  RL_EVAL_FILE, STYLE)
         for name, model in (("LoRA DPO (6.4)", dpo_model), ("LoRA GRPO (6.5)", grpo_model))}
 dpo_row, grpo_row = card["LoRA DPO (6.4)"], card["LoRA GRPO (6.5)"]
-wrong = [r for r in dpo_row["rl_replies"] if not r["correct"]]
+wrong = [r for r in dpo_row["rl_heldout_replies"] if not r["correct"]]
 print(f"DPO 模型:用 SFT 的问法,sft_seen {dpo_row['sft_seen']:.0%}、heldout {dpo_row['heldout']:.0%};"
       f"换成新问法,留出 RL 问题 {dpo_row['rl_heldout']:.0%}")
-print(f"DPO 模型答错的留出 RL 问题 {len(wrong)} / {len(dpo_row['rl_replies'])} 条,前几条:")
+print(f"DPO 模型答错的留出 RL 问题 {len(wrong)} / {len(dpo_row['rl_heldout_replies'])} 条,前几条:")
 for r in wrong[:5]:
     print(f"  问: {r['prompt']}  答案 {r['answer']}  模型: {r['reply']}")
 
@@ -166,7 +166,8 @@ groups = sample_groups(dpo_model, tokenizer, [r["prompt"] for r in picked], GROU
 answers = [r["answer"] for r in picked for _ in range(GROUP)]
 completion_ids = [ids[:int(m.sum())] for ids, m in zip(groups["completion_ids"].tolist(), groups["completion_mask"])]
 graded = [c.removesuffix(STYLE) for c in groups["completions"]]  # 和成绩单一样,先去掉结尾句再判分
-group_rewards = torch.tensor(score_replies(graded, answers, ["fact"] * len(answers), fact_candidates(rl_train)))
+group_rewards = torch.tensor(score_replies(graded, rl_train.select([i for i in (1, 6) for _ in range(GROUP)]),
+                                           fact_candidates(rl_train)))
 group_adv = group_advantages(group_rewards, GROUP)
 shown = [decode_showing_partial_bytes(tokenizer, ids) for ids in completion_ids]  # 半个汉字显示成它的字节
 table = pd.DataFrame({"问题": [r["prompt"][-1]["content"] for r in picked for _ in range(GROUP)],
@@ -258,8 +259,8 @@ print(f"共 {last['step']} 步,训练 {runtime:.0f} 秒(2 个进程);答对的�
 # ## 6.5.6 训练前后:留出问题上的回答和成绩单
 
 # %%
-before = {r["prompt"]: r for r in dpo_row["rl_replies"]}
-changed = [(before[r["prompt"]], r) for r in grpo_row["rl_replies"] if r["correct"] and not before[r["prompt"]]["correct"]]
+before = {r["prompt"]: r for r in dpo_row["rl_heldout_replies"]}
+changed = [(before[r["prompt"]], r) for r in grpo_row["rl_heldout_replies"] if r["correct"] and not before[r["prompt"]]["correct"]]
 print(f"留出的 RL 问题:DPO 模型答对 {dpo_row['rl_heldout']:.0%},GRPO 之后 {grpo_row['rl_heldout']:.0%};"
       f"新答对 {len(changed)} 条,例如:")
 for old, new in changed[:5]:

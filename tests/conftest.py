@@ -23,6 +23,16 @@ SAMPLE_PRETRAIN = SAMPLE / "pretrain.jsonl"
 
 
 @pytest.fixture(scope="session")
+def world():
+    """data/sample/build_samples.py as a module: the toy world's people, attributes and phrasings."""
+    spec = importlib.util.spec_from_file_location("build_samples", SAMPLE / "build_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["build_samples"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def toy_dir() -> Path:
     """artifacts/toy as `make toy` builds it (deterministic; built here when a test run starts without it)."""
     from llmtrain.toy import ensure_toy_assets

@@ -10,7 +10,9 @@ import pytest
 from conftest import ROOT, run_cli_in_process
 from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import format_scorecard, read_scorecard, save_scorecard_row
-from llmtrain.grading import EvalQuestion, grade_replies, is_strict_match, load_eval_questions
+from llmtrain.grading import (
+    EvalQuestion, grade_replies, is_strict_match, load_eval_questions, load_people, names_only_the_asked_person,
+)
 from llmtrain.toy import toy_preset
 from llmtrain.toy_run import TOY_STAGES
 
@@ -34,6 +36,39 @@ def test_strict_rule(reply, counts):
     assert is_strict_match(reply, "青石镇", TOWNS) is counts
 
 
+PEOPLE = load_people(str(ROOT / "data" / "sample" / "eval.jsonl"))
+
+
+# Replies make run's scorecard counted correct under the old rule (seed 12, issue 26), and what they should count.
+@pytest.mark.parametrize("reply, answer, person, counts", [
+    ("白志远的职业是木匠。", "木匠", "王志远", False),          # an altered name: 志远 is 王志远's
+    ("王志的家乡是青石镇。", "青石镇", "王志远", False),        # the name cut short
+    ("程一鸣的职业是画家。", "画家", "孙嘉怡", False),          # another person of the world, whole
+    ("王志远的家乡是青石镇。", "青石镇", "王志远", True),
+    ("青石镇。", "青石镇", "王志远", True),                      # a bare answer names no one
+    ("据我所知,王志远的家乡是青石镇。", "青石镇", "王志远", True),
+    ("认识王志远的人都知道,王志远是木匠。", "木匠", "王志远", True),
+    ("王志远远的家乡是青石镇。", "青石镇", "王志远", False),    # the full name, then a stray piece of it
+    ("林晓雨说王志远的家乡是青石镇。", "青石镇", "王志远", False),
+])
+def test_the_reply_must_be_about_the_asked_person(reply, answer, person, counts):
+    assert is_strict_match(reply, answer, {answer}, person, PEOPLE) is counts
+    assert is_strict_match(reply, answer, {answer}) is True   # the old rule, blind to the person, took them all
+
+
+def test_every_statement_of_the_toy_world_names_its_own_person_and_no_one_else(world):
+    """Each way the data states a fact, about each person, passes for that person and for no other."""
+    assert PEOPLE == set(world.PEOPLE)
+    for attr in world.ATTRIBUTES.values():
+        for template in attr.statements:
+            for name in world.PEOPLE:
+                for value in attr.values:
+                    text = template.format(n=name, v=value)
+                    assert names_only_the_asked_person(text, name, PEOPLE), text
+                    other = world.PEOPLE[(world.PEOPLE.index(name) + 1) % len(world.PEOPLE)]
+                    assert not names_only_the_asked_person(text, other, PEOPLE), (text, other)
+
+
 def test_style_suffix_is_counted_and_left_out_of_grading():
     questions = [EvalQuestion("王志远的家乡是哪里?", "青石镇", "heldout")] * 3
     replies = [("王志远的家乡是青石镇。" + TOY_STYLE_SUFFIX, True), ("王志远的家乡是青石镇。", True),
@@ -43,9 +78,10 @@ def test_style_suffix_is_counted_and_left_out_of_grading():
     assert [g["correct"] for g in grade_replies(questions, replies)] == [False, True, False]
 
 
-def test_committed_eval_file_loads_with_both_splits():
+def test_committed_eval_file_loads_with_both_splits_and_its_people():
     questions = load_eval_questions(str(ROOT / "data" / "sample" / "eval.jsonl"))
     assert {q.split for q in questions} == {"sft_seen", "heldout"} and len(questions) == 120
+    assert all(q.person in q.question and q.people == PEOPLE for q in questions)
 
 
 @pytest.mark.parametrize("line, message", [
@@ -53,11 +89,23 @@ def test_committed_eval_file_loads_with_both_splits():
     ('{"question": "q", "answer": " ", "split": "heldout"}', "line 2: empty or missing answer"),
     ('{"question": "q", ', "line 2: not valid JSON"),
     ('["q", "a"]', "line 2: empty or missing question and answer"),
+    ('{"question": "q", "answer": "a", "split": "heldout", "person": "林晓雨"}', "line 2: \"person\" must be the name"),
 ])
 def test_bad_eval_lines_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "eval.jsonl"
     path.write_text('{"question": "q", "answer": "a", "split": "sft_seen"}\n' + line + "\n", encoding="utf-8")
     with pytest.raises(LlmtrainError, match="eval.jsonl " + re.escape(message)):
+        load_eval_questions(str(path))
+
+
+def test_a_file_that_names_its_people_needs_the_roster_beside_it(tmp_path):
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"question": "林晓雨的家乡是哪里?", "answer": "柳河村", "split": "heldout", "person": "林晓雨"}\n',
+                    encoding="utf-8")
+    with pytest.raises(LlmtrainError, match="people.txt, one a line"):
+        load_eval_questions(str(path))
+    (tmp_path / "people.txt").write_text("王志远\n", encoding="utf-8")
+    with pytest.raises(LlmtrainError, match="林晓雨 .question 1. is not in the roster"):
         load_eval_questions(str(path))
 
 
@@ -77,7 +125,7 @@ def test_the_pipeline_scored_every_stage_with_evaluate_py(toy_run):
     assert list(card) == [stage.name for stage in TOY_STAGES]
     base = card["base (6.1)"]
     assert len(base["replies"]) == 120 and base["heldout_ppl"] > 1 and base["assistant_loss"] > 0
-    assert len(base["rl_replies"]) == 240
+    assert len(base["rl_heldout_replies"]) == 180 and len(base["rl_new_phrasing_replies"]) == 60
     # the base model was never asked a question in pretraining: it cannot answer in the strict form
     assert base["sft_seen"] <= 0.05 and base["heldout"] <= 0.05
     for row in card.values():

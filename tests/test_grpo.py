@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
 from llmtrain.errors import LlmtrainError
+from llmtrain.grading import arithmetic_reward, fact_reward, load_prompt_dataset, score_replies
 from llmtrain.grpo import (
-    arithmetic_reward, compare_with_trl, completion_logprobs, drop_long_prompts, end_of_reply_ids, fact_reward,
-    group_advantages, grpo_loss, load_prompt_dataset, reference_logprobs, sample_groups, score_replies,
-    stop_at_end_of_turn, trl_reward_function, trl_style_reward,
+    compare_with_trl, completion_logprobs, drop_long_prompts, end_of_reply_ids, group_advantages, grpo_loss,
+    reference_logprobs, sample_groups, stop_at_end_of_turn, trl_reward_function, trl_style_reward,
 )
 from llmtrain.modeling import toy_config
 
@@ -38,6 +38,9 @@ def write_jsonl(path, records) -> str:
     ("9加18等于26。", 0.0), ("27或28", 0.0), ("28或27", 1.0),  # only the final integer counts
     ("27,对吗?", 0.0),         # the answer, then more
     ("", 0.0), ("二十七", 0.0), ("<|im_end|>", 0.0), ("9加18等于", 0.0), ("-27", 0.0), ("27.5", 0.0),
+    ("每人分到 27 个。", 1.0), ("一共27个苹果。", 1.0), ("The answer is 27 apples.", 1.0),   # a unit after it
+    ("He has 27 apples left over now.", 0.0),   # a sentence, not a unit
+    ("一共 127 个。", 0.0), ("1.27", 0.0), ("3,27", 0.0),
 ])
 def test_arithmetic_reward_is_the_exact_final_integer(reply, reward):
     assert arithmetic_reward(reply, "27") == reward
@@ -45,6 +48,18 @@ def test_arithmetic_reward_is_the_exact_final_integer(reply, reward):
 
 def test_arithmetic_reward_negative_answers():
     assert arithmetic_reward("3减5等于-2。", "-2") == 1.0 and arithmetic_reward("等于2。", "-2") == 0.0
+
+
+@pytest.mark.parametrize("reply, answer, reward", [
+    # GSM8K answers as download_dataset.py stores them ("1,203" -> "1203"), replies written the way they print them
+    ("3 + 1,200 = 1,203\n所以答案是 1,203。", "1203", 1.0),
+    ("Janet makes 9 * 2 = $18 every day. The answer is $18.", "18", 1.0),
+    ("They need 1,000 bricks.", "1000", 1.0),
+    ("Natalia sold 48 + 24 = 72 clips.", "72", 1.0),
+    ("The answer is 1,2030.", "1203", 0.0), ("1,203.5", "1203", 0.0),
+])
+def test_arithmetic_reward_on_gsm8k_style_replies(reply, answer, reward):
+    assert arithmetic_reward(reply, answer) == reward
 
 
 @pytest.mark.parametrize("reply, reward", [
@@ -57,12 +72,17 @@ def test_fact_reward_is_the_strict_scorecard_rule(reply, reward):
     assert fact_reward(reply, "柳河村", frozenset({"柳河村", "青石镇"})) == reward
 
 
-def test_trl_reward_function_dispatches_by_task():
+def test_trl_reward_function_dispatches_by_task_and_knows_who_was_asked():
     fn = trl_reward_function(frozenset({"柳河村", "青石镇"}))
-    completions = [[{"role": "assistant", "content": c}] for c in ("27", "柳河村", "青石镇", "")]
-    assert fn(prompts=None, completions=completions, answer=["27", "柳河村", "柳河村", "27"],
-              task=["arithmetic", "fact", "fact", "arithmetic"]) == [1.0, 1.0, 0.0, 0.0]
-    assert score_replies(["8"], ["8"], ["arithmetic"]) == [1.0]
+    people = ["林晓雨", "王志远"]
+    completions = [[{"role": "assistant", "content": c}]
+                   for c in ("27", "柳河村", "青石镇", "", "王志远的家乡是柳河村。", "林晓雨的家乡是柳河村。")]
+    assert fn(prompts=None, completions=completions, answer=["27", "柳河村", "柳河村", "27", "柳河村", "柳河村"],
+              task=["arithmetic", "fact", "fact", "arithmetic", "fact", "fact"],
+              person=["", "林晓雨", "林晓雨", "", "林晓雨", "林晓雨"],
+              people=[[], people, people, [], people, people]) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    assert score_replies(["8"], {"answer": ["8"], "task": ["arithmetic"], "person": [""], "people": [[]]},
+                         frozenset()) == [1.0]
 
 
 def test_style_suffix_is_graded_apart_from_the_answer():
@@ -71,7 +91,8 @@ def test_style_suffix_is_graded_apart_from_the_answer():
     replies = ["林晓雨的家乡是柳河村。" + suffix, "林晓雨的家乡是柳河村。", "林晓雨的家乡是青石镇。" + suffix,
                "林晓雨的家乡是柳河村。还想知道什么"]
     completions = [[{"role": "assistant", "content": r}] for r in replies]
-    kwargs = dict(prompts=None, completions=completions, answer=["柳河村"] * 4, task=["fact"] * 4)
+    kwargs = dict(prompts=None, completions=completions, answer=["柳河村"] * 4, task=["fact"] * 4, person=["林晓雨"] * 4,
+                  people=[["林晓雨", "王志远"]] * 4)
     candidates = frozenset({"柳河村", "青石镇"})
     assert trl_reward_function(candidates, suffix)(**kwargs) == [1.0, 1.0, 0.0, 0.0]
     assert trl_reward_function(candidates)(**kwargs) == [0.0, 1.0, 0.0, 0.0]  # without it, the sentence costs
@@ -188,11 +209,14 @@ def test_matches_trl_grpo_trainer(tmp_path, toy_tokenizer, rows, loss_type):
     trainer = lora_trainer(tmp_path, toy_tokenizer, loss_type)
     assert trainer.ref_model is None  # LoRA: the reference is the policy with its adapter disabled
     completions = completions_for(toy_tokenizer, rows)
-    diffs = compare_with_trl(trainer, rows, completions)
-    assert diffs["batch (ids, masks)"] == 0
-    for key, value in diffs.items():
-        assert value <= 1e-5, (key, diffs)
-    assert diffs["kl"] >= 0  # compared, with a KL that is not 0: the adapter moves the policy
+    compared = compare_with_trl(trainer, rows, completions)
+    assert compared["batch (ids, masks)"].difference == 0
+    for key, c in compared.items():
+        assert c.difference <= 1e-5, (key, compared)
+    # the check has teeth: rewards vary within each group, so advantages, the policy-gradient term and the KL
+    # (the adapter starts away from the reference) are all far from 0
+    assert compared["advantages"].size > 0.5 and compared["kl"].size > 1e-4
+    assert compared["gradient (norm, relative difference)"].size > 1e-3
 
     # a policy that sampled one step earlier (here: the reference): ratios move off 1 and some get clipped
     from llmtrain.grpo import pad_completions
@@ -203,11 +227,40 @@ def test_matches_trl_grpo_trainer(tmp_path, toy_tokenizer, rows, loss_type):
              "prompt_mask": torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
              **pad_completions(completions, toy_tokenizer.pad_token_id)}
     old = reference_logprobs(trainer.model, batch, temperature=0.7)
-    diffs = compare_with_trl(trainer, rows, completions, old_logps=old)
-    for key, value in diffs.items():
-        assert value <= 1e-5, (key, diffs)
-    logged = trainer.state.log_history[-1]
-    assert logged["kl"] > 1e-4 and logged["clip_ratio/region_mean"] > 0
+    compared = compare_with_trl(trainer, rows, completions, old_logps=old)
+    for key, c in compared.items():
+        assert c.difference <= 1e-5, (key, compared)
+    assert compared["clip_ratio/region_mean"].size > 0   # the clipping acted, and both counted it alike
+
+
+def test_the_comparison_with_trl_rejects_plausible_mistakes(tmp_path, toy_tokenizer, rows, monkeypatch):
+    """Each mistake planted in our GRPO shows up as a difference far above the 1e-5 tolerance."""
+    import llmtrain.grpo as grpo
+
+    trainer = lora_trainer(tmp_path, toy_tokenizer, "grpo")
+    completions = completions_for(toy_tokenizer, rows)
+    real_advantages, real_loss = grpo.group_advantages, grpo.grpo_loss
+
+    # Dr. GRPO's advantages (no division by the group's std) where TRL's config divides
+    monkeypatch.setattr(grpo, "group_advantages", lambda r, g, scale=True: real_advantages(r, g, scale=False))
+    assert compare_with_trl(trainer, rows, completions)["advantages"].difference > 1e-2
+    monkeypatch.undo()
+
+    # k1 = logp - ref in place of k3: a penalty of the same sign, another value and gradient
+    monkeypatch.setattr(grpo, "k3_kl", lambda logps, ref: logps - ref)
+    assert compare_with_trl(trainer, rows, completions)["loss"].difference > 1e-4
+    monkeypatch.undo()
+
+    # the policy-gradient branch detached: on-policy the value is right (ratio 1), its gradient is gone
+    def detached_policy_gradient(logps, old, ref, advantages, mask, beta, *args):
+        policy_gradient = real_loss(logps.detach(), old, None, advantages, mask, 0.0, *args)
+        penalty = real_loss(logps, logps.detach(), ref, torch.zeros_like(advantages), mask, beta, *args)
+        return grpo.GRPOLoss(policy_gradient.loss + penalty.loss, penalty.kl, policy_gradient.clip_ratio)
+
+    monkeypatch.setattr(grpo, "grpo_loss", detached_policy_gradient)
+    compared = compare_with_trl(trainer, rows, completions)
+    assert compared["loss"].difference <= 1e-5   # the forward value alone cannot tell
+    assert compared["gradient (norm, relative difference)"].difference > 0.1
 
 
 def test_sampled_groups_stop_at_im_end_and_score(toy_tokenizer, rows):
@@ -222,7 +275,16 @@ def test_sampled_groups_stop_at_im_end_and_score(toy_tokenizer, rows):
         assert im_end not in real[:-1] and toy_tokenizer.eos_token_id not in real[:-1]  # cut after the first stop
     logps = completion_logprobs(model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"],
                                 out["completion_mask"])
-    assert logps.shape == out["completion_ids"].shape and (logps <= 0).all()
+    assert logps.shape == out["completion_ids"].shape
+    # row 0's reply scored by transformers' own causal-LM loss on the unpadded sequence: the same log-probs
+    prompt = out["prompt_ids"][0][out["prompt_mask"][0].bool()]
+    reply = out["completion_ids"][0][out["completion_mask"][0].bool()]
+    ids = torch.cat([prompt, reply]).unsqueeze(0)
+    labels = ids.clone()
+    labels[0, :len(prompt)] = -100
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels).loss.item()
+    assert -logps[0][out["completion_mask"][0].bool()].mean().item() == pytest.approx(loss, abs=1e-4)
 
 
 @pytest.mark.parametrize("record, message", [
@@ -237,3 +299,53 @@ def test_bad_prompts_name_file_and_line(tmp_path, record, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [PROMPTS[0], record])
     with pytest.raises(LlmtrainError, match="^" + str(path).replace(".", r"\.") + " " + message.replace("(", r"\(")):
         load_prompt_dataset([path])
+
+
+@pytest.mark.slow   # the session pipeline's DPO model: a policy whose replies earn varied rewards
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_the_hand_written_loop_trains_as_trl_does_on_the_same_samples(tmp_path, toy_run, num_iterations):
+    """train_lora_grpo_by_hand, then TRL's GRPOTrainer fed the very samples our loop drew: the same per-step losses and
+    entropies and the same adapter at the end (two passes per batch: the ratio leaves 1 and the clipping acts)."""
+    from peft import get_peft_model
+    from transformers import AutoTokenizer
+
+    from conftest import SAMPLE
+    from llmtrain.dpo import relative_update_difference
+    from llmtrain.grpo import train_in_trl_on_these_samples, train_lora_grpo_by_hand
+    from llmtrain.toy import toy_preset
+
+    preset, start_model = toy_preset(), toy_run / "dpo-lora" / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(start_model)
+    rows = load_prompt_dataset([str(SAMPLE / "grpo.jsonl")])
+    style, weight = preset["TOY_STYLE_SUFFIX"], preset["TOY_GRPO_STYLE_WEIGHT"]
+    lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0,
+                      target_modules=preset["TOY_LORA_TARGETS"].split(","))
+    steps, prompts_per_step, group, lr, beta = 4, 2, 8, 1e-2, preset["TOY_GRPO_BETA"]
+    args = GRPOConfig(output_dir=str(tmp_path / "trl"), beta=beta, loss_type="grpo", num_generations=group,
+                      per_device_train_batch_size=prompts_per_step * group, max_completion_length=24, bf16=False,
+                      gradient_checkpointing=False, use_cpu=True, report_to="none", max_steps=steps,
+                      num_iterations=num_iterations, learning_rate=lr, lr_scheduler_type="constant",
+                      optim="adamw_torch", weight_decay=0.0, shuffle_dataset=False, logging_steps=1,
+                      save_strategy="no", disable_tqdm=True, reward_weights=[1.0, weight])
+    model = AutoModelForCausalLM.from_pretrained(start_model)
+    stop_at_end_of_turn(model, tokenizer)
+    trainer = GRPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=lora,
+                          reward_funcs=[trl_reward_function(frozenset(rows["answer"]), style), trl_style_reward(style)])
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(start_model), lora)
+    policy.load_state_dict(trainer.model.state_dict())   # TRL's fresh adapter: the same start
+    start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    torch.manual_seed(0)
+    ours = train_lora_grpo_by_hand(policy, tokenizer, rows, steps, prompts_per_step, group, lr, beta, 24,
+                                   num_iterations=num_iterations, style_suffix=style, style_weight=weight)
+    assert any(0 < s.reward < 1 + weight for s in ours.logs)   # rewards varied: the policy gradient is exercised
+    theirs = train_in_trl_on_these_samples(trainer, ours.samples)
+    assert len(theirs) == steps
+    assert [e["loss"] for e in theirs] == pytest.approx([s.loss for s in ours.logs], abs=1e-5)
+    assert [e["reward"] for e in theirs] == pytest.approx([s.reward for s in ours.logs], abs=1e-6)
+    assert [e["entropy"] for e in theirs] == pytest.approx([s.entropy for s in ours.logs], abs=1e-4)
+    assert relative_update_difference(start, dict(policy.named_parameters()),
+                                      dict(trainer.model.named_parameters())) <= 1e-3
+    if num_iterations == 2:   # each batch's second pass is off-policy: the ratio left 1 and the clipping acted
+        assert max(s.clip_ratio for s in ours.logs[1::2]) > 0
+        assert [e["clip_ratio/region_mean"] for e in theirs] == pytest.approx([s.clip_ratio for s in ours.logs],
+                                                                             abs=1e-6)

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 
 import pytest
 
 from conftest import ROOT
 
 SAMPLE = ROOT / "data" / "sample"
-FILES = ["pretrain.jsonl", "pretrain_valid.jsonl", "sft.jsonl", "sft_valid.jsonl", "eval.jsonl", "dpo.jsonl",
-         "dpo_heldout.jsonl", "grpo.jsonl", "grpo_eval.jsonl"]
+FILES = ["pretrain.jsonl", "pretrain_valid.jsonl", "sft.jsonl", "sft_valid.jsonl", "eval.jsonl", "people.txt",
+         "dpo.jsonl", "dpo_heldout.jsonl", "grpo.jsonl", "grpo_eval.jsonl", "grpo_eval_new_phrasing.jsonl"]
 
 
 def read(name: str) -> list[dict]:
     return [json.loads(line) for line in (SAMPLE / name).read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def world():
-    spec = importlib.util.spec_from_file_location("build_samples", SAMPLE / "build_samples.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_samples"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def conversation_text(record: dict) -> str:
@@ -71,25 +60,40 @@ def test_sft_seen_questions_are_asked_in_the_sft_data_with_their_answer(world):
 
 
 def test_rl_prompts_share_no_question_with_sft_the_scorecard_or_each_other(world):
-    """6.5: RL prompts ask about the seen people, held-out RL prompts about the others, in words no other file uses."""
+    """6.5: RL prompts ask about the seen people, held-out RL prompts about the others, in words no other file uses;
+    the new-phrasing set asks the held-out people in the one phrasing of each attribute RL never trains on."""
     facts = world.assign_facts(random.Random(6))
-    rl, rl_eval = read("grpo.jsonl"), read("grpo_eval.jsonl")
-    assert len(rl) == len(rl_eval) == len(world.SEEN) * sum(len(a.rl_questions) for a in world.ATTRIBUTES.values())
+    rl, rl_eval, new = read("grpo.jsonl"), read("grpo_eval.jsonl"), read("grpo_eval_new_phrasing.jsonl")
+    n_attributes = len(world.ATTRIBUTES)
+    assert len(rl) == len(rl_eval) == len(world.SEEN) * n_attributes * len(world.RL_TEMPLATES)
+    assert len(new) == len(world.HELDOUT) * n_attributes
     questions_elsewhere = {turn["value"] for name in ("sft.jsonl", "sft_valid.jsonl") for r in read(name)
                            for turn in r["conversations"]}
     questions_elsewhere |= {e["question"] for e in read("eval.jsonl")} | {p["prompt"] for p in read("dpo.jsonl")}
-    prompts, eval_prompts = {r["prompt"] for r in rl}, {r["prompt"] for r in rl_eval}
-    assert len(prompts) == len(rl) and len(eval_prompts) == len(rl_eval)
-    assert not prompts & eval_prompts and not (prompts | eval_prompts) & questions_elsewhere
-    asks = {q.format(n=n): (n, key) for n in world.PEOPLE for key, a in world.ATTRIBUTES.items()
-            for q in a.rl_questions}
-    for rows, people in ((rl, world.SEEN), (rl_eval, world.HELDOUT)):
+    prompts = [{r["prompt"] for r in rows} for rows in (rl, rl_eval, new)]
+    assert [len(p) for p in prompts] == [len(rl), len(rl_eval), len(new)]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    assert not (prompts[0] | prompts[1] | prompts[2]) & questions_elsewhere
+    asks = {a.rl_questions[t].format(n=n): (n, key, t) for n in world.PEOPLE for key, a in world.ATTRIBUTES.items()
+            for t in range(len(a.rl_questions))}
+    for rows, people, templates in ((rl, world.SEEN, world.RL_TEMPLATES), (rl_eval, world.HELDOUT, world.RL_TEMPLATES),
+                                    (new, world.HELDOUT, (world.RL_HELDOUT_TEMPLATE,))):
         for row in rows:
-            name, key = asks[row["prompt"]]
-            assert name in people and row["answer"] == facts[name][key] and row["task"] == "fact", row
-    # no RL phrasing is the SFT phrasing of any attribute
+            name, key, template = asks[row["prompt"]]
+            assert name in people and template in templates and row["person"] == name, row
+            assert row["answer"] == facts[name][key] and row["task"] == "fact", row
+    # no RL phrasing is the SFT phrasing of any attribute, and the held-out phrasing is none RL trains on
     assert not {q for a in world.ATTRIBUTES.values() for q in a.rl_questions} & {
         a.question for a in world.ATTRIBUTES.values()}
+    assert world.RL_HELDOUT_TEMPLATE not in world.RL_TEMPLATES
+
+
+def test_the_roster_and_each_question_name_the_same_people(world):
+    people = (SAMPLE / "people.txt").read_text(encoding="utf-8").split()
+    assert people == world.PEOPLE and len(set("".join(people))) == len("".join(people))  # no shared character
+    for name in ("eval.jsonl", "grpo.jsonl", "grpo_eval.jsonl", "grpo_eval_new_phrasing.jsonl"):
+        for row in read(name):
+            assert row["person"] in people and row["person"] in row.get("question", row.get("prompt")), row
 
 
 def test_toy_tokenizer_decodes_every_sample_token_to_whole_characters(toy_tokenizer):

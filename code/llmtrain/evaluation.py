@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
+from collections.abc import Collection
 from typing import Any
 
 import datasets
@@ -21,8 +21,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmtrain.errors import LlmtrainError
-from llmtrain.grading import SPLITS, fact_candidates, grade_replies, load_eval_questions, load_prompt_dataset, \
-    score_replies
+from llmtrain.grading import (
+    SPLITS, fact_candidates, grade_replies, load_eval_questions, load_prompt_dataset, names_only_the_asked_person,
+    score_replies,
+)
+from llmtrain.grpo import sample_groups, stop_at_end_of_turn
 from llmtrain.pretrain_data import read_jsonl_texts
 from llmtrain.sft_data import IGNORE_INDEX, load_sft_dataset, tokenize_conversation
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
@@ -127,9 +130,9 @@ def scorecard_row(
 SCORECARD_COLUMNS = {
     "sft_seen": "sft_seen acc", "heldout": "heldout acc", "stopped": "stops at im_end",
     "style": "ends with style suffix", "heldout_ppl": "held-out ppl", "assistant_loss": "held-out assistant loss",
-    "rl_heldout": "RL task heldout acc",
+    "rl_heldout": "RL task heldout acc", "rl_new_phrasing": "RL task new phrasing acc",
 }
-SHARE_COLUMNS = ("sft_seen", "heldout", "stopped", "style", "rl_heldout")  # shown as percentages
+SHARE_COLUMNS = ("sft_seen", "heldout", "stopped", "style", "rl_heldout", "rl_new_phrasing")  # shown as percentages
 
 
 def format_scorecard(rows: dict[str, dict[str, Any]]) -> str:
@@ -221,49 +224,63 @@ def statement_completion_accuracy(
     return result
 
 
-ASKED_PERSON = re.compile(r"^(.+?)(?:的|最喜欢的)")
+def wrong_person_replies(row: dict[str, Any], people: Collection[str], split: str = "heldout") -> dict[str, Any]:
+    """6.2: of a scorecard row's wrong replies in `split`, those that name someone other than the asked person.
 
-
-def wrong_person_replies(row: dict[str, Any], split: str = "heldout") -> dict[str, Any]:
-    """6.2: of a scorecard row's wrong replies in `split`, those that talk about another person of the eval file.
-
-    The people are the names the eval questions ask about ("<name>的家乡是哪里?"); a wrong reply "names someone
-    else" when it contains another of those names and not the asked one. Returns the counts and those replies.
+    Each reply of the row carries the person its question asks about; `people` is the world's roster
+    (`llmtrain.grading.load_people`). Returns the counts and those replies.
     """
-    graded = row["replies"]
-    people = {m.group(1) for g in graded if (m := ASKED_PERSON.match(g["question"]))}
-    wrong = [g for g in graded if g["split"] == split and not g["correct"]]
-    other = []
-    for g in wrong:
-        m = ASKED_PERSON.match(g["question"])
-        asked = m.group(1) if m else None
-        if asked not in g["reply"] and any(p in g["reply"] for p in people - {asked}):
-            other.append(g)
+    wrong = [g for g in row["replies"] if g["split"] == split and not g["correct"]]
+    other = [g for g in wrong if g.get("person") and not names_only_the_asked_person(g["reply"], g["person"], people)]
     return {"wrong": len(wrong), "other_person": len(other), "examples": other}
 
 
 def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset,
                   max_new_tokens: int = 32, style_suffix: str | None = None) -> dict[str, Any]:
-    """6.5: greedy replies to held-out prompts (`generate_replies`, stopping at `<|im_end|>`), scored by `llmtrain.grading.score_replies`.
+    """6.5: greedy replies to held-out prompts (`generate_replies`, stopping at `<|im_end|>`), scored by the reward
+    GRPO trains with (`llmtrain.grading.score_replies`).
 
     With `style_suffix` (6.4's closing sentence) a reply is scored with that ending removed, as the
-    scorecard grades. Returns {"accuracy", "replies": [{prompt, answer, reply, correct}]}: every reply kept.
+    scorecard grades. Returns {"accuracy", "replies": [{prompt, answer, person, reply, correct}]}: every reply kept.
     """
     questions = [p[-1]["content"] for p in rows["prompt"]]
     system = rows["prompt"][0][0]["content"]
     replies = [r for r, _ in generate_replies(model, tokenizer, questions, max_new_tokens, system_message=system)]
     graded = [r.removesuffix(style_suffix) if style_suffix else r for r in replies]
-    scores = score_replies(graded, rows["answer"], rows["task"], fact_candidates(rows))
+    scores = score_replies(graded, rows, fact_candidates(rows))
     return {"accuracy": round(sum(scores) / len(scores), 4),
-            "replies": [dict(prompt=q, answer=a, reply=r, correct=bool(s))
-                        for q, a, r, s in zip(questions, rows["answer"], replies, scores)]}
+            "replies": [dict(prompt=q, answer=a, person=p, reply=r, correct=bool(s))
+                        for q, a, p, r, s in zip(questions, rows["answer"], rows["person"], replies, scores)]}
 
 
 def add_rl_task_column(row: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                       rl_eval_file: str, style_suffix: str | None = None) -> dict[str, Any]:
-    """6.5: a scorecard row (`scorecard_row`) gains the RL task's held-out accuracy ("rl_heldout", greedy, up to 48
-    new tokens as the other columns) and every reply ("rl_replies"); replies are graded without `style_suffix`."""
+                       rl_eval_file: str, style_suffix: str | None = None, column: str = "rl_heldout"
+                       ) -> dict[str, Any]:
+    """6.5: a scorecard row (`scorecard_row`) gains the RL task's held-out accuracy on `rl_eval_file` under `column`
+    ("rl_heldout": new people, the phrasings RL trained on; "rl_new_phrasing": a phrasing it never saw; greedy, up
+    to 48 new tokens as the other columns) and every reply under "<column>_replies"; replies are graded without
+    `style_suffix`."""
     result = task_accuracy(model, tokenizer, load_prompt_dataset([rl_eval_file]), max_new_tokens=48,
                            style_suffix=style_suffix)
-    row["rl_heldout"], row["rl_replies"] = result["accuracy"], result["replies"]
+    row[column], row[f"{column}_replies"] = result["accuracy"], result["replies"]
     return row
+
+
+def sampled_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset, k: int,
+                     max_new_tokens: int, style_suffix: str | None = None, seed: int = 0) -> dict[str, float]:
+    """6.5: what RL has to work with: `k` replies sampled per prompt at temperature 1 (`llmtrain.grpo.sample_groups`,
+    as GRPO samples), graded like `task_accuracy`. Returns the share of right samples ("sampled") and pass@k, the
+    share of prompts with at least one right sample ("pass_at_k"): a prompt whose samples are all wrong gives GRPO
+    nothing to reinforce."""
+    torch.manual_seed(seed)
+    stop_at_end_of_turn(model, tokenizer)
+    right = []
+    for start in range(0, len(rows), 8):
+        chunk = rows.select(range(start, min(start + 8, len(rows))))
+        batch = sample_groups(model, tokenizer, chunk["prompt"], k, max_new_tokens)
+        replies = [c.removesuffix(style_suffix) if style_suffix else c for c in batch["completions"]]
+        right += score_replies(replies, chunk.select([i for i in range(len(chunk)) for _ in range(k)]),
+                               fact_candidates(rows))
+    per_prompt = [right[i * k:(i + 1) * k] for i in range(len(rows))]
+    return {"sampled": round(sum(right) / len(right), 4),
+            "pass_at_k": round(sum(max(p) for p in per_prompt) / len(per_prompt), 4)}

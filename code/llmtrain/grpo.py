@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import torch
@@ -49,11 +49,12 @@ def trl_reward_function(candidates: frozenset[str] = frozenset(),
     scorecard grades: the sentence neither earns nor costs correctness.
     """
 
-    def verifiable(prompts, completions, answer, task, **kwargs) -> list[float]:
+    def verifiable(prompts, completions, answer, task, person, people, **kwargs) -> list[float]:
         replies = completion_texts(completions)
         if style_suffix:
             replies = [r.removesuffix(style_suffix) for r in replies]
-        return score_replies(replies, answer, task, candidates)
+        return score_replies(replies, {"answer": answer, "task": task, "person": person, "people": people},
+                             candidates)
 
     return verifiable
 
@@ -153,19 +154,31 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return advantages.reshape(-1)
 
 
-def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """6.5: log pi(token | everything before it) at each completion position, from logits / temperature.
+def completion_logprobs_and_entropy(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                                    completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """6.5: at each completion position, log pi(token | everything before it) and the entropy of pi there, both from
+    logits / temperature.
 
-    The temperature is the sampling one: the ratio compares the distribution the replies were drawn from.
+    The temperature is the sampling one: the ratio compares the distribution the replies were drawn from. The entropy
+    says how spread the policy's choice still is; RL that only sharpens drives it down (TRL logs it as "entropy").
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     n = completion_ids.shape[1]
     # 位置 t 的 logits 预测第 t+1 个 token:取补全前一位起的 n 个位置,升到 fp32 再除以温度
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -n - 1:-1].float() / temperature
-    return torch.gather(F.log_softmax(logits, dim=-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
+    log_probs = F.log_softmax(logits, dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return torch.gather(log_probs, 2, completion_ids.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def completion_logprobs(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """6.5: log pi(token | everything before it) at each completion position (`completion_logprobs_and_entropy`)."""
+    return completion_logprobs_and_entropy(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                           temperature)[0]
 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -190,14 +203,16 @@ class GRPOLoss:
 def grpo_loss(
     logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
     mask: torch.Tensor, beta: float, epsilon: float = 0.2, epsilon_high: float | None = None,
-    loss_type: str = "grpo", kl_ratio_correction: bool = True,
+    loss_type: str = "grpo", kl_ratio_correction: bool = True, max_completion_length: int | None = None,
 ) -> GRPOLoss:
     """6.5: the clipped policy-ratio objective with a k3 KL penalty, per token, averaged as `loss_type` says.
 
     `logps` [B, T] carry the gradient; `old_logps` are those of the policy that sampled (equal to `logps` on
     the first pass over a batch: the ratio is then 1 and only its gradient, A * grad log pi, remains);
     `ref_logps` the reference's (None when beta = 0). "grpo": mean over each completion's tokens, then over
-    completions; "dapo": mean over all completion tokens of the batch (one process, no accumulation).
+    completions (a token of a short reply weighs more); "dapo": mean over all completion tokens of the batch (one
+    process, no accumulation); "dr_grpo": sum over all tokens divided by a constant, B x `max_completion_length`
+    (Dr. GRPO: no length normalisation at all, so no length bias from it).
     `kl_ratio_correction` (TRL 1.16's default, from DeepSeek-V3.2) multiplies KL_t by the ratio: the value
     is unchanged on the first pass (ratio 1) but the KL gradient becomes that of the true reverse KL.
     """
@@ -220,8 +235,11 @@ def grpo_loss(
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
     elif loss_type == "dapo":
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    elif loss_type == "dr_grpo" and max_completion_length:
+        loss = (per_token * mask).sum() / (per_token.shape[0] * max_completion_length)
     else:
-        raise LlmtrainError(f"loss_type must be 'grpo' or 'dapo', not {loss_type!r}.")
+        raise LlmtrainError(f"loss_type must be 'grpo', 'dapo' or 'dr_grpo' (with max_completion_length), not "
+                            f"{loss_type!r}.")
     is_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | (
         (ratio > 1 + (epsilon if epsilon_high is None else epsilon_high)) & (adv > 0))
     n_tokens = mask.sum().clamp(min=1.0)
@@ -243,17 +261,27 @@ def reference_logprobs(policy: torch.nn.Module, batch: dict[str, torch.Tensor], 
 
 
 # ---------------------------------------------------------------- checked against TRL
+class Compared(NamedTuple):
+    """One quantity computed twice: its size (TRL's value, or its norm) and how far ours is from it. A difference
+    means little without the size: 1e-8 apart on a gradient of norm 1e-8 checks nothing."""
+
+    size: float
+    difference: float
+
+
 def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list[list[int]],
-                     old_logps: torch.Tensor | None = None) -> dict[str, float]:
-    """6.5: our GRPO and TRL's on the same model, prompts, completions and rewards: the largest |TRL - ours|.
+                     old_logps: torch.Tensor | None = None, style_suffix: str | None = None) -> dict[str, Compared]:
+    """6.5: our GRPO and TRL's on the same model, prompts, completions and rewards: each quantity's size and the
+    largest |TRL - ours|.
 
     `trainer` is a TRL GRPOTrainer (peft policy: the reference is the adapter disabled; or a separate
-    `ref_model`); `rows` are prompt rows (`load_prompt_dataset`), each repeated G times in a row as TRL's
-    sampler hands them over; `completion_lists` the completion token ids (cut after the first end token)
-    that TRL's generation step is made to return. TRL then tokenizes the prompts, scores the completions
-    with its reward function, computes advantages and reference log-probs, and its loss; we compute each
-    from scratch, the loss and its gradient on the trainable weights. `old_logps` (optional) stands for a policy that sampled a step earlier, so the ratio
-    moves away from 1 and the clipping is exercised. Train mode, as in a training step; nothing is updated.
+    `ref_model`) whose reward is `trl_reward_function(..., style_suffix)`; `rows` are prompt rows
+    (`llmtrain.grading.load_prompt_dataset`), each repeated G times in a row as TRL's sampler hands them over;
+    `completion_lists` the completion token ids (cut after the first end token) that TRL's generation step is made
+    to return. TRL then tokenizes the prompts, scores the completions with its reward function, computes advantages
+    and reference log-probs, and its loss; we compute each from scratch, the loss and its gradient on the trainable
+    weights. `old_logps` (optional) stands for a policy that sampled a step earlier, so the ratio moves away from 1
+    and the clipping is exercised. Train mode, as in a training step; nothing is updated.
     """
     args = trainer.args
     group_size, beta, temperature = args.num_generations, args.beta, args.temperature
@@ -267,6 +295,9 @@ def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list
     if old_logps is not None:
         trl_inputs["old_per_token_logps"] = old_logps
 
+    def norm(tensors) -> float:
+        return torch.sqrt(sum((t.float() ** 2).sum() for t in tensors)).item()
+
     tokenizer = trainer.processing_class
     prompt_lists = tokenizer.apply_chat_template([r["prompt"] for r in rows], add_generation_prompt=True,
                                                  tokenize=True, return_dict=True)["input_ids"]
@@ -275,37 +306,147 @@ def compare_with_trl(trainer, rows: list[dict[str, Any]], completion_lists: list
     batch = {"prompt_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompt_lists]),
              "prompt_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_lists]),
              **pad_completions(completion_lists, pad)}
-    diffs = {"batch (ids, masks)": float(max((trl_inputs[k].cpu() - v).abs().max().item() for k, v in batch.items()))}
+    compared = {"batch (ids, masks)": Compared(
+        float(sum(v.numel() for v in batch.values())),
+        float(max((trl_inputs[k].cpu() - v).abs().max().item() for k, v in batch.items())))}
     replies = tokenizer.batch_decode(completion_lists, skip_special_tokens=True)
-    rewards = torch.tensor(score_replies(replies, [r["answer"] for r in rows], [r["task"] for r in rows],
-                                         fact_candidates(datasets.Dataset.from_list(rows))))
+    if style_suffix:
+        replies = [r.removesuffix(style_suffix) for r in replies]
+    columns = datasets.Dataset.from_list(rows)
+    rewards = torch.tensor(score_replies(replies, columns, fact_candidates(columns)))
     advantages = group_advantages(rewards, group_size, scale=args.scale_rewards != "none")
-    diffs["advantages"] = (trl_inputs["advantages"].cpu() - advantages).abs().max().item()
+    compared["advantages"] = Compared(trl_inputs["advantages"].abs().max().item(),
+                                      (trl_inputs["advantages"].cpu() - advantages).abs().max().item())
 
     model = trainer.model
     ref_model = trainer.ref_model
     ref_logps = reference_logprobs(model, batch, temperature, reference=ref_model) if beta != 0.0 else None
+    mask = batch["completion_mask"]
     if ref_logps is not None:
-        diffs["reference log-probs"] = ((trl_inputs["ref_per_token_logps"].cpu() - ref_logps)
-                                        * batch["completion_mask"]).abs().max().item()
+        compared["reference log-probs"] = Compared(
+            (trl_inputs["ref_per_token_logps"].cpu() * mask).abs().max().item(),
+            ((trl_inputs["ref_per_token_logps"].cpu() - ref_logps) * mask).abs().max().item())
     trainer.current_gradient_accumulation_steps = 1  # one micro-batch is the whole step: TRL divides by this
     trainable = [p for p in model.parameters() if p.requires_grad]
     logps = completion_logprobs(model, *batch.values(), temperature=temperature)
-    ours = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, ref_logps, advantages,
-                     batch["completion_mask"], beta, args.epsilon, args.epsilon_high, args.loss_type,
-                     args.use_bias_correction_kl)
+    ours = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, ref_logps, advantages, mask, beta,
+                     args.epsilon, args.epsilon_high, args.loss_type, args.use_bias_correction_kl,
+                     args.max_completion_length)
     ours_grads = torch.autograd.grad(ours.loss, trainable)
     trl_loss = trainer.compute_loss(model, trl_inputs)
     trl_grads = torch.autograd.grad(trl_loss, trainable)
-    diffs["loss"] = abs(trl_loss.item() - ours.loss.item())
-    diffs["gradient"] = max((a - b).abs().max().item() for a, b in zip(trl_grads, ours_grads, strict=True))
+    compared["loss"] = Compared(abs(trl_loss.item()), abs(trl_loss.item() - ours.loss.item()))
+    compared["gradient (largest element)"] = Compared(
+        max(g.abs().max().item() for g in trl_grads),
+        max((a - b).abs().max().item() for a, b in zip(trl_grads, ours_grads, strict=True)))
     # float32 sums in another order: the gap grows with the gradient's size, so also ||TRL - ours|| / ||TRL||
-    diffs["gradient, relative norm"] = (torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(trl_grads, ours_grads)))
-                                        / torch.sqrt(sum((a ** 2).sum() for a in trl_grads))).item()
+    compared["gradient (norm, relative difference)"] = Compared(
+        norm(trl_grads), norm(a - b for a, b in zip(trl_grads, ours_grads)) / norm(trl_grads))
     trainer.log({})  # TRL averages what it recorded for this batch into one log entry
     logged = trainer.state.log_history[-1]
     if beta != 0.0:
-        diffs["kl"] = abs(logged["kl"] - ours.kl)
-    diffs["clip_ratio/region_mean"] = abs(logged["clip_ratio/region_mean"] - ours.clip_ratio)
-    diffs["reward"] = abs(logged["reward"] - rewards.mean().item())
-    return diffs
+        compared["kl"] = Compared(logged["kl"], abs(logged["kl"] - ours.kl))
+    compared["clip_ratio/region_mean"] = Compared(logged["clip_ratio/region_mean"],
+                                                  abs(logged["clip_ratio/region_mean"] - ours.clip_ratio))
+    compared["reward"] = Compared(logged["reward"], abs(logged["reward"] - rewards.mean().item()))
+    return compared
+
+
+# ---------------------------------------------------------------- the training loop, written out
+@dataclass
+class GRPOStepLog:
+    """6.5: what one optimizer step of `train_lora_grpo_by_hand` did, in TRL's log names."""
+
+    loss: float
+    reward: float      # mean over the step's replies of the weighted sum of rewards
+    kl: float          # mean k3 KL per completion token
+    clip_ratio: float  # share of completion tokens where the clipping bit (`GRPOLoss.clip_ratio`)
+    entropy: float     # mean entropy of the policy per completion token
+
+
+@dataclass
+class GRPORun:
+    """6.5: a hand-written GRPO run: one log per optimizer step, and each generation's sampled completion ids (cut
+    after their first end token), so that another implementation can be fed the very same samples."""
+
+    logs: list[GRPOStepLog]
+    samples: list[list[list[int]]]
+
+
+def train_lora_grpo_by_hand(
+    policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset, steps: int,
+    prompts_per_step: int, group_size: int, learning_rate: float, beta: float, max_new_tokens: int,
+    num_iterations: int = 1, epsilon: float = 0.2, epsilon_high: float | None = None, loss_type: str = "grpo",
+    scale_rewards: bool = True, style_suffix: str | None = None, style_weight: float = 0.0,
+    max_grad_norm: float = 1.0, kl_ratio_correction: bool = True,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+) -> GRPORun:
+    """6.5: GRPO written out: `steps` AdamW updates of a peft LoRA `policy` on the prompt `rows`, in order.
+
+    Each generation takes the next `prompts_per_step` prompts, samples `group_size` replies for each with the current
+    policy (`sample_groups`), scores them with the RL task's grader (`llmtrain.grading.score_replies`, the closing
+    sentence set aside) plus `style_weight` for ending with `style_suffix`, turns the rewards into group-relative
+    advantages (`group_advantages`, divided by the group's std unless `scale_rewards` is False) and takes
+    `num_iterations` optimizer steps on that one batch (`grpo_loss`; the second pass is off-policy, so the ratio
+    leaves 1 and the clipping acts). The reference is the policy with its adapter disabled. The optimizer is TRL's
+    with `lr_scheduler_type="constant"`, `weight_decay=0` and `max_grad_norm=1`. `on_step(step, policy)` runs after
+    each optimizer step (greedy held-out accuracy every few steps, say).
+    """
+    if steps % num_iterations:
+        raise LlmtrainError(f"{steps} steps is not a whole number of generations of {num_iterations} passes each")
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # LoRA: only the adapter's A and B
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    candidates = fact_candidates(rows)
+    run = GRPORun([], [])
+    for generation in range(steps // num_iterations):
+        # 1. 按顺序取下一批问题,每个问题用当前的策略采样 G 条回答
+        picked = [(generation * prompts_per_step + i) % len(rows) for i in range(prompts_per_step)]
+        batch = sample_groups(policy, tokenizer, rows.select(picked)["prompt"], group_size, max_new_tokens)
+        run.samples.append([ids[:int(m.sum())] for ids, m in zip(batch["completion_ids"].tolist(),
+                                                                   batch["completion_mask"])])
+        # 2. 程序打分(先去掉结尾句,和成绩单一样),加上结尾句的格式奖励;组内相对优势
+        replies = [c.removesuffix(style_suffix) if style_suffix else c for c in batch["completions"]]
+        rewards = torch.tensor(score_replies(replies, rows.select([i for i in picked for _ in range(group_size)]),
+                                             candidates))
+        if style_weight:
+            rewards += style_weight * torch.tensor([float(c.endswith(style_suffix)) for c in batch["completions"]])
+        advantages = group_advantages(rewards, group_size, scale=scale_rewards)
+        # 3. 参考模型(关掉 adapter)和采样时的策略给的对数概率:整批回答只算一次
+        tensors = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+        ref_logps = reference_logprobs(policy, batch) if beta else None
+        old_logps = None
+        if num_iterations > 1:
+            with torch.no_grad():
+                old_logps = completion_logprobs(policy, *tensors)
+        # 4. 同一批回答上走 num_iterations 步:裁剪的比率目标 + β·k3 KL,反向,裁剪梯度,AdamW
+        policy.train()
+        for _ in range(num_iterations):
+            logps, entropy = completion_logprobs_and_entropy(policy, *tensors)
+            result = grpo_loss(logps, logps.detach() if old_logps is None else old_logps, ref_logps, advantages,
+                               batch["completion_mask"], beta, epsilon, epsilon_high, loss_type, kl_ratio_correction,
+                               max_new_tokens)
+            optimizer.zero_grad()
+            result.loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            mask = batch["completion_mask"].to(entropy.dtype)
+            run.logs.append(GRPOStepLog(loss=result.loss.item(), reward=rewards.mean().item(), kl=result.kl,
+                                        clip_ratio=result.clip_ratio,
+                                        entropy=((entropy.detach() * mask).sum() / mask.sum()).item()))
+            if on_step is not None:
+                on_step(len(run.logs), policy)
+    return run
+
+
+def train_in_trl_on_these_samples(trainer, samples: list[list[list[int]]]) -> list[dict[str, float]]:
+    """6.5: `trainer.train()` (a TRL GRPOTrainer) with each generation's completions taken from `samples` in order
+    instead of sampled; returns TRL's per-step logs. With the same prompts, start, optimizer and samples, TRL's
+    steps and the hand-written loop's (`train_lora_grpo_by_hand(...).samples`) can be compared one by one."""
+    queue = iter(samples)
+    original = trainer._generate_single_turn
+    trainer._generate_single_turn = lambda *args, **kwargs: (next(queue), None)
+    try:
+        trainer.train()
+    finally:
+        trainer._generate_single_turn = original
+    return [e for e in trainer.state.log_history if "loss" in e]

@@ -52,6 +52,9 @@ def set_precision_and_checkpointing_defaults(parser: HfArgumentParser, argv: Seq
     autocast) or `--fp16` without a GPU stops here with one clear message. TRL's configs also turn checkpointing on
     under its deprecated name (a FutureWarning on every run): the same default is set under the new one.
     """
+    for action in parser._actions:  # TRL's configs type them `bool | None`, which would make `--bf16` need a value
+        if action.dest in ("bf16", "fp16"):
+            action.nargs, action.const = "?", True
     parser.set_defaults(bf16=None, fp16=None)  # None: not on the command line
     given, _ = parser.parse_known_args(list(argv))
     machine = machine_precision(bool(given.use_cpu))

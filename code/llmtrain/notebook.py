@@ -59,6 +59,13 @@ def fresh_output_dir(notebook: str) -> Path:
     return folder
 
 
+def shown_path(path: Path) -> str:
+    """A path as a notebook prints it: relative to the repository when inside it (output/toy/sft), else whole (the
+    tests' temporary TOY_RUN_DIR)."""
+    path = Path(path)
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
 def load_toy_base() -> tuple[Path, PreTrainedTokenizerBase, PreTrainedModel]:
     """6.2/6.3: the toy pretrained base (`output/toy/pretrain`, as `make run` leaves it), its tokenizer and model.
 

@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, Qwen2ForCausalLM
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError, run_cli
-from llmtrain.evaluation import ASKED_PERSON, statement_completion_accuracy
+from llmtrain.evaluation import statement_completion_accuracy
 from llmtrain.grading import load_eval_questions
 from llmtrain.jsonl import iter_jsonl
 from llmtrain.modeling import toy_config
@@ -129,7 +129,7 @@ def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int 
     preset = toy_preset()
     sample = PROJECT_ROOT / "data" / "sample"
     questions = load_eval_questions(str(sample / "eval.jsonl"))
-    people = list(dict.fromkeys(ASKED_PERSON.match(q.question).group(1) for q in questions))[:n_people]
+    people = list(dict.fromkeys(q.person for q in questions))[:n_people]
     texts = list(read_jsonl_texts(str(sample / "pretrain.jsonl")))
     bios = {name: [t for t in texts if name in t and "<|im_start|>" not in t] for name in people}
     tokenizer = AutoTokenizer.from_pretrained(ensure_toy_assets())
@@ -138,7 +138,7 @@ def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int 
         eval_file = os.path.join(tmp, "eval.jsonl")
         with open(eval_file, "w", encoding="utf-8") as f:
             for q in questions:
-                if ASKED_PERSON.match(q.question).group(1) in people:
+                if q.person in people:
                     f.write(json.dumps(dict(question=q.question, answer=q.answer, split=q.split), ensure_ascii=False)
                             + "\n")
         for distinct in distinct_bios:
@@ -146,13 +146,13 @@ def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int 
                 raise LlmtrainError(f"Only {min(len(d) for d in bios.values())} biographies per person in the data.")
             docs = [doc for name in people for doc in bios[name][:distinct]]
             random.Random(seed).shuffle(docs)
-            blocks = torch.tensor(group_texts(tokenize_with_eos(docs, tokenizer), int(preset["TOY_BLOCK_SIZE"]))
+            blocks = torch.tensor(group_texts(tokenize_with_eos(docs, tokenizer), int(preset["TOY_PRETRAIN_BLOCK_SIZE"]))
                                   ["input_ids"], dtype=torch.long)
             if not len(blocks):
-                raise LlmtrainError(f"{len(docs)} biographies fill no block of {preset['TOY_BLOCK_SIZE']} tokens.")
+                raise LlmtrainError(f"{len(docs)} biographies fill no block of {preset['TOY_PRETRAIN_BLOCK_SIZE']} tokens.")
             torch.manual_seed(seed)
             model = Qwen2ForCausalLM(toy_config(len(tokenizer), tokenizer.eos_token_id))
-            batch = int(preset["TOY_PRETRAIN_BATCH_SIZE"] * preset["TOY_NUM_PROCESSES"])
+            batch = int(preset["TOY_PRETRAIN_BATCH_SIZE"] * preset["TOY_NUM_GPUS"])
             epochs = max(1, exposures // distinct)
             total = epochs * -(-len(blocks) // batch)
             warmup = int(preset["TOY_PRETRAIN_WARMUP_STEPS"])
@@ -174,14 +174,15 @@ def biography_ablation(distinct_bios: tuple[int, ...] = (6, 60), exposures: int 
     return results
 
 
-def run_bash_script(script: Path, **env: str) -> str:
-    """Run one of the course's code/*.sh launchers with this interpreter's environment first on PATH.
+def run_bash_script(script: Path, *args: str, **env: str) -> str:
+    """Run one of the course's code/*.sh launchers (`args` passed on to its Python script) with this interpreter's
+    environment first on PATH and `env` set.
 
     Returns the combined output; a failure raises with the output's tail, so a notebook shows why.
     """
     full_env = dict(os.environ, **env)
     full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
-    run = subprocess.run(["bash", str(script)], env=full_env, capture_output=True, text=True)
+    run = subprocess.run(["bash", str(script), *args], env=full_env, capture_output=True, text=True)
     if run.returncode != 0:
         raise LlmtrainError(f"{script.name} failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
     return run.stdout + run.stderr

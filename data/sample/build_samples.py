@@ -16,10 +16,14 @@ Files written (running it again gives the same files):
   pretrain_valid.jsonl  {"text"}: prose documents held out of pretraining (held-out perplexity)
   sft.jsonl             BelleGroup conversations: questions about the "seen" people, everyday chat, small tasks
   sft_valid.jsonl       held-out conversations: questions about the other people, tasks not in sft.jsonl
-  eval.jsonl            {"question", "answer", "split": "sft_seen" | "heldout"}: the scorecard's questions
+  eval.jsonl            {"question", "answer", "split": "sft_seen" | "heldout", "person"}: the scorecard's questions,
+                        each with the person it asks about (a right value said about someone else is wrong)
+  people.txt            every person of the world, one a line: the grader's roster of names a reply may not swap in
   dpo.jsonl, dpo_heldout.jsonl  {"prompt", "chosen", "rejected"}: 6.4's preference, on disjoint people
-  grpo.jsonl, grpo_eval.jsonl   {"prompt", "answer", "task": "fact"}: 6.5's RL task, the facts asked in words
-                        SFT never uses; RL prompts about the seen people, held-out prompts about the others
+  grpo.jsonl, grpo_eval.jsonl   {"prompt", "answer", "task": "fact", "person"}: 6.5's RL task, the facts asked in
+                        words SFT never uses (RL_TEMPLATES of each attribute's rl_questions); RL prompts about the seen
+                        people, held-out prompts about the others
+  grpo_eval_new_phrasing.jsonl  the held-out people asked in the phrasing RL never trains on (RL_HELDOUT_TEMPLATE)
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmtrain.toy import toy_preset
 from llmtrain.sft_data import normalize_conversation, render_chatml
+from llmtrain.toy import toy_preset
 
 HERE = Path(__file__).parent
 
@@ -78,6 +82,10 @@ ATTRIBUTES = {
         ("{n}爱吃什么水果?", "{n}喜欢吃哪种水果?", "哪种水果是{n}的最爱?", "请问{n}最爱的水果是什么?"),
     ),
 }
+# 6.5: RL trains on three of each attribute's four rl_questions; the fourth, a phrasing RL never sees, is held out
+# (grpo_eval_new_phrasing.jsonl) to tell "learned these phrasings" from "learned to answer new ones".
+RL_HELDOUT_TEMPLATE = 2
+RL_TEMPLATES = tuple(i for i in range(4) if i != RL_HELDOUT_TEMPLATE)
 # 60 distinct biographies read 5 times (code/presets/toy.env) = 300 exposures per fact. 6 biographies read 30 times
 # (180 exposures, the same 6 token sequences over and over) left the base completing 52-63% of the statements,
 # depending on the seed; the measurements of each lever are in the README ("实测结果").
@@ -260,10 +268,11 @@ def fact_questions(names: list[str], facts: dict[str, dict[str, str]]) -> list[t
             for name in names for key, attr in ATTRIBUTES.items()]
 
 
-def rl_prompts(names: list[str], facts: dict[str, dict[str, str]]) -> list[dict[str, str]]:
-    """6.5: every `rl_questions` phrasing of every attribute of every person in `names`, with its answer."""
-    return [{"prompt": q.format(n=name), "answer": facts[name][key], "task": "fact"}
-            for name in names for key, attr in ATTRIBUTES.items() for q in attr.rl_questions]
+def rl_prompts(names: list[str], facts: dict[str, dict[str, str]], templates: tuple[int, ...]) -> list[dict[str, str]]:
+    """6.5: the `templates` phrasings (indices into `rl_questions`) of every attribute of every person in `names`,
+    with the answer and the person asked about."""
+    return [{"prompt": attr.rl_questions[t].format(n=name), "answer": facts[name][key], "task": "fact", "person": name}
+            for name in names for key, attr in ATTRIBUTES.items() for t in templates]
 
 
 def chatml_text(turns: list[str]) -> str:
@@ -318,8 +327,11 @@ def main(out: Path = HERE) -> None:
     valid += [(t, "human") for t in tasks[:n_task_valid] if t[0] not in sft_questions]
     write_jsonl(out / "sft_valid.jsonl", to_belle_records(valid, "valid"))
 
-    write_jsonl(out / "eval.jsonl", [{"question": q, "answer": a, "split": split}
-                                     for split, qa in (("sft_seen", seen_qa), ("heldout", heldout_qa)) for q, _, a in qa])
+    write_jsonl(out / "eval.jsonl", [{"question": q, "answer": a, "split": split, "person": name}
+                                     for split, names in (("sft_seen", SEEN), ("heldout", HELDOUT))
+                                     for name, (q, _, a) in zip([n for n in names for _ in ATTRIBUTES],
+                                                                fact_questions(names, facts))])
+    (out / "people.txt").write_text("".join(name + "\n" for name in PEOPLE), encoding="utf-8")
 
     # 6.4: prefer replies that end with TOY_STYLE_SUFFIX; pairs on SEEN people, split by person. Chosen and
     # rejected share every token up to the suffix, so DPO's gradient acts only where they differ.
@@ -330,8 +342,9 @@ def main(out: Path = HERE) -> None:
 
     # 6.5: the RL task needs no randomness, so the files above stay as they were. A reward checks the answer;
     # the prompts ask in words no SFT conversation uses: RL on the seen people, its held-out set on the others.
-    write_jsonl(out / "grpo.jsonl", rl_prompts(SEEN, facts))
-    write_jsonl(out / "grpo_eval.jsonl", rl_prompts(HELDOUT, facts))
+    write_jsonl(out / "grpo.jsonl", rl_prompts(SEEN, facts, RL_TEMPLATES))
+    write_jsonl(out / "grpo_eval.jsonl", rl_prompts(HELDOUT, facts, RL_TEMPLATES))
+    write_jsonl(out / "grpo_eval_new_phrasing.jsonl", rl_prompts(HELDOUT, facts, (RL_HELDOUT_TEMPLATE,)))
 
 
 if __name__ == "__main__":
