@@ -104,7 +104,7 @@ def silence_libraries() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed (imported by TRL) announces the accelerator otherwise
     warnings.simplefilter("ignore")
     for name in ("bitsandbytes", "transformers", "datasets", "peft", "trl", "DeepSpeed", "accelerate", "torch",
-                 "llmtrain"):
+                 "kernels", "llmtrain"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import datasets
     import transformers

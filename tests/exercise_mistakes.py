@@ -270,8 +270,8 @@ def tokenize_as_list(texts, tokenizer):
 
 
 def tokenize_into_one_row(texts, tokenizer):
-    """All documents in one list."""
-    return {"input_ids": [t for row in tokenize_with_eos(texts, tokenizer)["input_ids"] for t in row]}
+    """All documents joined into one token list (one row for the whole batch)."""
+    return {"input_ids": [[t for row in tokenize_with_eos(texts, tokenizer)["input_ids"] for t in row]]}
 
 
 def tokenize_without_eos(texts, tokenizer):
@@ -381,12 +381,13 @@ def resume_from_last_checkpoint(training_args, overwrite_output_dir=False):
 
 
 def resume_taking_anything_named_checkpoint(training_args, overwrite_output_dir=False):
-    """Any entry whose name starts with checkpoint-, numbered by its first digits."""
+    """Any complete folder whose name starts with checkpoint-, numbered by its first digits."""
     found = find_resume_checkpoint(training_args, overwrite_output_dir)
     if found is None or training_args.resume_from_checkpoint:
         return found
     out = training_args.output_dir
-    names = [n for n in os.listdir(out) if n.startswith("checkpoint-") and re.search(r"\d+", n)]
+    names = [n for n in os.listdir(out) if n.startswith("checkpoint-") and re.search(r"\d+", n)
+             and os.path.isfile(os.path.join(out, n, TRAINER_STATE))]
     return os.path.join(out, max(names, key=lambda n: int(re.search(r"\d+", n).group())))
 
 
@@ -1026,15 +1027,6 @@ def logprobs_in_model_dtype(model, input_ids, attention_mask, labels):
     return (picked * (target != IGNORE)).sum(-1)
 
 
-def logprobs_in_half(model, input_ids, attention_mask, labels):
-    """Casts the logits to fp16 'to save memory'."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.half()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    target = labels[:, 1:]
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
-    return (picked * (target != IGNORE)).sum(-1)
-
-
 def logprobs_of_softmax(model, input_ids, attention_mask, labels):
     """log(softmax(logits)): underflows to log 0 on confident logits."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
@@ -1264,11 +1256,10 @@ def advantages_always_scaled(rewards, group_size, scale=True):
     return group_advantages(rewards, group_size, True)
 
 
-def advantages_over_range(rewards, group_size, scale=True):
-    """Divides by the group's range (max - min) instead of its std."""
+def advantages_over_variance(rewards, group_size, scale=True):
+    """Divides by the group's variance instead of its standard deviation."""
     grouped = rewards.reshape(-1, group_size)
-    spread = grouped.max(1, keepdim=True).values - grouped.min(1, keepdim=True).values
-    return ((grouped - grouped.mean(1, keepdim=True)) / (spread + 1e-4)).reshape(-1)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.var(1, keepdim=True) + 1e-4)).reshape(-1)
 
 
 def advantages_for_any_group(rewards, group_size, scale=True):

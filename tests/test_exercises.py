@@ -121,8 +121,7 @@ PLANTED = [
     ("sequence_logprobs", mistakes.logprobs_averaged, "sequence_logprobs.averaged"),
     ("sequence_logprobs", mistakes.logprobs_over_the_wrong_axis, "sequence_logprobs.other"),
     ("sequence_logprobs", mistakes.logprobs_without_grad, "sequence_logprobs.no_grad"),
-    ("sequence_logprobs", mistakes.logprobs_in_model_dtype, "sequence_logprobs.bf16_softmax"),
-    ("sequence_logprobs", mistakes.logprobs_in_half, "sequence_logprobs.bf16_other"),
+    ("sequence_logprobs", mistakes.logprobs_in_model_dtype, "sequence_logprobs.bf16"),
     ("sequence_logprobs", mistakes.logprobs_of_softmax, "sequence_logprobs.underflow"),
     ("sequence_logprobs", mistakes.logprobs_with_epsilon, "sequence_logprobs.confident_other"),
     ("dpo_loss", mistakes.dpo_loss_as_number, "common.loss_not_tensor"),
@@ -156,7 +155,7 @@ PLANTED = [
     ("group_advantages", mistakes.advantages_strided, "group_advantages.strided_groups"),
     ("group_advantages", mistakes.advantages_never_scaled, "group_advantages.not_scaled"),
     ("group_advantages", mistakes.advantages_always_scaled, "group_advantages.scaled_anyway"),
-    ("group_advantages", mistakes.advantages_over_range, "group_advantages.other"),
+    ("group_advantages", mistakes.advantages_over_variance, "group_advantages.other"),
     ("group_advantages", mistakes.advantages_for_any_group, "group_advantages.group_of_one"),
     ("k3_kl", mistakes.kl_as_list, "k3_kl.not_tensor"),
     ("k3_kl", mistakes.kl_averaged, "k3_kl.shape"),
@@ -219,12 +218,14 @@ def quiet_libraries(toy_dir):
     check.silence_libraries()
 
 
-@pytest.mark.parametrize("notebook", sorted(check.NOTEBOOKS))
-def test_every_grader_accepts_the_reference_implementation(notebook):
-    results = check.grade_notebook(notebook, "reference")
-    assert [r.exercise.name for r in results] == [e.name for e in check.EXERCISES if e.notebook == notebook]
-    assert {r.exercise.name: (r.status, r.message) for r in results} == {
-        r.exercise.name: (check.PASSED, "") for r in results}
+def test_make_check_exercises_accepts_the_reference_implementation_quietly():
+    """`make check-exercises SOLUTION=reference`: every grader passes llmtrain's code, nothing else is printed."""
+    run = subprocess.run([sys.executable, "-m", "exercises.check", "--solution", "reference"], cwd=ROOT,
+                         env=script_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stderr == ""
+    lines = [line.strip() for line in run.stdout.splitlines() if line.startswith("  [")]
+    assert lines == [f"[{check.PASSED}] {e.name}" for e in check.EXERCISES], run.stdout
 
 
 @pytest.mark.parametrize("name", list(EXERCISES))
@@ -339,23 +340,14 @@ def test_a_learner_file_without_an_exercise_is_told_its_name(tmp_path):
     assert "找不到 grpo_loss" in results["grpo_loss"].message
 
 
-def test_every_message_of_the_check_itself_is_tested():
+def test_the_check_itself_gives_only_the_messages_tested_above():
     keys = message_keys((ROOT / "exercises" / "check.py").read_text(encoding="utf-8"), {"check"})
-    tested = message_keys(inspect.getsource(sys.modules[__name__]), {"check"})
-    assert keys == tested == {"check.borrowed", "check.not_implemented", "check.raised", "check.import_failed",
-                              "check.missing_name"}
+    assert keys == {"check.borrowed", "check.not_implemented", "check.raised", "check.import_failed",
+                    "check.missing_name"}
 
 
 def test_a_learner_file_with_right_answers_passes_and_the_exit_code_says_so(tmp_path, monkeypatch, capsys):
-    write_learner_file(tmp_path, "6.4", "from exercise_mistakes import dpo_batch_loss, dpo_loss, sequence_logprobs\n")
+    write_learner_file(tmp_path, "6.5", "from exercise_mistakes import group_advantages, grpo_loss, k3_kl\n")
     monkeypatch.setattr(check, "EXERCISES_DIR", tmp_path)
-    assert check.main(["--notebook", "6.4"]) == 0
+    assert check.main(["--notebook", "6.5"]) == 0
     assert capsys.readouterr().out.count("[通过]") == 3
-
-
-def test_make_target_grades_the_reference_quietly_and_exits_zero():
-    run = subprocess.run([sys.executable, "-m", "exercises.check", "--solution", "reference"], cwd=ROOT,
-                         env=script_env(), capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stderr == ""
-    assert run.stdout.count("[通过]") == len(check.EXERCISES)

@@ -178,7 +178,7 @@ def sample_preference_pairs() -> tuple[dict[str, list[int]], ...]:
 
 
 def toy_model(seed: int, **config_overrides: Any) -> torch.nn.Module:
-    """A randomly initialised toy Qwen2 (artifacts/toy/config.json with 2 of its 4 layers: depth changes nothing a
+    """A randomly initialised toy Qwen2 (artifacts/toy/config.json with one of its 4 layers: depth changes nothing a
     grader checks, and graders run many forward passes), in eval mode; `config_overrides` change the config first
     (e.g. attention_dropout)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -186,7 +186,7 @@ def toy_model(seed: int, **config_overrides: Any) -> torch.nn.Module:
     from llmtrain.toy import ensure_toy_assets
 
     config = AutoConfig.from_pretrained(ensure_toy_assets())
-    config.num_hidden_layers, config.layer_types = 2, config.layer_types[:2]
+    config.num_hidden_layers, config.layer_types = 1, config.layer_types[:1]
     for key, value in config_overrides.items():
         setattr(config, key, value)
     torch.manual_seed(seed)

@@ -108,11 +108,10 @@ def grade_sequence_logprobs(sequence_logprobs: Callable) -> None:
         got = call_sequence_logprobs(sequence_logprobs, half, batch, 2)
         if not close(got, expected, rtol=1e-4, atol=1e-3):
             gap = (got.double() - expected.double()).abs().max().item()
+            hint = "先把 logits 升到 fp32(.float())再算 log_softmax;课程在 GPU 上用 bf16 训练"
             if close(got, in_working_dtype(half, batch), rtol=1e-4, atol=1e-3):
-                raise Wrong("sequence_logprobs.bf16_softmax", f"bf16 模型上你的结果与在 fp32 里算 log_softmax 的结果相差 "
-                            f"{gap:.3g}:bf16 只有 8 位有效数字,log_softmax 的每个 token 误差约 1%,几十个 token 加起来就偏了。"
-                            "先把 logits 升到 fp32(.float())再算 log_softmax;课程在 GPU 上用 bf16 训练")
-            raise Wrong("sequence_logprobs.bf16_other", f"bf16 模型上你的结果与参考实现相差 {gap:.3g}:先把 logits 升到 fp32 再算")
+                hint = "bf16 只有 8 位有效数字,log_softmax 的每个 token 误差约 1%,几十个 token 加起来就偏了。" + hint
+            raise Wrong("sequence_logprobs.bf16", f"bf16 模型上你的结果与在 fp32 里算 log_softmax 的结果相差 {gap:.3g}:{hint}")
 
     confident = toy_model(0)
     with torch.no_grad():

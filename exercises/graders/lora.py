@@ -286,13 +286,13 @@ def meta_model(name: str) -> nn.Module:
         return AutoModelForCausalLM.from_config(config)
 
 
-@lru_cache(maxsize=4)
-def peft_trainable_count(target_modules: str | tuple[str, ...], r: int) -> int:
-    """What peft trains on the toy model for these targets: the independent count the toy cases are checked with."""
+@lru_cache(maxsize=8)
+def peft_trainable_count(name: str, target_modules: str | tuple[str, ...], r: int) -> int:
+    """What peft trains for these targets (on the meta model): the independent count each case is checked with."""
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-    theirs = get_peft_model(toy_model(0), LoraConfig(r=r, target_modules=targets))
+    theirs = get_peft_model(copy.deepcopy(meta_model(name)), LoraConfig(r=r, target_modules=targets))
     return sum(p.numel() for p in theirs.parameters() if p.requires_grad)
 
 
@@ -308,7 +308,7 @@ def grade_lora_parameter_count(lora_parameter_count: Callable) -> None:
         model = meta_model(name)
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
         expected = reference(model, targets, r)
-        if name == "玩具模型" and expected != peft_trainable_count(target_modules, r):
+        if expected != peft_trainable_count(name, target_modules, r):
             raise RuntimeError(f"课程内部错误:llmtrain 与 peft 的 LoRA 参数量不一致({target_modules},r={r})")
         got = lora_parameter_count(model, copy.copy(targets), r)
         if not isinstance(got, int) or isinstance(got, bool):

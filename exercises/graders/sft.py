@@ -211,8 +211,7 @@ def check_packed(batch: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
                     f"第 {k + 1} 个样本第一个位置(打包行的第 {starts[k]} 列)的 label 应为 -100,你保留了它:模型计算 loss 时"
                     "把 labels 左移一位,前一个样本最后一个 token 的输出要去预测这个 label,于是模型学着从一段对话猜下一段的"
                     "开头。DataCollatorWithFlattening 把每个样本第一个位置的 label 设为 -100")
-    ends = [s + n - 1 for s, n in zip(starts, lengths)]
-    if all(labels[e] == IGNORE for e in ends) and any(want[e] != IGNORE for e in ends):
+    if labels == [label for f in features for label in f["labels"][:-1] + [IGNORE]]:
         raise Wrong("make_collator.last_label_masked",
                     "你把每个样本最后一个位置的 label 设成了 -100:模型把 labels 左移一位,跨段的那一次预测落在下一个样本"
                     "第一个位置的 label 上,要设 -100 的是那里;最后一个位置是样本自己的 token,要照常学")
