@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llmtrain.sft_data import normalize_conversation  # 可以直接用:BelleGroup 格式 -> 以 system 开头的 messages
+from llmtrain.sft_data import normalize_conversation  # noqa: F401  可以直接用:BelleGroup 格式 -> 以 system 开头的 messages
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE
 
 
@@ -27,7 +27,8 @@ def tokenize_conversation(
     """一段对话 -> `{"input_ids": [...], "labels": [...]}`,不补齐,最多 `max_len` 个 token。
 
     输入:BelleGroup 格式的轮次,如 `[{"from": "human", "value": "..."}, {"from": "assistant", "value": "..."}]`;
-    `normalize_conversation(conversations, system_message)` 把它变成 `[{"role": "system", ...}, {"role": "user", ...}, ...]`。
+    `normalize_conversation(conversations, system_message)` 把它变成
+    `[{"role": "system", ...}, {"role": "user", ...}, ...]`。
     input_ids:与 `tokenizer.apply_chat_template(messages)` 的 token 完全相同(Qwen 的 ChatML,每轮
     `<|im_start|>{role}\\n{content}<|im_end|>\\n`),对任何分词器都成立。
     labels:与 input_ids 等长、逐位置对应。助手每条回答的 token 以及紧随其后的 `<|im_end|>` 上等于 input_ids,

@@ -105,7 +105,8 @@ def make_collator(tokenizer, packing):
     def padded(features):
         width = max(len(f["input_ids"]) for f in features)
         pad = [width - len(f["input_ids"]) for f in features]
-        return {"input_ids": torch.tensor([f["input_ids"] + [tokenizer.pad_token_id] * n for f, n in zip(features, pad)]),
+        pad_id = tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([f["input_ids"] + [pad_id] * n for f, n in zip(features, pad)]),
                 "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * n for f, n in zip(features, pad)]),
                 "labels": torch.tensor([f["labels"] + [IGNORE] * n for f, n in zip(features, pad)])}
 
@@ -281,12 +282,14 @@ def tokenize_without_eos(texts, tokenizer):
 
 def tokenize_eos_first(texts, tokenizer):
     """EOS in front of each document."""
-    return {"input_ids": [[tokenizer.eos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]}
+    eos = tokenizer.eos_token_id
+    return {"input_ids": [[eos] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]}
 
 
 def tokenize_with_pad_for_eos(texts, tokenizer):
     """pad_token_id where the EOS belongs (the toy tokenizer's pad is its eos)."""
-    return {"input_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.pad_token_id] for t in texts]}
+    pad = tokenizer.pad_token_id
+    return {"input_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] + [pad] for t in texts]}
 
 
 def tokenize_with_default_special_tokens(texts, tokenizer):
@@ -569,7 +572,9 @@ def collator_named(tokenizer, packing):
 def collator_without_positions(tokenizer, packing):
     """Packs, but forgets the position_ids."""
     collate = make_collator(tokenizer, packing)
-    return (lambda features: {k: v for k, v in collate(features).items() if k != "position_ids"}) if packing else collate
+    if not packing:
+        return collate
+    return lambda features: {k: v for k, v in collate(features).items() if k != "position_ids"}
 
 
 def collator_with_attention_mask(tokenizer, packing):
@@ -677,7 +682,8 @@ def collator_padding_left(tokenizer, packing):
     def left(features):
         width = max(len(f["input_ids"]) for f in features)
         pad = [width - len(f["input_ids"]) for f in features]
-        return {"input_ids": torch.tensor([[tokenizer.pad_token_id] * n + f["input_ids"] for f, n in zip(features, pad)]),
+        pad_id = tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([[pad_id] * n + f["input_ids"] for f, n in zip(features, pad)]),
                 "attention_mask": torch.tensor([[0] * n + [1] * len(f["input_ids"]) for f, n in zip(features, pad)]),
                 "labels": torch.tensor([[IGNORE] * n + f["labels"] for f, n in zip(features, pad)])}
 
@@ -1142,7 +1148,7 @@ def batch_loss_leaving_the_adapter_off(policy, batch, beta, reference=None):
     logps = sequence_logprobs(policy, *rows(batch))
     policy.base_model.disable_adapter_layers()
     with torch.no_grad():
-        ref = sequence_logprobs(policy, *rows(batch)) if reference is None else sequence_logprobs(reference, *rows(batch))
+        ref = sequence_logprobs(policy if reference is None else reference, *rows(batch))
     n = logps.shape[0] // 2
     return dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta)
 
@@ -1237,7 +1243,8 @@ def advantages_over_whole_batch(rewards, group_size, scale=True):
 def advantages_population_std(rewards, group_size, scale=True):
     """Divides by the population std."""
     grouped = rewards.reshape(-1, group_size)
-    return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)).reshape(-1)
+    spread = grouped.std(1, unbiased=False, keepdim=True)
+    return ((grouped - grouped.mean(1, keepdim=True)) / (spread + 1e-4)).reshape(-1)
 
 
 def advantages_strided(rewards, group_size, scale=True):

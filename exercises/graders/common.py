@@ -260,8 +260,3 @@ def relative_gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     diff = math.sqrt(sum(((x.detach().double() - y.detach().double()) ** 2).sum().item() for x, y in zip(a, b)))
     size = math.sqrt(sum((y.detach().double() ** 2).sum().item() for y in b))
     return diff / size if size > 0 else diff
-
-
-def norm(tensors: list[torch.Tensor]) -> float:
-    """The Euclidean norm of several tensors together."""
-    return math.sqrt(sum((t.detach().double() ** 2).sum().item() for t in tensors))

@@ -4,7 +4,6 @@ reference is the same model with its adapter disabled."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,8 +122,11 @@ def grade_sequence_logprobs(sequence_logprobs: Callable) -> None:
                     "先 softmax 再取 log 时,小于 1e-45 的概率在 fp32 里变成 0,log 0 = -inf。"
                     "用 log_softmax(内部先减去最大值),它直接给出有限的对数概率")
     if not close(got, expected, rtol=1e-4, atol=1e-3):
-        raise Wrong("sequence_logprobs.confident_other", f"一个很自信的模型(logits 相差几百)上,你的结果 {got.tolist()} "
-                    f"与参考实现 {expected.tolist()} 不同:用 log_softmax,不要自己拼 log(softmax)")
+        shown = ", ".join(f"{v:.1f}" for v in got.tolist())
+        want = ", ".join(f"{v:.1f}" for v in expected.tolist())
+        raise Wrong("sequence_logprobs.confident_other", f"一个很自信的模型(logits 相差几百)上,你的结果 [{shown}] 与参考实现 "
+                    f"[{want}] 不同:极小的概率也要算准,用 log_softmax;log(softmax + 一个小数) 会把每个 token 的对数概率截在"
+                    "那个小数的对数上")
 
 
 # ---------------------------------------------------------------- dpo_loss
@@ -140,7 +142,7 @@ def grade_dpo_loss(dpo_loss: Callable) -> None:
     cases = []
     for beta in (0.1, 0.5):
         pc, pr = -20 - 10 * torch.rand(n), -20 - 10 * torch.rand(n)
-        cases.append((f"β={beta}", beta, pc, pr, pc + torch.randn(n), pr + torch.randn(n)))
+        cases.append((f"β={beta} ", beta, pc, pr, pc + torch.randn(n), pr + torch.randn(n)))
     pc, pr = -40 - 10 * torch.rand(n), -40 - 10 * torch.rand(n)
     margins = torch.tensor([400.0, -400.0, 300.0, -300.0, 0.5, -0.5, 120.0, -120.0])
     cases.append(("对数比之差达到几百(训练后期很常见)", 1.0, pc, pr, pc - margins / 2, pr + margins / 2))
@@ -171,7 +173,7 @@ def grade_dpo_loss(dpo_loss: Callable) -> None:
             ]
             for key, message, value in candidates:
                 if close(loss, value, rtol=1e-5, atol=1e-6):
-                    raise Wrong(key, f"{message}({name})")
+                    raise Wrong(key, f"{message}({name.strip()})")
             shown = f"{loss.item():.4f}" if loss.numel() == 1 else f"形状 {tuple(loss.shape)}"
             raise Wrong("dpo_loss.other", f"{name}时 loss 应为 {expected.item():.4f},你的是 {shown}")
         if not loss.requires_grad:

@@ -118,8 +118,8 @@ def grade_k3_kl(k3_kl: Callable) -> None:
             raise Wrong("k3_kl.no_grad", "值对了,但它不能对 logps 求梯度:KL 惩罚要进损失,不要用 .item()、detach 或 numpy")
         mine, theirs = gradients(got.sum(), [policy])[0], gradients(expected.sum(), [ours])[0]
         if relative_gap([mine], [theirs]) > 1e-5:
-            raise Wrong("k3_kl.gradient", f"值对了,但对 logps 的梯度不对(应为 1 − exp(ref − logp),如 {theirs.reshape(-1)[:3].tolist()}"
-                        f" …,你的是 {mine.reshape(-1)[:3].tolist()} …):公式里的每一项都要留在计算图里;梯度正是 k3 把策略"
+            raise Wrong("k3_kl.gradient", f"值对了,但对 logps 的梯度不对(应为 1 − exp(ref − logp),如 "
+                        f"{theirs.reshape(-1)[:3].tolist()} …,你的是 {mine.reshape(-1)[:3].tolist()} …):公式里的每一项都要留在计算图里;梯度正是 k3 把策略"
                         "拉回参考模型的力,截断 exp 那一项就只剩一个常数推力")
 
 
@@ -187,8 +187,10 @@ def simulated_grpo_loss(logps: torch.Tensor, inputs: dict[str, torch.Tensor | No
         per_token = -torch.min(ratio * adv, clipped * adv)
     if case.beta and variant != "grpo_loss.kl_missing":
         delta = ref - logps
-        kl = {"grpo_loss.kl_k1": -delta, "grpo_loss.kl_reversed": torch.exp(-delta) + delta - 1}.get(variant, torch.exp(delta) - delta - 1)
-        correction = {"grpo_loss.correction_ignored": False, "grpo_loss.correction_always": True}.get(variant, case.correction)
+        kl = {"grpo_loss.kl_k1": -delta,
+              "grpo_loss.kl_reversed": torch.exp(-delta) + delta - 1}.get(variant, torch.exp(delta) - delta - 1)
+        correction = {"grpo_loss.correction_ignored": False,
+                      "grpo_loss.correction_always": True}.get(variant, case.correction)
         if correction:
             kl = kl * (ratio.detach() if variant == "grpo_loss.correction_detached" else ratio)
         per_token = per_token + (-case.beta if variant == "grpo_loss.kl_sign" else case.beta) * kl
@@ -201,7 +203,7 @@ def simulated_grpo_loss(logps: torch.Tensor, inputs: dict[str, torch.Tensor | No
 
 
 VALUE_MISTAKES = {
-    "grpo_loss.mask_ignored": "padding 的位置也算进了损失:补全右侧补齐,mask 为 0 的位置不是模型采出的 token,每个求和、求平均都只在"
+    "grpo_loss.mask_ignored": "padding 的位置也算进了损失:补全右侧补齐,mask 为 0 的位置不是模型采出的 token,每个求和、求平均都只在 "
                     "mask 为 1 的位置上",
     "grpo_loss.dapo_for_grpo": "loss_type='grpo' 要先在每条补全内对它的 token 求平均,再对补全求平均;你对整批的 token 一起求了平均"
                      "(那是 'dapo':长回答的 token 多,权重就大)",
@@ -257,7 +259,8 @@ def grade_grpo_loss(grpo_loss: Callable) -> None:
             for key, message in VALUE_MISTAKES.items():
                 if not close(simulated[key], expected, rtol=1e-5, atol=1e-6) and close(loss, simulated[key]):
                     raise Wrong(key, f"{message}{where}")
-            raise Wrong("grpo_loss.other", f"loss 应为 {expected.item():.6f},你的是 {loss.item():.6f}{where}")
+            raise Wrong("grpo_loss.other", f"loss 应为 {expected.item():.6f},你的是 {loss.item():.6f}{where}:逐项核对"
+                        "比率、裁剪、优势(每条补全一个,乘在它的每个 token 上)、KL、掩码和求平均的方式")
         if not loss.requires_grad:
             raise Wrong("grpo_loss.no_grad", f"loss 的值对,但不能对 logps 求梯度{where}:不要用 .item()、detach 或 torch.no_grad")
         mine, want = gradients(loss, [ours])[0], gradients(expected, [theirs])[0]

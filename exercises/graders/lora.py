@@ -7,7 +7,6 @@ import copy
 import math
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
 
 import torch
 from torch import nn
@@ -62,10 +61,11 @@ def check_structure(layer: nn.Module, base: nn.Linear, r: int, d_in: int, d_out:
     for name, shape in [("lora_A", (r, d_in)), ("lora_B", (d_out, r))]:
         weight = getattr(getattr(layer, name, None), "weight", None)
         if not isinstance(weight, torch.Tensor):
-            raise Wrong("LoraLinear.missing_attribute", f"找不到 self.{name}.weight:约定 self.{name} 是一个 nn.Linear(bias=False)")
+            raise Wrong("LoraLinear.missing_attribute",
+                        f"找不到 self.{name}.weight:约定 self.{name} 是一个 nn.Linear(bias=False)")
         if tuple(weight.shape) != shape:
-            raise Wrong("LoraLinear.wrong_shape", f"{name}.weight 的形状应为 {shape}(in_features={d_in}、out_features={d_out}、"
-                        f"r={r}),你的是 {tuple(weight.shape)}")
+            raise Wrong("LoraLinear.wrong_shape", f"{name}.weight 的形状应为 {shape}(in_features={d_in}、"
+                        f"out_features={d_out}、r={r}),你的是 {tuple(weight.shape)}")
         if not weight.requires_grad:
             raise Wrong("LoraLinear.lora_frozen", f"{name} 应可训练(requires_grad=True):LoRA 训练的正是 A 和 B")
         if weight.dtype != base.weight.dtype:
@@ -116,7 +116,7 @@ def grade_lora_linear(lora_linear: type) -> None:
                     "(不要用 .data、detach 或 torch.no_grad)")
     for name, mine, their in zip(["lora_A", "lora_B", "输入 x"], ours_grads, their_grads):
         if largest_gap([mine], [their]) > 1e-5:
-            raise Wrong("LoraLinear.gradient", f"输出对了,但对{name}的梯度与 peft 相差 {largest_gap([mine], [their]):.3g}"
+            raise Wrong("LoraLinear.gradient", f"输出对了,但对 {name} 的梯度与 peft 相差 {largest_gap([mine], [their]):.3g}"
                         f"(梯度本身最大 {their.abs().max().item():.3g}):旁路的每一步都要留在计算图里;对输入 x 的梯度"
                         "要同时经过原层和旁路传回去,前面各层的 LoRA 靠它学习(不要 detach 旁路的输入)")
 
@@ -242,7 +242,8 @@ def grade_inject_lora(inject_lora: Callable) -> None:
                         "setattr(model, '带点的名字', ...) 只会多挂一个新属性)")
         if extra:
             raise Wrong("inject_lora.extra_modules", f"{extra[0]} 等 {len(extra)} 个层不在目标里,你也换成了 LoRA{where}:"
-                        "列表里的名字要等于模块名的最后一段(或最后几段),不是任意子串")
+                        "只替换与 target_modules 匹配的层;列表里的名字要等于模块名的最后一段(或最后几段),"
+                        "不是子串,也不是同一类的所有层")
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         lora_params = {n for n, _ in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
         if trainable - lora_params:
@@ -320,7 +321,8 @@ def grade_lora_parameter_count(lora_parameter_count: Callable) -> None:
             raise Wrong("lora_parameter_count.regex", case + "字符串形式的 target_modules 是正则表达式,与模块的完整名字整串匹配"
                         "(re.fullmatch),不是名字列表")
         config = model.config
-        layers = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in target_modules]
+        layers = [m for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and n.split(".")[-1] in target_modules]
         if got == sum(2 * config.hidden_size * r for _ in layers):
             kv = config.num_key_value_heads * config.hidden_size // config.num_attention_heads
             raise Wrong("lora_parameter_count.square", case + f"你把每个矩阵都当成了 hidden_size × hidden_size 的方阵(教材的 "
@@ -331,7 +333,7 @@ def grade_lora_parameter_count(lora_parameter_count: Callable) -> None:
                 got == sum(r * m.in_features * m.out_features for m in layers):
             raise Wrong("lora_parameter_count.full_matrix", case + "你数的是整个 ΔW(d_in × d_out 个数):LoRA 训练的是 "
                         "A(r × d_in)和 B(d_out × r),每个层 r·(d_in + d_out) 个")
-        if got == expected + sum(m.out_features + r for m in layers) or got == expected + sum(m.out_features for m in layers):
+        if got in (expected + sum(m.out_features + r for m in layers), expected + sum(m.out_features for m in layers)):
             raise Wrong("lora_parameter_count.bias", case + "A、B 是没有偏置的线性层(bias=False),只数它们的权重")
         raise Wrong("lora_parameter_count.other", case + f"是正确值的 {got / expected:.3g} 倍:对每个名字与目标匹配的 "
                     "nn.Linear 数 A、B 的参数")

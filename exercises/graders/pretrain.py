@@ -126,12 +126,13 @@ def grade_group_texts(group_texts: Callable) -> None:
 class ResumeCase:
     """One output folder and what `find_resume_checkpoint` must make of it.
 
-    `folders` maps a path inside output_dir to whether it is a complete checkpoint (holds trainer_state.json);
-    `files` are plain files; `expected` is the checkpoint name to resume from, None, or "error".
+    `folders` maps a folder inside output_dir to True (a complete checkpoint: it holds trainer_state.json), False
+    (an incomplete one) or None (not a checkpoint); `files` are plain files; `expected` is the checkpoint name to
+    resume from, None, or "error".
     """
 
     key: str
-    folders: dict[str, bool]
+    folders: dict[str, bool | None]
     expected: str | None
     why: str
     files: tuple[str, ...] = ()
@@ -156,14 +157,14 @@ RESUME_CASES = [
                "checkpoint-10", files=("checkpoint-20",),
                why="只认名字正好是 checkpoint-<步数> 的目录:checkpoint-20 是个文件,checkpoint-final、"
                    "checkpoint-30-tmp 不是 Trainer 起的名字"),
-    ResumeCase("find_resume_checkpoint.nonempty_without_checkpoint", {"runs": False}, "error", files=("notes.txt",),
+    ResumeCase("find_resume_checkpoint.nonempty_without_checkpoint", {"runs": None}, "error", files=("notes.txt",),
                why="output_dir 不是空的、却没有 checkpoint:直接训练会把结果写进别人的目录,应报错"
                    "(并提示 --overwrite_output_dir 或换一个 --output_dir)"),
     ResumeCase("find_resume_checkpoint.only_incomplete", {"checkpoint-5": False}, "error",
                why="唯一的 checkpoint-5 不完整(没有 trainer_state.json),没有可以续训的 checkpoint,目录又不是空的:应报错"),
     ResumeCase("find_resume_checkpoint.overwrite", {"checkpoint-10": True}, None, overwrite=True,
                why="overwrite_output_dir=True 表示从头重新训练:不续训,返回 None(也不报错)"),
-    ResumeCase("find_resume_checkpoint.overwrite", {"runs": False}, None, files=("notes.txt",), overwrite=True,
+    ResumeCase("find_resume_checkpoint.overwrite", {"runs": None}, None, files=("notes.txt",), overwrite=True,
                why="overwrite_output_dir=True 表示就要训练进这个非空目录:返回 None,不报错"),
     ResumeCase("find_resume_checkpoint.user_checkpoint", {"checkpoint-10": True, "checkpoint-20": True, "old": True},
                "old", user_checkpoint="old",
@@ -181,7 +182,8 @@ def build_output_dir(root: Path, case: ResumeCase) -> Path:
         out.mkdir()
     for name, complete in case.folders.items():
         (out / name).mkdir(parents=True)
-        (out / name / "model.safetensors").write_bytes(b"")
+        if complete is not None:
+            (out / name / "model.safetensors").write_bytes(b"")
         if complete:
             (out / name / "trainer_state.json").write_text("{}", encoding="utf-8")
     for name in case.files:
@@ -241,10 +243,11 @@ def grade_find_resume_checkpoint(find_resume_checkpoint: Callable) -> None:
             else:
                 ok = not isinstance(got, BaseException) and got is not None and same_path(got, out / case.expected)
             if not ok:
-                layout = ", ".join([f"{k}/{'' if v else '(不完整)'}" for k, v in case.folders.items()]
-                                   + list(case.files)) or ("空目录" if case.make_output_dir else "不存在")
+                entries = [f"{k}/{'(不完整)' if v is False else ''}" for k, v in case.folders.items()] + list(case.files)
+                layout = (f"output_dir 里有:{', '.join(entries)}" if entries
+                          else "output_dir 是空目录" if case.make_output_dir else "output_dir 不存在")
                 want_text = {"error": "应报错", None: "应返回 None"}.get(case.expected, f"应返回 {case.expected}")
-                raise Wrong(case.key, f"output_dir 里有:{layout}"
+                raise Wrong(case.key, layout
                             + (",overwrite_output_dir=True" if case.overwrite else "")
                             + (f",--resume_from_checkpoint {case.user_checkpoint}" if case.user_checkpoint else "")
                             + f"。{want_text},{describe_outcome(got, out)}。{case.why}")

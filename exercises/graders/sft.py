@@ -227,11 +227,11 @@ def check_padded(batch: dict[str, torch.Tensor], expected: dict[str, torch.Tenso
     shape = tuple(expected["input_ids"].shape)
     for key in ("input_ids", "attention_mask", "labels"):
         if tuple(batch[key].shape) != shape:
-            longest = " 你补齐到了 max_len 或固定长度:教材补到 2048,绝大部分计算花在 padding 上。" \
-                if batch[key].dim() == 2 and batch[key].shape[0] == shape[0] and batch[key].shape[1] > shape[1] else ""
+            longer = batch[key].dim() == 2 and batch[key].shape[0] == shape[0] and batch[key].shape[1] > shape[1]
             raise Wrong("make_collator.padded_shape",
                         f"不打包时 {key} 的形状应为 {shape}:{len(lengths)} 个样本(长度 {lengths})各占一行,"
-                        f"只补齐到本批最长的 {shape[1]} 个 token;你的是 {tuple(batch[key].shape)}。{longest}")
+                        f"只补齐到本批最长的 {shape[1]} 个 token;你的是 {tuple(batch[key].shape)}"
+                        + (":补齐到固定长度(教材补到 2048)时,大部分计算花在 padding 上" if longer else ""))
     if all(torch.equal(batch[k], expected[k]) for k in expected):
         return
     width = shape[1]
