@@ -115,12 +115,11 @@ def tokenizer_merging_across_turns() -> Any:
         vocab[newline + piece] = next_id
         merges.append([newline, piece] if isinstance(merges[0], list) else f"{newline} {piece}")
         next_id += 1
-    for token in data["added_tokens"]:
-        token["id"] = vocab.get(token["content"], token["id"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token=base.eos_token, pad_token=base.pad_token,
         additional_special_tokens=[IM_START, IM_END], chat_template=base.chat_template,
         clean_up_tokenization_spaces=False)
+    assert len(tokenizer("\n" + sample_reply_openings()[0], add_special_tokens=False)["input_ids"]) == 1
     return tokenizer
 
 
@@ -165,13 +164,14 @@ def sample_reply_openings() -> list[str]:
 
 @lru_cache(maxsize=1)
 def sample_preference_pairs() -> tuple[dict[str, list[int]], ...]:
-    """Four tokenized preference pairs from data/sample/dpo.jsonl (`llmtrain.dpo.tokenize_preference`)."""
+    """Two tokenized preference pairs from data/sample/dpo.jsonl (`llmtrain.dpo.tokenize_preference`): two, so
+    that chosen-first halves and interleaved rows differ."""
     from llmtrain.dpo import normalize_preference, tokenize_preference
     from llmtrain.jsonl import iter_jsonl
 
     records = iter_jsonl(str(SAMPLE / "dpo.jsonl"), "preference pairs")
     return tuple(tokenize_preference(normalize_preference(next(records)[1]), toy_tokenizer(), 256)
-                 for _ in range(4))
+                 for _ in range(2))
 
 
 # ---------------------------------------------------------------- models

@@ -4,6 +4,7 @@ reference is the same model with its adapter disabled."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -13,13 +14,14 @@ from exercises.graders.common import (Wrong, close, gradients, loss_of, relative
                                       toy_model, toy_tokenizer)
 
 IGNORE = -100
+BATCH_BETA = 0.1
 
 
-def preference_batch(n_pairs: int = 2) -> dict[str, torch.Tensor]:
-    """`n_pairs` sample preference pairs padded into one batch (chosen rows first, then rejected)."""
+def preference_batch() -> dict[str, torch.Tensor]:
+    """The sample preference pairs padded into one batch (chosen rows first, then rejected)."""
     from llmtrain.dpo import pad_preference_batch
 
-    return pad_preference_batch(list(sample_preference_pairs()[:n_pairs]), toy_tokenizer().pad_token_id)
+    return pad_preference_batch(list(sample_preference_pairs()), toy_tokenizer().pad_token_id)
 
 
 # ---------------------------------------------------------------- sequence_logprobs
@@ -55,6 +57,30 @@ def call_sequence_logprobs(sequence_logprobs: Callable, model: nn.Module, batch:
     return got
 
 
+def logprob_models() -> dict[str, nn.Module]:
+    """Fresh models for the four checks: eval and train mode (attention dropout 0.1), bf16, and a very confident
+    one (the final norm scaled by 300: logits hundreds apart, most probabilities below fp32's 1e-45)."""
+    models = {"eval": toy_model(0, attention_dropout=0.1), "train": toy_model(0, attention_dropout=0.1).train(),
+              "bf16": toy_model(0).to(torch.bfloat16), "confident": toy_model(0)}
+    with torch.no_grad():
+        models["confident"].model.norm.weight.mul_(300.0)
+    return models
+
+
+@lru_cache(maxsize=1)
+def reference_logprobs() -> dict[str, torch.Tensor]:
+    """llmtrain's log-probs for each check, computed once (seed k before the k-th check, as the learner gets)."""
+    from llmtrain.dpo import sequence_logprobs as reference
+
+    batch = preference_batch()
+    found = {}
+    with torch.no_grad():
+        for seed, (name, model) in enumerate(logprob_models().items()):
+            torch.manual_seed(seed)
+            found[name] = reference(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    return found
+
+
 def grade_sequence_logprobs(sequence_logprobs: Callable) -> None:
     """6.4.3: per row, the sum of log p(token | everything before it) over the reply tokens (labels != -100) only;
     log_softmax in fp32 whatever the model's dtype, differentiable, the model's train/eval mode left alone; checked
@@ -63,8 +89,8 @@ def grade_sequence_logprobs(sequence_logprobs: Callable) -> None:
 
     batch = preference_batch()
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    model = toy_model(0, attention_dropout=0.1)
-    expected = reference(model, ids, mask, labels)
+    models, references = logprob_models(), reference_logprobs()
+    model, expected = models["eval"], references["eval"]
     got = call_sequence_logprobs(sequence_logprobs, model, batch, 0)
     if model.training:
         raise Wrong("sequence_logprobs.mode_changed", "调用之后模型从 eval 模式变成了 train 模式:计算对数概率的函数不要改"
@@ -92,31 +118,23 @@ def grade_sequence_logprobs(sequence_logprobs: Callable) -> None:
         raise Wrong("sequence_logprobs.no_grad", "值对了,但结果不能求梯度:DPO 的损失要经过它把梯度传回策略模型,"
                     "不要用 torch.no_grad、detach 或 .item()")
 
-    model.train()
-    torch.manual_seed(1)
-    expected = reference(model, ids, mask, labels)
+    model = models["train"]
     got = call_sequence_logprobs(sequence_logprobs, model, batch, 1)
-    if not model.training or not close(got, expected, rtol=1e-4, atol=1e-3):
+    if not model.training or not close(got, references["train"], rtol=1e-4, atol=1e-3):
         raise Wrong("sequence_logprobs.mode_changed", "train 模式(attention dropout 0.1)下,同一个随机种子,你的结果与参考实现"
                     "不同" + ("" if model.training else ",而且调用之后模型变成了 eval 模式") + ":不要在函数里调用 model.eval() "
                     "或 model.train(),训练时 dropout 要照常起作用,模式由调用者决定")
 
-    half = toy_model(0).to(torch.bfloat16)
     with torch.no_grad():
-        expected = reference(half, ids, mask, labels)
-        got = call_sequence_logprobs(sequence_logprobs, half, batch, 2)
-        if not close(got, expected, rtol=1e-4, atol=1e-3):
-            gap = (got.double() - expected.double()).abs().max().item()
+        got = call_sequence_logprobs(sequence_logprobs, models["bf16"], batch, 2)
+        if not close(got, references["bf16"], rtol=1e-4, atol=1e-3):
+            gap = (got.double() - references["bf16"].double()).abs().max().item()
             hint = "先把 logits 升到 fp32(.float())再算 log_softmax;课程在 GPU 上用 bf16 训练"
-            if close(got, in_working_dtype(half, batch), rtol=1e-4, atol=1e-3):
+            if close(got, in_working_dtype(models["bf16"], batch), rtol=1e-4, atol=1e-3):
                 hint = "bf16 只有 8 位有效数字,log_softmax 的每个 token 误差约 1%,几十个 token 加起来就偏了。" + hint
             raise Wrong("sequence_logprobs.bf16", f"bf16 模型上你的结果与在 fp32 里算 log_softmax 的结果相差 {gap:.3g}:{hint}")
-
-    confident = toy_model(0)
-    with torch.no_grad():
-        confident.model.norm.weight.mul_(300.0)  # logits hundreds apart: most tokens get probabilities below 1e-45
-        expected = reference(confident, ids, mask, labels)
-        got = call_sequence_logprobs(sequence_logprobs, confident, batch, 3)
+        got = call_sequence_logprobs(sequence_logprobs, models["confident"], batch, 3)
+    expected = references["confident"]
     if not torch.isfinite(got).all():
         raise Wrong("sequence_logprobs.underflow", f"一个很自信的模型(logits 相差几百)上你的结果是 {got.tolist()}:"
                     "先 softmax 再取 log 时,小于 1e-45 的概率在 fp32 里变成 0,log 0 = -inf。"
@@ -203,23 +221,35 @@ def lora_policy(seed: int) -> nn.Module:
     return policy.train()
 
 
+def batch_loss_models(separate: bool) -> tuple[nn.Module, nn.Module | None]:
+    """A fresh LoRA policy, and the separate reference model (its parameters requiring grad) when `separate`."""
+    return lora_policy(0), toy_model(2).train() if separate else None
+
+
+@lru_cache(maxsize=2)
+def reference_batch_loss(separate: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """llmtrain's DPO loss on the sample batch and its gradient on the LoRA parameters, computed once per case."""
+    from llmtrain.dpo import dpo_batch_loss as reference
+
+    policy, ref_model = batch_loss_models(separate)
+    loss = reference(policy, preference_batch(), BATCH_BETA, ref_model).loss
+    return loss.detach(), gradients(loss, [p for p in policy.parameters() if p.requires_grad])
+
+
 def grade_dpo_batch_loss(dpo_batch_loss: Callable) -> None:
     """6.4.3: policy log-probs (with the adapter, with a gradient) and reference log-probs (the same model with its
     adapter disabled, or the `reference` model; no gradient), chosen rows first; the policy left as it was."""
     from peft.tuners.lora import LoraLayer
 
-    from llmtrain.dpo import dpo_batch_loss as reference_loss
     from llmtrain.dpo import dpo_loss, sequence_logprobs
 
     batch = preference_batch()
     args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
-    beta = 0.1
+    beta = BATCH_BETA
     for separate in (False, True):
-        policy = lora_policy(0)
-        ref_model = toy_model(2).train() if separate else None
+        policy, ref_model = batch_loss_models(separate)
         lora = [p for p in policy.parameters() if p.requires_grad]
-        expected = reference_loss(policy, batch, beta, ref_model).loss
-        want_grads = gradients(expected, lora)
+        expected, want_grads = reference_batch_loss(separate)
         where = "(reference 是另一个模型)" if separate else "(reference=None:参考模型是关掉适配器的同一个模型)"
         result = dpo_batch_loss(policy, {k: v.clone() for k, v in batch.items()}, beta,
                                 *([ref_model] if separate else []))

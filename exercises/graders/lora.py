@@ -7,6 +7,7 @@ import copy
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import nn
@@ -204,28 +205,45 @@ def reachable(model: nn.Module, name: str, module: nn.Module) -> bool:
         return False
 
 
-def peft_targets(model: nn.Module, target_modules: str | list[str], r: int, alpha: float) -> tuple[nn.Module, set[str]]:
-    """peft's LoRA model on a copy of `model`, and the names of the modules it wrapped (without peft's prefix)."""
+INJECT_IDS = torch.tensor([[5, 17, 300, 42, 1000, 7, 99, 12], [8, 8, 400, 3, 2, 501, 60, 11]])
+INJECT_CASES = [(("q_proj", "v_proj"), 4, 8.0), (r".*\.(k|o)_proj", 2, 4.0)]
+
+
+@lru_cache(maxsize=len(INJECT_CASES))
+def peft_injection(target_modules: str | tuple[str, ...], r: int, alpha: float) -> dict[str, Any]:
+    """What peft makes of `toy_model(0)` for these targets, computed once: the names of the layers it wraps
+    (without peft's prefix), the base model's logits on INJECT_IDS, random A and B for each wrapped layer, and the
+    logits of peft's model with those A and B."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
-    theirs = get_peft_model(copy.deepcopy(model), LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules))
-    names = {n.removeprefix("base_model.model.") for n, m in theirs.named_modules() if isinstance(m, LoraLayer)}
-    return theirs, names
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    model = toy_model(0)
+    with torch.no_grad():
+        base_logits = model(INJECT_IDS).logits
+    theirs = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=targets))
+    layers = {n.removeprefix("base_model.model."): m for n, m in theirs.named_modules() if isinstance(m, LoraLayer)}
+    torch.manual_seed(3)
+    weights = {name: (torch.randn_like(layer.lora_A["default"].weight) * 0.1,
+                      torch.randn_like(layer.lora_B["default"].weight) * 0.1) for name, layer in sorted(layers.items())}
+    for name, (a, b) in weights.items():
+        set_lora(layers[name], a, b)
+    with torch.no_grad():
+        logits = theirs(INJECT_IDS).logits
+    return {"names": set(layers), "base_logits": base_logits, "weights": weights, "logits": logits}
 
 
 def grade_inject_lora(inject_lora: Callable) -> None:
     """6.3.4: every targeted nn.Linear of a toy Qwen2 replaced in place by a LoRA layer (list entries match name
     endings, a string is a regex matched against the whole name, as in peft), everything else frozen; the model's
     output then equals the base's, and with peft's A and B equals peft's."""
-    ids = torch.tensor([[5, 17, 300, 42, 1000, 7, 99, 12], [8, 8, 400, 3, 2, 501, 60, 11]])
-    for target_modules, r, alpha in [(["q_proj", "v_proj"], 4, 8.0), (r".*\.(k|o)_proj", 2, 4.0)]:
+    for target_modules, r, alpha in INJECT_CASES:
+        theirs = peft_injection(target_modules, r, alpha)
+        expected = theirs["names"]
+        targets = target_modules if isinstance(target_modules, str) else list(target_modules)
         model = toy_model(0)
-        theirs, expected = peft_targets(model, target_modules, r, alpha)
-        with torch.no_grad():
-            base_logits = model(ids).logits
-        where = f"(target_modules={target_modules!r},r={r},α={alpha:g})"
-        returned = inject_lora(model, target_modules, r, alpha)
+        where = f"(target_modules={targets!r},r={r},α={alpha:g})"
+        returned = inject_lora(model, targets, r, alpha)
         if returned is not model:
             raise Wrong("inject_lora.returns", f"应原地修改并返回传入的模型,你返回的是 {type(returned).__name__}{where}")
         missing = sorted(n for n in expected if not lora_wrapped(model.get_submodule(n)))
@@ -254,18 +272,14 @@ def grade_inject_lora(inject_lora: Callable) -> None:
             raise Wrong("inject_lora.lora_frozen", f"{sorted(lora_params - trainable)[0]} 被冻结了{where}:冻结整个模型要在"
                         "替换之前做,否则新建的 A、B 也被冻住,什么也学不到")
         with torch.no_grad():
-            start_gap = (model(ids).logits - base_logits).abs().max().item()
+            start_gap = (model(INJECT_IDS).logits - theirs["base_logits"]).abs().max().item()
         if start_gap > 1e-5:
             raise Wrong("inject_lora.start_differs", f"刚注入 LoRA 时,模型的输出应与基座完全相同(B = 0),你的相差 "
                         f"{start_gap:.3g}{where}")
-        torch.manual_seed(3)
-        for name in sorted(expected):
-            a = torch.randn_like(theirs.get_submodule("base_model.model." + name).lora_A["default"].weight) * 0.1
-            b = torch.randn_like(theirs.get_submodule("base_model.model." + name).lora_B["default"].weight) * 0.1
-            set_lora(theirs.get_submodule("base_model.model." + name), a, b)
+        for name, (a, b) in theirs["weights"].items():
             set_lora(model.get_submodule(name), a, b)
         with torch.no_grad():
-            gap = (model(ids).logits - theirs(ids).logits).abs().max().item()
+            gap = (model(INJECT_IDS).logits - theirs["logits"]).abs().max().item()
         if gap > 1e-4:
             raise Wrong("inject_lora.differs_from_peft", f"A、B 取 peft 的值时,你的模型输出与 peft 的相差 {gap:.3g}{where}:"
                         "把 r、alpha、dropout 原样传给每个 LoRA 层(注意参数的顺序)")
