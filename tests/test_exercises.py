@@ -8,6 +8,7 @@ import inspect
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import exercise_mistakes as mistakes
 import pytest
@@ -196,7 +197,7 @@ def message_keys(source: str, prefixes: set[str]) -> set[str]:
     return {key for key in re.findall(r'"([A-Za-z0-9_]+\.[a-z0-9_]+)"', source) if key.split(".")[0] in prefixes}
 
 
-def pristine_stub(tmp_path, notebook: str):
+def pristine_stub(tmp_path: Path, notebook: str) -> Path:
     """The notebook's stub file as committed (git show HEAD:...), copied into tmp_path: the working copy may hold a
     learner's answers."""
     name = check.NOTEBOOKS[notebook][1]
@@ -206,7 +207,7 @@ def pristine_stub(tmp_path, notebook: str):
     return tmp_path / name
 
 
-def write_learner_file(tmp_path, notebook: str, source: str):
+def write_learner_file(tmp_path: Path, notebook: str, source: str) -> Path:
     """A learner's exercise file for `notebook` in tmp_path."""
     path = tmp_path / check.NOTEBOOKS[notebook][1]
     path.write_text(source, encoding="utf-8")
