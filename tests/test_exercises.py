@@ -5,9 +5,11 @@ its own message, and every message a grader can give is drawn by a planted mista
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import exercise_mistakes as mistakes
@@ -216,7 +218,21 @@ def write_learner_file(tmp_path: Path, notebook: str, source: str) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_libraries(toy_dir):
-    check.silence_libraries()
+    """The grader's quiet output for this module only: logger levels, warning filters and the libraries' own
+    verbosity are put back afterwards, so the tests that follow still see their logs."""
+    import datasets
+    import transformers
+
+    levels = {name: logging.getLogger(name).level for name in check.QUIET_LOGGERS}
+    verbosity, bars = transformers.utils.logging.get_verbosity(), datasets.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        check.silence_libraries()
+        yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    transformers.utils.logging.set_verbosity(verbosity)
+    if bars:
+        datasets.enable_progress_bars()
 
 
 def test_make_check_exercises_accepts_the_reference_implementation_quietly():
