@@ -65,7 +65,7 @@ class Exercise:
 EXERCISES = [
     Exercise("6.1", "tokenize_with_eos", "llmtrain.pretrain_data", pretrain.grade_tokenize_with_eos),
     Exercise("6.1", "group_texts", "llmtrain.pretrain_data", pretrain.grade_group_texts),
-    Exercise("6.1", "find_resume_checkpoint", "llmtrain.training", pretrain.grade_find_resume_checkpoint),
+    Exercise("6.1", "find_resume_checkpoint", "llmtrain.checkpoints", pretrain.grade_find_resume_checkpoint),
     Exercise("6.1", "logits_bytes", "llmtrain.memory", pretrain.grade_logits_bytes,
              ("llmtrain.memory:estimate_training_memory",)),
     Exercise("6.2", "tokenize_conversation", "llmtrain.sft_data", sft.grade_tokenize_conversation),

@@ -3,7 +3,7 @@
 把每个函数里的 `raise NotImplementedError` 换成你的实现,然后运行
 `make check-exercises EX=6.1`(或 `python -m exercises.check --notebook 6.1`)。
 评分程序除了玩具分词器,还会用 pad 与 eos 不同的分词器、默认加 BOS 的分词器来检查你的代码。
-做完再对照课程的实现:llmtrain/pretrain_data.py、llmtrain/training.py、llmtrain/memory.py 里的同名函数
+做完再对照课程的实现:llmtrain/pretrain_data.py、llmtrain/checkpoints.py、llmtrain/memory.py 里的同名函数
 (直接 import 它们不算完成,评分程序会指出来)。
 """
 

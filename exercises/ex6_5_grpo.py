@@ -36,7 +36,7 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 def grpo_loss(
     logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None, advantages: torch.Tensor,
     mask: torch.Tensor, beta: float, epsilon: float = 0.2, epsilon_high: float | None = None,
-    loss_type: str = "grpo", kl_ratio_correction: bool = True,
+    loss_type: str = "grpo", kl_ratio_correction: bool = True, max_completion_length: int | None = None,
 ) -> Any:
     """一批补全的 GRPO 损失(标量张量,或 `.loss` / 第一项是它的对象)。
 
@@ -46,6 +46,7 @@ def grpo_loss(
     每个 token 的损失:PPO 的裁剪目标(比率 π/π_old,裁剪区间 [1 − epsilon, 1 + epsilon_high],epsilon_high 为 None
     时等于 epsilon)取负,加上 beta × k3 KL;`kl_ratio_correction=True` 时 KL 项再乘以比率(不截断梯度)。
     汇总:"grpo" 先在每条补全自己的 token 上求平均,再对补全求平均;"dapo" 对整批所有补全 token 一起求平均。
+    (课程的实现还有 "dr_grpo":总和除以常数 B × max_completion_length;评分不考它,可以不实现。)
     补齐的位置不参与;一条补全可能一个 token 也没有(mask 全 0),loss 仍要是有限的数。
     """
     raise NotImplementedError

@@ -213,7 +213,7 @@ def grade_find_resume_checkpoint(find_resume_checkpoint: Callable) -> None:
     folder; the user's --resume_from_checkpoint first. Checked against llmtrain on temporary folders."""
     from transformers import TrainingArguments
 
-    from llmtrain.training import find_resume_checkpoint as reference
+    from llmtrain.checkpoints import find_resume_checkpoint as reference
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=os.path.join(tmp, "unused"), report_to=[])
