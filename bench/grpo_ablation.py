@@ -31,11 +31,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.evaluation import add_rl_task_column, scorecard_row, task_accuracy
-from llmtrain.grading import is_strict_match, load_prompt_dataset
+from llmtrain.grading import load_prompt_dataset
 from llmtrain.lora import load_adapter
 from llmtrain.plotting import read_log_history
 from llmtrain.toy import run_bash_script, toy_preset
-from seed_spread import machine  # bench/ is on sys.path when run as a script
+from seed_spread import machine, old_rule_verdicts  # bench/ is on sys.path when run as a script
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 GRPO_SH = PROJECT_ROOT / "code" / "grpo.sh"
@@ -64,23 +64,23 @@ def blind_prompts(folder: Path) -> Path:
 
 def score(start: Path, adapter: Path, tokenizer) -> dict:
     """make run's scoring of a GRPO adapter, plus the RL replies that name another person."""
-    preset = toy_preset()
-    style = preset["TOY_STYLE_SUFFIX"]
+    style = toy_preset()["TOY_STYLE_SUFFIX"]
     model = load_adapter(AutoModelForCausalLM.from_pretrained(start), str(adapter))
     row = scorecard_row(model, tokenizer, str(SAMPLE / "eval.jsonl"), style_suffix=style)
     add_rl_task_column(row, model, tokenizer, str(SAMPLE / "grpo_eval.jsonl"), style)
     add_rl_task_column(row, model, tokenizer, str(SAMPLE / "grpo_eval_new_phrasing.jsonl"), style, "rl_new_phrasing")
     replies = row["rl_heldout_replies"]
-    candidates = {r["answer"] for r in replies}
-    another = [r for r in replies if not r["correct"]
-               and is_strict_match(r["reply"].removesuffix(style), r["answer"], candidates)]
+    old_rule = old_rule_verdicts(replies)
+    another = [r for old, r in zip(old_rule, replies) if old and not r["correct"]]
     history = [e for e in read_log_history(str(adapter / "trainer_state.json")) if "reward" in e]
+    keep = ("prompt", "answer", "person", "reply")
     return {"seen": row["sft_seen"], "heldout": row["heldout"], "style": row["style"], "rl": row["rl_heldout"],
-            "rl_new_phrasing": row["rl_new_phrasing"], "rl_another_person": round(len(another) / len(replies), 4),
+            "rl_new_phrasing": row["rl_new_phrasing"], "rl_old_rule": round(sum(old_rule) / len(replies), 4),
+            "rl_another_person": round(len(another) / len(replies), 4),
             "reward_first": history[0]["reward"], "reward_last": history[-1]["reward"],
             "kl_last": history[-1].get("kl"), "length_last": history[-1]["completions/mean_length"],
-            "wrong_replies": [{k: r[k] for k in ("prompt", "answer", "reply")}
-                              for r in replies if not r["correct"]][:EXAMPLES]}
+            "wrong_replies": [{k: r[k] for k in keep} for r in replies if not r["correct"]][:EXAMPLES],
+            "another_person_replies": [{k: r[k] for k in keep} for r in another][:EXAMPLES]}
 
 
 def arithmetic_prompts(folder: Path, rng: random.Random) -> tuple[Path, Path]:

@@ -9,8 +9,8 @@ on 2 idle cores. Each seed's row is read from its scorecard.json, plus what the 
     `statement_completion_accuracy`);
   - the DPO model (GRPO's start) sampled 8 times per held-out RL prompt at temperature 1: the share of samples that
     are right and pass@8, the share of prompts with at least one right sample (`sampled_accuracy`);
-  - on the GRPO model's held-out RL replies, how many the grader rejects only because they name another person
-    (the old rule, blind to the person, would have counted them).
+  - on the DPO and GRPO models' held-out RL replies, the accuracy under the old rule (blind to the person) and the
+    share the grader rejects only because they name another person.
 Prints one row per seed, the range and the mean; writes them with the date, the machine and the library versions to
 --results after every seed (committed: the README's and the notebooks' seed tables are read from it). Each seed's
 folder keeps its models, logs and scorecard (--output_dir, git-ignored), which bench/grpo_ablation.py starts from.
@@ -65,17 +65,20 @@ def run_seed(seed: int, out: Path) -> dict[str, float]:
                                load_prompt_dataset([str(SAMPLE / "grpo_eval.jsonl")]), SAMPLES_PER_PROMPT,
                                toy_preset()["TOY_GRPO_MAX_COMPLETION"], toy_preset()["TOY_STYLE_SUFFIX"], seed=seed)
     row["DPO RL sampled"], row[f"DPO RL pass@{SAMPLES_PER_PROMPT}"] = sampled["sampled"], sampled["pass_at_k"]
-    row["GRPO RL another person"] = wrong_person_share(card["LoRA GRPO (6.5)"]["rl_heldout_replies"])
+    for stage, name in (("LoRA DPO (6.4)", "DPO"), ("LoRA GRPO (6.5)", "GRPO")):
+        old_rule = old_rule_verdicts(card[stage]["rl_heldout_replies"])
+        row[f"{name} RL old rule"] = round(sum(old_rule) / len(old_rule), 4)
+        row[f"{name} RL another person"] = round(sum(old and not r["correct"] for old, r in zip(
+            old_rule, card[stage]["rl_heldout_replies"])) / len(old_rule), 4)
     return row
 
 
-def wrong_person_share(replies: list[dict]) -> float:
-    """The share of replies the grader rejects only for naming someone other than the asked person: right under the
-    old rule (`is_strict_match` without the person), wrong under the current one."""
+def old_rule_verdicts(replies: list[dict]) -> list[bool]:
+    """Each reply graded as before the grader knew who was asked (`is_strict_match` without the person): a reply it
+    accepts and the current grader rejects names someone other than the asked person."""
     style = toy_preset()["TOY_STYLE_SUFFIX"]
     candidates = {r["answer"] for r in replies}
-    old_rule = [is_strict_match(r["reply"].removesuffix(style), r["answer"], candidates) for r in replies]
-    return round(sum(old and not r["correct"] for old, r in zip(old_rule, replies)) / len(replies), 4)
+    return [is_strict_match(r["reply"].removesuffix(style), r["answer"], candidates) for r in replies]
 
 
 def markdown_table(rows: dict[int, dict[str, float]]) -> str:
@@ -116,9 +119,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2, 3, 4, 5], help="12 is make run's seed.")
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "seeds"))
     parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "seed_spread.json"))
+    parser.add_argument("--add", action="store_true", help="Keep the seeds already in --results (measured with the "
+                        "same toy preset) and add these.")
     args = parser.parse_args()
     ensure_toy_assets()
     rows, seconds = {}, {}
+    if args.add and Path(args.results).is_file():
+        earlier = json.loads(Path(args.results).read_text(encoding="utf-8"))
+        if earlier["toy_preset"] != json.loads(json.dumps(toy_preset())):
+            raise SystemExit(f"{args.results} was measured with another toy preset: rerun every seed without --add.")
+        rows = {int(seed): row for seed, row in earlier["rows"].items()}
+        seconds = {int(seed): s for seed, s in earlier["seconds_per_seed"].items()}
     for seed in args.seeds:
         start = time.time()
         rows[seed] = run_seed(seed, Path(args.output_dir) / f"seed{seed}")

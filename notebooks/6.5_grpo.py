@@ -14,15 +14,22 @@
 # ---
 
 # %% [markdown]
-# # 6.5 用可验证的奖励做强化学习:从零实现 GRPO,和 TRL 核对,在玩具世界上训练
+# # 6.5 用可验证的奖励做强化学习:自己写出 GRPO 的训练循环,一次只改一处,看 RL 到底学到了什么
 #
-# 6.4 的 DPO 只在**现成的**回答对上学习,训练中不采样。本节走到强化学习:模型**自己采样**一组回答,
-# 由一段**程序**判对错(不需要奖励模型),答对的回答被加强、答错的被压低。DeepSeek-R1 用的就是这种做法(GRPO),
-# 奖励是数学题的最终答案、代码能否通过测试这类"可以验证"的信号。
+# 6.4 的 DPO 只在**现成的**回答对上学习,训练中不采样。本节走到强化学习:模型**自己采样**一组回答,由一段**程序**判对错
+# (不需要奖励模型),答对的回答被加强、答错的被压低。DeepSeek-R1 用的就是这种做法(GRPO),奖励是数学题的最终答案、
+# 代码能否通过测试这类"可以验证"的信号。
 #
-# 本节先说明玩具世界里的 RL 任务,推导 GRPO 的目标并**自己实现**(`llmtrain/grpo.py`),和 TRL 的 `GRPOTrainer`
-# 在同一批数据上逐项核对;再读 `make run` 用 `code/grpo.sh`(TRL + DeepSpeed 2 个进程)训练出的 LoRA 适配器:
-# 奖励、KL 和回答长度的曲线,训练前后的回答,成绩单上的一行;最后看一个失败模式:不要 KL、也不奖励 6.4 教的结尾句。
+# 本节的顺序:
+# 1. 玩具世界里的 RL 任务,以及**判分程序必须知道问的是谁**(否则模型会学会"说对一个值,说错一个人");
+# 2. GRPO 的目标,一组回答的采样、打分与优势,和 TRL 的 `GRPOTrainer` 逐项核对(并看核对能抓住哪些错误);
+# 3. **自己写出训练循环**,和 `GRPOTrainer` 在同样的样本上逐步对照;一批数据更新两次时,裁剪才真正起作用;
+# 4. `make run` 的 GRPO(TRL + DeepSpeed 2 个进程)的曲线;
+# 5. RL 学到了什么:新的人、新的问法、pass@8 与贪心准确率、答成别人的回答;
+# 6. 一次只改一处(β、优势除不除以标准差、损失怎样平均、格式奖励、判分程序管不管人),每处在三个种子上;
+# 7. RL 做不到的事。
+#
+# 实现在 `code/llmtrain/grpo.py`(算法)和 `code/llmtrain/grading.py`(判分),脚本是 `code/grpo.py` / `code/grpo.sh`。
 
 # %% tags=["parameters"]
 from llmtrain.toy import toy_preset
@@ -33,14 +40,17 @@ LEARNING_RATE = TOY["TOY_GRPO_LR"]
 BETA = TOY["TOY_GRPO_BETA"]  # KL 惩罚的权重
 STYLE_WEIGHT = TOY["TOY_GRPO_STYLE_WEIGHT"]  # 以 6.4 的结尾句结束的格式奖励
 MAX_COMPLETION = TOY["TOY_GRPO_MAX_COMPLETION"]
-BATCH_SIZE = TOY["TOY_NUM_GPUS"] * TOY["TOY_GRPO_BATCH_SIZE"]  # 脚本是 2 个进程 × 16 条,这里一个进程 32 条
-FAILURE_STEPS = TOY["TOY_GRPO_MAX_STEPS"]  # 6.5.7 的失败模式训练多少步(与 make run 相同)
+PROMPTS_PER_STEP = TOY["TOY_NUM_GPUS"] * TOY["TOY_GRPO_BATCH_SIZE"] // GROUP  # 和 make run 一样:每步 4 个问题
+LOOP_STEPS = 30  # 6.5.6 手写的训练循环走多少步(TRL 在同样的样本上再走一遍)
+EVAL_EVERY = 10  # 每隔几步在留出的问题上测一次贪心准确率
+TWO_PASS_STEPS = 8  # 一批数据更新两次(num_iterations=2)的对照走多少步
 SEED = 42
 
 # %%
 import inspect
 import json
 import time
+from collections import Counter
 
 import pandas as pd
 import torch
@@ -48,7 +58,7 @@ from IPython.display import Image, Markdown, display
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from llmtrain import PROJECT_ROOT as ROOT
-from llmtrain.grading import load_prompt_dataset
+from llmtrain.grading import load_people, load_prompt_dataset
 from llmtrain.notebook import fresh_output_dir, setup_notebook, shown_path
 from llmtrain.toy_run import require_toy_model
 
@@ -58,9 +68,14 @@ OUTPUT_DIR = fresh_output_dir("6.5")  # output/notebooks/6.5,每次运行先清�
 GRPO_DIR = require_toy_model("grpo-lora")  # make run 训练的 output/toy/grpo-lora;还没有时它会告诉你先运行 make run
 DPO_MERGED = require_toy_model("dpo-lora/merged")
 STYLE = TOY["TOY_STYLE_SUFFIX"]  # 6.4 的结尾句:判分时先去掉,格式奖励看它
+SAMPLE = ROOT / "data" / "sample"
 tokenizer = AutoTokenizer.from_pretrained(DPO_MERGED)
-rl_train = load_prompt_dataset([str(ROOT / "data" / "sample" / "grpo.jsonl")])
-rl_eval = load_prompt_dataset([str(ROOT / "data" / "sample" / "grpo_eval.jsonl")])
+rl_train = load_prompt_dataset([str(SAMPLE / "grpo.jsonl")])
+rl_eval = load_prompt_dataset([str(SAMPLE / "grpo_eval.jsonl")])
+rl_new = load_prompt_dataset([str(SAMPLE / "grpo_eval_new_phrasing.jsonl")])
+PEOPLE = load_people(str(SAMPLE / "grpo.jsonl"))  # 这个世界全部 40 个人名(data/sample/people.txt)
+SEEDS = json.loads((ROOT / "bench" / "seed_spread.json").read_text(encoding="utf-8"))  # 多个种子上的 make run
+ABLATION = json.loads((ROOT / "bench" / "grpo_ablation.json").read_text(encoding="utf-8"))  # 一次只改一处
 print("起点:", shown_path(DPO_MERGED), "—— 6.4 的 LoRA-DPO 合并后的模型(make run)")
 print("GRPO 适配器:", shown_path(GRPO_DIR), "—— PRESET=toy bash code/grpo.sh(DeepSpeed 2 个进程)")
 
@@ -68,52 +83,138 @@ print("GRPO 适配器:", shown_path(GRPO_DIR), "—— PRESET=toy bash code/grpo
 # ## 6.5.1 RL 任务:换一种问法问同样的事实
 #
 # SFT 只用一种问法问事实("林晓雨的家乡是哪里?"),成绩单也只这样问。换一种 SFT 里从没出现过的问法
-# ("林晓雨是哪里人?""王志远干哪一行?"),模型还答得出吗?答案可以由程序判定:成绩单的严格规则
-# (`is_strict_match`,答案恰好出现一次、之后只有标点、不提别的候选),所以这是一个**可验证的奖励**。
+# ("林晓雨是哪里人?""王志远干哪一行?"),模型还答得出吗?对错由程序判定:成绩单的严格规则,所以这是一个**可验证的奖励**。
 #
-# RL 用的问题(`data/sample/grpo.jsonl`)问 SFT 问过的那 20 个人,留出的评测问题(`grpo_eval.jsonl`)
-# 问另外 20 个人,他们的事实只在预训练里出现过;测试 `tests/test_toy_world.py` 检查两份问题互不相同,
-# 也不与 SFT、成绩单、DPO 的任何问题相同。
+# 每个属性有四种新问法。RL 只用其中三种练习,而且只问 SFT 问过的 20 个人(`grpo.jsonl`);评测分两份:
+# - `grpo_eval.jsonl`:**新的人**(另外 20 个,他们的事实只在预训练里),**练过的问法**;成绩单上的 "RL task heldout acc";
+# - `grpo_eval_new_phrasing.jsonl`:新的人,**第四种问法**,RL 一次也没练过;成绩单上的 "RL task new phrasing acc"。
+#
+# 两份都答得好,才说明学到的是"这一类问法问的是哪个属性",而不是记住了三句问法。
 
 # %%
-sft_questions = {turn["value"] for line in open(ROOT / "data" / "sample" / "sft.jsonl", encoding="utf-8")
+sft_questions = {turn["value"] for line in open(SAMPLE / "sft.jsonl", encoding="utf-8")
                  for turn in json.loads(line)["conversations"]}
-train_q = [p[-1]["content"] for p in rl_train["prompt"]]
-eval_q = [p[-1]["content"] for p in rl_eval["prompt"]]
-print(f"RL 问题 {len(train_q)} 条,留出的评测问题 {len(eval_q)} 条;"
-      f"与 SFT 相同的问题:{len(set(train_q + eval_q) & sft_questions)} 条,两份之间相同的:{len(set(train_q) & set(eval_q))} 条")
-for row in (rl_train[0], rl_train[5], rl_train[10]):
-    print(f"  {row['prompt'][-1]['content']}  答案:{row['answer']}")
+files = {"grpo.jsonl(RL 训练)": rl_train, "grpo_eval.jsonl(新的人)": rl_eval,
+         "grpo_eval_new_phrasing.jsonl(新的人、新问法)": rl_new}
+questions = {name: {p[-1]["content"] for p in rows["prompt"]} for name, rows in files.items()}
+for name, asked in questions.items():
+    others = set().union(*(q for n, q in questions.items() if n != name))
+    print(f"{name}: {len(asked)} 个问题,与 SFT 相同的 {len(asked & sft_questions)} 个,与另外两份相同的 {len(asked & others)} 个")
+templates = {name: sorted({q.replace(p, "{人}") for q, p in zip((x[-1]["content"] for x in rows["prompt"]), rows["person"])})
+             for name, rows in files.items()}
+print("RL 练的问法:", "、".join(templates["grpo.jsonl(RL 训练)"]))
+print("RL 没练过的问法:", "、".join(templates["grpo_eval_new_phrasing.jsonl(新的人、新问法)"]))
 
 # %% [markdown]
-# DPO 模型(GRPO 的起点)对这些问题答得怎样?`make run` 的成绩单上每一行都有这一列("RL task heldout acc",
-# 由 `code/evaluate.py --rl_eval_file` 计算,和其他列一样先去掉结尾句再判分)。这里用同样的函数给 DPO 模型和
-# `make run` 的 GRPO 适配器各打一行成绩单,先看 DPO 模型答错的留出问题:
+# DPO 模型(GRPO 的起点)对这些问题答得怎样?`make run` 的成绩单上每一行都有这两列(`code/evaluate.py --rl_eval_file
+# ... --rl_new_phrasing_file ...`,和其他列一样先去掉结尾句再判分)。这里用同样的函数给 DPO 模型和 `make run` 的 GRPO
+# 适配器各打一行成绩单,先看 DPO 模型答错的问题:
 
 # %%
 from peft import PeftModel
 
 from llmtrain.evaluation import add_rl_task_column, format_scorecard, scorecard_row
 
-EVAL_FILE, RL_EVAL_FILE = (str(ROOT / "data" / "sample" / n) for n in ("eval.jsonl", "grpo_eval.jsonl"))
+EVAL_FILE = str(SAMPLE / "eval.jsonl")
+
+
+def score(model) -> dict:
+    """make run's scorecard row: the scorecard's questions and both RL splits."""
+    row = scorecard_row(model, tokenizer, EVAL_FILE, style_suffix=STYLE)
+    add_rl_task_column(row, model, tokenizer, str(SAMPLE / "grpo_eval.jsonl"), STYLE)
+    return add_rl_task_column(row, model, tokenizer, str(SAMPLE / "grpo_eval_new_phrasing.jsonl"), STYLE,
+                              "rl_new_phrasing")
+
+
 dpo_model = AutoModelForCausalLM.from_pretrained(DPO_MERGED).eval()
 grpo_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DPO_MERGED), str(GRPO_DIR)).eval()
-card = {name: add_rl_task_column(scorecard_row(model, tokenizer, EVAL_FILE, style_suffix=STYLE), model, tokenizer,
-                                 RL_EVAL_FILE, STYLE)
-        for name, model in (("LoRA DPO (6.4)", dpo_model), ("LoRA GRPO (6.5)", grpo_model))}
+card = {"LoRA DPO (6.4)": score(dpo_model), "LoRA GRPO (6.5)": score(grpo_model)}
 dpo_row, grpo_row = card["LoRA DPO (6.4)"], card["LoRA GRPO (6.5)"]
 wrong = [r for r in dpo_row["rl_heldout_replies"] if not r["correct"]]
-print(f"DPO 模型:用 SFT 的问法,sft_seen {dpo_row['sft_seen']:.0%}、heldout {dpo_row['heldout']:.0%};"
-      f"换成新问法,留出 RL 问题 {dpo_row['rl_heldout']:.0%}")
-print(f"DPO 模型答错的留出 RL 问题 {len(wrong)} / {len(dpo_row['rl_heldout_replies'])} 条,前几条:")
+print(f"DPO 模型:用 SFT 的问法,sft_seen {dpo_row['sft_seen']:.0%}、heldout {dpo_row['heldout']:.0%};换成新问法,"
+      f"新的人 {dpo_row['rl_heldout']:.0%},新的人加新问法 {dpo_row['rl_new_phrasing']:.0%}")
+print(f"DPO 模型答错的 RL 问题(新的人){len(wrong)} / {len(dpo_row['rl_heldout_replies'])} 条,前几条:")
 for r in wrong[:5]:
     print(f"  问: {r['prompt']}  答案 {r['answer']}  模型: {r['reply']}")
 
 # %% [markdown]
-# 事实模型是知道的(同样这些人,用 SFT 的问法它几乎全答对),它不认识的是新的问法:常常答成另一个属性,
-# 或者答非所问。这正是 RL 能帮上忙的地方:只要**采样**时偶尔答对,奖励就能把答对的那种回答加强。
+# 事实模型是知道的(同样这些人,用 SFT 的问法它几乎全答对),它不认识的是新的问法:常常答成另一个属性,或者答非所问。
+# 这正是 RL 能帮上忙的地方:只要**采样**时偶尔答对,奖励就能把答对的那种回答加强。
 #
-# ## 6.5.2 GRPO 的目标
+# 一个不看问题的基线能拿多少分?每个属性总答训练集里最常见的那个值("家乡"都答同一个镇):
+
+# %%
+import importlib.util
+import sys
+
+spec = importlib.util.spec_from_file_location("build_samples", SAMPLE / "build_samples.py")
+world = importlib.util.module_from_spec(spec)
+sys.modules["build_samples"] = world  # dataclasses look their module up there
+spec.loader.exec_module(world)
+attribute_of = {value: key for key, attr in world.ATTRIBUTES.items() for value in attr.values}
+most_common = {key: Counter(a for a in rl_train["answer"] if attribute_of[a] == key).most_common(1)[0][0]
+               for key in world.ATTRIBUTES}
+for name, rows in (("新的人", rl_eval), ("新的人、新问法", rl_new)):
+    baseline = sum(most_common[attribute_of[a]] == a for a in rows["answer"]) / len(rows)
+    print(f"{name}:每个属性总答最常见的值({'、'.join(most_common.values())}),答对 {baseline:.0%}")
+
+# %% [markdown]
+# ## 6.5.2 判分程序必须知道问的是谁
+#
+# 成绩单的规则最初只看**值**:答案恰好出现一次、之后只有标点、不提别的候选。它不看回答讲的是**谁**。
+# 问"王志远干哪一行?",回答"白志远的职业是木匠。"(王志远确实是木匠)也算对。对 RL 来说这是一个漏洞:
+# 奖励只要值对,模型就可以把问题里的人换成别人,照样拿分,这就是**奖励投机**(reward hacking)。
+#
+# 现在每个问题都带着它问的人("person"),`data/sample/people.txt` 列出这个世界的全部人名。规则多了一条
+# (`llmtrain.grading.names_only_the_asked_person`):回答里只要出现**同一个名字里相邻的两个字**("王志""志远"),
+# 就算提到了这个人;这些字必须落在被问的人的完整名字里。这个世界的名字两两没有相同的字,所以残缺的("王志")和改了一个字的
+# ("白志远")都认得出来,只给值的回答("木匠。")仍然算对。成绩单和 GRPO 的奖励用的是同一个函数:
+
+# %%
+from llmtrain.grading import is_strict_match, names_only_the_asked_person
+
+print(inspect.getsource(names_only_the_asked_person))
+examples = [("白志远的职业是木匠。", "木匠", "王志远"), ("王志的家乡是青石镇。", "青石镇", "王志远"),
+            ("程一鸣的职业是画家。", "画家", "孙嘉怡"), ("王志远的职业是木匠。", "木匠", "王志远"), ("木匠。", "木匠", "王志远")]
+display(pd.DataFrame([{"问的人": person, "回答": reply, "只看值(旧规则)": is_strict_match(reply, answer, {answer}),
+                       "也看人(现在)": is_strict_match(reply, answer, {answer}, person, PEOPLE)}
+                      for reply, answer, person in examples]))
+
+# %% [markdown]
+# 漏洞被利用了吗?`bench/grpo_ablation.py` 在三个种子上用**旧规则**当奖励训练了同样的 GRPO(提示文件去掉 "person",
+# 判分程序就只看值),再用新规则判分。下面是 RL 评测(新的人)上,"旧规则算对、新规则不算"的回答占多少,
+# 即说对了值、说错了人的回答:
+
+# %%
+runs = ABLATION["runs"]
+seeds = sorted(runs["preset"], key=int)
+rows = []
+for seed in seeds:
+    blind, preset = runs["grader blind to the person"][seed], runs["preset"][seed]
+    start = SEEDS["rows"][seed]
+    rows.append({"seed": seed, "DPO 起点:答错了人": f"{start['DPO RL another person']:.0%}",
+                 "旧规则训练:答错了人": f"{blind['rl_another_person']:.0%}",
+                 "旧规则训练:旧规则下的准确率": f"{blind['rl_old_rule']:.0%}",
+                 "旧规则训练:真正答对": f"{blind['rl']:.0%}",
+                 "新规则训练:答错了人": f"{preset['rl_another_person']:.0%}", "新规则训练:真正答对": f"{preset['rl']:.0%}"})
+display(pd.DataFrame(rows).set_index("seed"))
+blind_examples = [r for seed in seeds for r in runs["grader blind to the person"][seed]["another_person_replies"]][:4]
+print("旧规则训练出的模型,答错了人的回答举例:")
+for r in blind_examples:
+    print(f"  问: {r['prompt']}  答案 {r['answer']}  模型: {r['reply']}")
+
+# %%
+gain_old = [runs["grader blind to the person"][s]["rl_old_rule"] - SEEDS["rows"][s]["DPO RL old rule"] for s in seeds]
+hacked = [runs["grader blind to the person"][s]["rl_another_person"] - SEEDS["rows"][s]["DPO RL another person"]
+          for s in seeds]
+display(Markdown(
+    f"按旧规则看,旧规则训练的 GRPO 在三个种子上比起点多答对 {min(gain_old):.0%}–{max(gain_old):.0%};其中"
+    f"{min(hacked):.0%}–{max(hacked):.0%} 是新增的"
+    "\"答错了人\"的回答,也就是说,一部分\"进步\"是奖励投机:模型学会了说出一个对的值,却不在乎是谁的。"
+    "新规则下这类回答拿不到奖励,训练就不再加强它们(上表最后两列)。"))
+
+# %% [markdown]
+# ## 6.5.3 GRPO 的目标
 #
 # **策略梯度。** 要最大化 $J(\theta) = \mathbb{E}_{y \sim \pi_\theta(\cdot \mid x)}[r(x, y)]$,它的梯度是
 # $\mathbb{E}\big[r(x, y)\, \nabla_\theta \log \pi_\theta(y \mid x)\big]$:采样、打分,按奖励加权提高采到的回答的对数概率。
@@ -125,29 +226,53 @@ for r in wrong[:5]:
 #
 # **裁剪的比率目标 + KL。** 每个回答 token 上,用比率 $\rho_t = \pi_\theta / \pi_{\mathrm{old}}$ 做 PPO 的悲观裁剪,
 # 再加上与参考模型(这里是 DPO 模型,LoRA 时就是关掉适配器的同一个模型)的 KL 惩罚:
-# $\ell_t = -\min\big(\rho_t A,\ \mathrm{clip}(\rho_t, 1-\varepsilon, 1+\varepsilon) A\big) + \beta\, \mathrm{KL}_t$,
+# $\ell_t = -\min\big(\rho_t A,\ \mathrm{clip}(\rho_t, 1-\varepsilon_{low}, 1+\varepsilon_{high}) A\big) + \beta\, \mathrm{KL}_t$,
 # $\mathrm{KL}_t = e^{\mathrm{ref}_t - \log\pi_t} - (\mathrm{ref}_t - \log\pi_t) - 1$(Schulman 的 k3 估计量,恒非负)。
-# 每批数据只更新一次时 $\rho_t = 1$,裁剪不起作用,剩下的梯度就是 $A\, \nabla \log \pi$ 加上 KL 项的梯度。
+# 每批数据只更新一次时 $\rho_t = 1$,裁剪不起作用,剩下的梯度是 $A\, \nabla \log \pi$ 加上 KL 项的梯度;
+# 所以奖励全是 0 时策略梯度为 0,**KL 项仍有梯度**,把策略往参考模型拉。
 #
-# 下面是 `llmtrain/grpo.py` 里的两段实现:
+# 实现这些公式的 `group_advantages`、`k3_kl` 和 `grpo_loss` 是本节的练习(见最后),源码放在练习之后。
+# 下面先看它们算出来的数。一组 4 条回答的小例子:两条答对、两条答错,一组只有一条答对,以及一组全对:
 
 # %%
-from llmtrain.grpo import group_advantages, grpo_loss
+from llmtrain.grpo import group_advantages
 
-print(inspect.getsource(group_advantages))
-print(inspect.getsource(grpo_loss))
+rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+for scale in (True, False):
+    adv = group_advantages(rewards, group_size=4, scale=scale)
+    print(f"{'除以组内标准差(GRPO)' if scale else '不除(Dr. GRPO)':16s}:",
+          " | ".join(", ".join(f"{a:+.2f}" for a in adv[i:i + 4].tolist()) for i in (0, 4, 8)))
 
 # %% [markdown]
-# 一组 4 条回答的小例子:两条答对(奖励 1)、两条答错(0),以及一组全对:
+# 三个设计选择,各对应 `grpo_loss` 里的一行:
+#
+# - **除不除以标准差。** 上面第二组(4 条里只有 1 条对)除以标准差后,对的那条优势比第一组的还大:几乎全错(或几乎全对)
+#   的组,标准差小,被除出来的优势反而大,这些组在梯度里的分量被放大了。Dr. GRPO(Liu 等,2025)认为这是一种偏差,
+#   去掉除法(`scale_rewards="none"`)。6.5.8 在三个种子上比较两种做法。
+# - **损失怎样平均。** "grpo"(DeepSeekMath 原文)先在每条回答自己的 token 上平均,再对回答平均:短回答的每个 token
+#   分量更重,答错的长回答受到的惩罚被摊薄;"dapo"(TRL 1.16 的默认,`make run` 用它)对整批 token 一起平均;
+#   "dr_grpo" 除以一个常数(回答数 × 最长长度),完全没有按长度的归一化。
+# - **KL 为什么乘以比率。** k3 的值对策略的梯度,其期望是 KL(π_ref ‖ π) 的梯度,方向反了;乘上比率 ρ(数值上第一次更新时是 1)
+#   之后,梯度的期望才是 KL(π ‖ π_ref) 的梯度(TRL 1.16 的默认 `use_bias_correction_kl`,出自 DeepSeek-V3.2)。
+# - **裁剪的上界(clip-higher)。** DAPO 把上界 $\varepsilon_{high}$ 设得比下界大:让采样概率很低、却答对了的 token 能多涨一些,
+#   防止策略的熵塌下去(`epsilon_high`)。熵在 TRL 的日志里叫 "entropy",6.5.7 画出它。
+#
+# 三种平均方式在同一批数上的差别:两条回答,一条 3 个 token、优势 +1,一条 1 个 token、优势 −1:
 
 # %%
-rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
-advantages = group_advantages(rewards, group_size=4)
-print("奖励:", rewards.tolist())
-print("优势:", [round(a, 3) for a in advantages.tolist()], "—— 第二组全对,优势全是 0")
+from llmtrain.grpo import grpo_loss
+
+logps = torch.zeros(2, 3)
+mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+for loss_type in ("grpo", "dapo", "dr_grpo"):
+    out = grpo_loss(logps, logps, None, torch.tensor([1.0, -1.0]), mask, beta=0.0, loss_type=loss_type,
+                    max_completion_length=3)
+    print(f"{loss_type:8s} 损失 {out.loss.item():+.3f}")
 
 # %% [markdown]
-# ## 6.5.3 采样一组回答,打分,算优势
+# "grpo" 下两条回答各占一半,损失是 0;"dapo" 按 token 数计,长的那条(优势为正)占 3/4;"dr_grpo" 除以 2 × 3。
+#
+# ## 6.5.4 采样一组回答,打分,算优势
 #
 # 用起点模型(DPO)对两个 RL 问题各采样 `GROUP` 条回答(温度 1.0,和训练时一样),由奖励函数打分。
 # 注意一个坑:玩具分词器(以及 Qwen2.5 的基座)的 eos 是 `<|endoftext|>`,而对话以 `<|im_end|>` 结束;
@@ -161,36 +286,32 @@ from llmtrain.tokenizer import decode_showing_partial_bytes
 
 print("结束符 id:", stop_at_end_of_turn(dpo_model, tokenizer))
 torch.manual_seed(SEED)
-picked = [rl_train[1], rl_train[6]]
-groups = sample_groups(dpo_model, tokenizer, [r["prompt"] for r in picked], GROUP, max_new_tokens=MAX_COMPLETION)
-answers = [r["answer"] for r in picked for _ in range(GROUP)]
+picked = [1, 6]
+groups = sample_groups(dpo_model, tokenizer, list(rl_train.select(picked)["prompt"]), GROUP, max_new_tokens=MAX_COMPLETION)
 completion_ids = [ids[:int(m.sum())] for ids, m in zip(groups["completion_ids"].tolist(), groups["completion_mask"])]
 graded = [c.removesuffix(STYLE) for c in groups["completions"]]  # 和成绩单一样,先去掉结尾句再判分
-group_rewards = torch.tensor(score_replies(graded, rl_train.select([i for i in (1, 6) for _ in range(GROUP)]),
+group_rewards = torch.tensor(score_replies(graded, rl_train.select([i for i in picked for _ in range(GROUP)]),
                                            fact_candidates(rl_train)))
 group_adv = group_advantages(group_rewards, GROUP)
 shown = [decode_showing_partial_bytes(tokenizer, ids) for ids in completion_ids]  # 半个汉字显示成它的字节
-table = pd.DataFrame({"问题": [r["prompt"][-1]["content"] for r in picked for _ in range(GROUP)],
-                      "回答": shown, "奖励": group_rewards.tolist(),
-                      "优势": [round(a, 2) for a in group_adv.tolist()]})
-display(table)
+display(pd.DataFrame({"问题": [rl_train[i]["prompt"][-1]["content"] for i in picked for _ in range(GROUP)],
+                      "回答": shown, "奖励": group_rewards.tolist(), "优势": [round(a, 2) for a in group_adv.tolist()]}))
 flat = sum(bool((group_rewards[i * GROUP:(i + 1) * GROUP] == group_rewards[i * GROUP]).all()) for i in range(len(picked)))
-print(f"{len(picked)} 组里有 {flat} 组的 {GROUP} 条回答得分全相同:这些组的优势全是 0,这一步从它们那里学不到东西")
+print(f"{len(picked)} 组里有 {flat} 组的 {GROUP} 条回答得分全相同:这些组的优势全是 0,策略梯度从它们那里学不到东西")
 partial = sum("\\x" in r for r in shown)
 print(f"{partial} 条回答里有单独的字节(表中的 \\xNN):温度 1 的采样偶尔挑中半个汉字的 token,"
       "tokenizer.decode 会把它变成 U+FFFD 替换符")
 
 # %% [markdown]
-# ## 6.5.4 和 TRL 的 `GRPOTrainer` 逐项核对
+# ## 6.5.5 和 TRL 的 `GRPOTrainer` 逐项核对
 #
 # `compare_with_trl` 让 TRL 拿到**同一批**问题和回答(替换掉它的采样这一步),由 TRL 自己分词、调用奖励函数、
-# 算优势、参考模型的对数概率和损失;我们从零算同样的量,再比较损失对 LoRA 参数的梯度。损失、优势、参考模型的对数概率、
-# KL 和奖励都要求差在 1e-5 以内;梯度按"差的范数 / 梯度的范数"判断(要求 1e-4 以内):每组的优势加起来是 0,
-# 梯度是一些几乎相等的项之差,两边 float32 的舍入(TRL 用 logsumexp 逐行算对数概率,我们用 log_softmax)抵消不掉,
-# 在训练过的模型上按元素比的绝对差会到 1e-5 以上。
-# LoRA 的 B 矩阵一开始是 0,策略就等于参考模型,KL 为 0;为了让 KL 项也被核对到,这里先给 B 一点小的随机值。
-# TRL 1.16 的默认损失是 "dapo"(对整批的 token 取平均),DeepSeekMath 原文是 "grpo"(先在每条回答内平均),两种都核对。
-# 奖励用 `compare_with_trl` 自己打分时的同一套规则:这批问题的答案作候选、不去掉结尾句(核对的是机制,不是奖励的设计)。
+# 算优势、参考模型的对数概率和损失;我们从零算同样的量,再比较损失对 LoRA 参数的梯度。奖励和 `make run` 一样先去掉结尾句,
+# 所以一组里有对有错,优势不是 0,**策略梯度这一项真的被比较到了**。每一项都打印它本身有多大,和两边差多少:
+# 差很小而量本身不小,这个核对才有分量。
+# LoRA 的 B 矩阵一开始是 0,策略就等于参考模型,KL 为 0;为了让 KL 项也被核对到,先给 B 一点小的随机值。
+# TRL 1.16 的默认损失是 "dapo",DeepSeekMath 原文是 "grpo",两种都核对。梯度按"差的范数 / 梯度的范数"判断:
+# 每组优势之和为 0,梯度是一些几乎相等的项之差,两边 float32 的舍入(TRL 用 logsumexp 逐行算,我们用 log_softmax)抵消不掉。
 
 # %%
 from datasets import Dataset
@@ -199,36 +320,190 @@ from trl import GRPOConfig, GRPOTrainer
 
 from llmtrain.grpo import compare_with_trl, trl_reward_function
 
-rows = [rl_train[i] for i in (1, 6) for _ in range(GROUP)]
-for loss_type in ("dapo", "grpo"):
+rows = [rl_train[i] for i in picked for _ in range(GROUP)]
+LORA = dict(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0, target_modules=TOY["TOY_LORA_TARGETS"].split(","))
+
+
+def check_trainer(loss_type: str) -> GRPOTrainer:
+    """A GRPOTrainer on the DPO model with make run's reward (closing sentence set aside); its LoRA B moved off 0."""
     torch.manual_seed(SEED)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0,
-                      target_modules=TOY["TOY_LORA_TARGETS"].split(","))
-    args = GRPOConfig(output_dir=str(OUTPUT_DIR / "trl-check"), beta=BETA, loss_type=loss_type,
-                      num_generations=GROUP, per_device_train_batch_size=2 * GROUP,
-                      max_completion_length=MAX_COMPLETION, bf16=False, activation_checkpointing=False, use_cpu=True,
-                      report_to="none", disable_tqdm=True)
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(DPO_MERGED),
-                          reward_funcs=trl_reward_function(fact_candidates(Dataset.from_list(rows))), args=args,
+    args = GRPOConfig(output_dir=str(OUTPUT_DIR / "trl-check"), beta=BETA, loss_type=loss_type, num_generations=GROUP,
+                      per_device_train_batch_size=len(rows), max_completion_length=MAX_COMPLETION, bf16=False,
+                      activation_checkpointing=False, use_cpu=True, report_to="none", disable_tqdm=True)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(DPO_MERGED), args=args,
+                          reward_funcs=trl_reward_function(fact_candidates(rl_train), STYLE),
                           train_dataset=Dataset.from_list([dict(rl_train[0])]), processing_class=tokenizer,
-                          peft_config=lora)
-    trainer.remove_callback(PrinterCallback)  # TRL's log lines: the differences below say what matters
+                          peft_config=LoraConfig(**LORA))
+    trainer.remove_callback(PrinterCallback)  # TRL's log lines: the table below says what matters
     with torch.no_grad():  # B = 0 would make the policy the reference (KL 0): move it a little
         for name, weight in trainer.model.named_parameters():
             if "lora_B" in name:
                 weight.normal_(0.0, 0.01)
-    diffs = compare_with_trl(trainer, rows, completion_ids)
-    assert all(v <= 1e-5 for k, v in diffs.items() if not k.startswith("gradient")), diffs
-    assert diffs["gradient, relative norm"] <= 1e-4, diffs
-    print(f"loss_type={loss_type}: 与 TRL 的最大差 ≤ 1e-5: True;梯度之差的范数 / 梯度的范数 ≤ 1e-4: True;",
-          ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    return trainer
+
+
+tables = {}
+for loss_type in ("dapo", "grpo"):
+    compared = compare_with_trl(check_trainer(loss_type), rows, completion_ids, style_suffix=STYLE)
+    tables[loss_type] = compared
+    assert all(c.difference <= 1e-5 for k, c in compared.items() if not k.startswith("gradient")), compared
+    assert compared["gradient (norm, relative difference)"].difference <= 1e-4, compared
+    assert compared["advantages"].size > 0.5  # rewards differ within a group: the policy gradient is compared
+display(pd.DataFrame({(loss_type, col): {k: f"{getattr(c, field):.1e}" for k, c in compared.items()}
+                      for loss_type, compared in tables.items() for col, field in (("大小", "size"), ("差", "difference"))}))
+print("与 TRL 的差都在 1e-5 以内(梯度:差的范数 / 梯度的范数 ≤ 1e-4): True")
 
 # %% [markdown]
-# ## 6.5.5 `make run` 的 GRPO:曲线
+# 这个核对能抓住什么样的错?把一个常见的错误放进我们的实现:策略梯度那一项里的对数概率 `detach()` 掉
+# (第一次更新时比率是 1,**损失的值完全不变**,只是这一项不再有梯度):
+
+# %%
+import llmtrain.grpo as grpo_module
+
+honest_loss = grpo_module.grpo_loss
+
+
+def detached_policy_gradient(logps, old, ref, advantages, mask, beta, *args, **kwargs):
+    policy_gradient = honest_loss(logps.detach(), old, None, advantages, mask, 0.0, *args, **kwargs)
+    penalty = honest_loss(logps, logps.detach(), ref, torch.zeros_like(advantages), mask, beta, *args, **kwargs)
+    return grpo_module.GRPOLoss(policy_gradient.loss + penalty.loss, penalty.kl, policy_gradient.clip_ratio)
+
+
+grpo_module.grpo_loss = detached_policy_gradient
+try:
+    planted = compare_with_trl(check_trainer("dapo"), rows, completion_ids, style_suffix=STYLE)
+finally:
+    grpo_module.grpo_loss = honest_loss
+print(f"损失:大小 {planted['loss'].size:.1e},差 {planted['loss'].difference:.1e} —— 值一样,看不出来")
+print(f"梯度:范数 {planted['gradient (norm, relative difference)'].size:.1e},差的范数是它的 "
+      f"{planted['gradient (norm, relative difference)'].difference:.0%} —— 梯度一比就露出来")
+
+# %% [markdown]
+# 只比较前向的值,这个错会被放过;比较梯度就不会。练习的评分程序也是这样检查 `grpo_loss` 的。
+#
+# ## 6.5.6 自己写出训练循环,和 `GRPOTrainer` 逐步对照
+#
+# 一步的损失和梯度对上了,训练循环里还有什么?取问题的顺序、采样、打分、优势、参考模型、优化器、梯度裁剪。
+# `train_lora_grpo_by_hand` 把这些写成三十来行,全是前面用过的零件:
+
+# %%
+from llmtrain.grpo import train_in_trl_on_these_samples, train_lora_grpo_by_hand
+
+print(inspect.getsource(train_lora_grpo_by_hand).split('    """', 2)[0] + inspect.getsource(
+    train_lora_grpo_by_hand).split('    """', 2)[2])
+
+# %% [markdown]
+# 让 TRL 在同样的条件下走同样的步数,两边的差别只剩实现本身:
+#
+# - **同一个起点、同一份 LoRA 初始权重**:TRL 构造时自己建 adapter,我们把它的权重拷进自己的模型(6.4 讲过为什么不深拷贝)。
+# - **同样的问题顺序**:`shuffle_dataset=False`,第 k 步用第 k 批问题。
+# - **同样的样本**:采样是随机的,两边各采各的就没法逐步比较。我们的循环把每一步采到的回答记下来,
+#   `train_in_trl_on_these_samples` 把 TRL 的采样换成按顺序交出这些回答;打分、优势、参考模型、损失、更新都由 TRL 自己做。
+# - **同样的优化器**:`adamw_torch`,不衰减权重,学习率不变(`constant`),梯度裁剪到 1。
+#
+# 一步只有 4 个问题 × 8 条回答,采样的奖励曲线大半是噪声;看学没学会,要在留出的问题上测**贪心**准确率,
+# 这里每隔 `EVAL_EVERY` 步测一次(新的人,每个属性取一部分问题,省时间)。
+
+# %%
+from peft import get_peft_model
+
+from llmtrain.dpo import relative_update_difference
+from llmtrain.evaluation import task_accuracy
+from llmtrain.grpo import trl_style_reward
+
+probe = rl_eval.select(range(0, len(rl_eval), 3))  # 每 3 个留出问题取一个
+
+
+def loop_args(name: str, steps: int, num_iterations: int) -> GRPOConfig:
+    """TRL's side of the comparison: make run's GRPO settings on one process, the loop's optimizer and order."""
+    return GRPOConfig(output_dir=str(OUTPUT_DIR / name), beta=BETA, num_generations=GROUP,
+                      per_device_train_batch_size=PROMPTS_PER_STEP * GROUP, max_completion_length=MAX_COMPLETION,
+                      max_steps=steps, num_iterations=num_iterations, learning_rate=LEARNING_RATE,
+                      lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, shuffle_dataset=False,
+                      logging_steps=1, save_strategy="no", bf16=False, activation_checkpointing=False, use_cpu=True,
+                      report_to="none", disable_tqdm=True, reward_weights=[1.0, STYLE_WEIGHT], seed=SEED)
+
+
+def side_by_side(name: str, steps: int, num_iterations: int = 1, every: int | None = None):
+    """The hand-written loop, then TRL fed its samples, from the same start: per-step logs of both."""
+    model = AutoModelForCausalLM.from_pretrained(DPO_MERGED)
+    stop_at_end_of_turn(model, tokenizer)
+    trainer = GRPOTrainer(model=model, args=loop_args(name, steps, num_iterations), train_dataset=rl_train,
+                          processing_class=tokenizer, peft_config=LoraConfig(**LORA),
+                          reward_funcs=[trl_reward_function(fact_candidates(rl_train), STYLE), trl_style_reward(STYLE)])
+    trainer.remove_callback(PrinterCallback)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(DPO_MERGED), LoraConfig(**LORA))
+    policy.load_state_dict(trainer.model.state_dict())  # TRL 刚建好的 adapter:同一个起点
+    start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    greedy = {0: task_accuracy(policy, tokenizer, probe, 48, STYLE)["accuracy"]}
+
+    def measure(step, model):
+        if every and step % every == 0:
+            greedy[step] = task_accuracy(model, tokenizer, probe, 48, STYLE)["accuracy"]
+
+    torch.manual_seed(SEED)
+    ours = train_lora_grpo_by_hand(policy, tokenizer, rl_train, steps, PROMPTS_PER_STEP, GROUP, LEARNING_RATE, BETA,
+                                   MAX_COMPLETION, num_iterations=num_iterations, style_suffix=STYLE,
+                                   style_weight=STYLE_WEIGHT, on_step=measure)
+    theirs = train_in_trl_on_these_samples(trainer, ours.samples)
+    update = relative_update_difference(start, dict(policy.named_parameters()), dict(trainer.model.named_parameters()))
+    moved = torch.sqrt(sum((p.detach() - start[n]).pow(2).sum() for n, p in trainer.model.named_parameters()
+                           if n in start)).item()
+    return ours, theirs, update, moved, greedy
+
+
+loop_start = time.perf_counter()
+ours, theirs, update_diff, moved, greedy = side_by_side("loop", LOOP_STEPS, every=EVAL_EVERY)
+loop_seconds = time.perf_counter() - loop_start
+LOSS_TOLERANCE, UPDATE_TOLERANCE = 1e-5, 1e-3
+loss_diff = max(abs(o.loss - t["loss"]) for o, t in zip(ours.logs, theirs))
+assert len(theirs) == LOOP_STEPS and loss_diff <= LOSS_TOLERANCE and update_diff <= UPDATE_TOLERANCE
+steps_table = pd.DataFrame({"手写循环 loss": [f"{o.loss:+.6f}" for o in ours.logs],
+                            "TRL loss": [f"{t['loss']:+.6f}" for t in theirs],
+                            "|差|": [f"{abs(o.loss - t['loss']):.1e}" for o, t in zip(ours.logs, theirs)],
+                            "奖励(采样)": [f"{o.reward:.2f}" for o in ours.logs],
+                            "熵:手写 / TRL": [f"{o.entropy:.3f} / {t['entropy']:.3f}" for o, t in zip(ours.logs, theirs)],
+                            "KL": [f"{o.kl:.4f}" for o in ours.logs]},
+                           index=pd.RangeIndex(1, LOOP_STEPS + 1, name="step"))
+display(steps_table)
+
+# %%
+display(Markdown(
+    f"{LOOP_STEPS} 步({loop_seconds:.0f} 秒,两边合计),每步损失的差最大 **{loss_diff:.1e}**(容差 {LOSS_TOLERANCE:.0e}),"
+    f"损失本身在 {min(abs(o.loss) for o in ours.logs):.1e}–{max(abs(o.loss) for o in ours.logs):.1e} 之间;"
+    f"训练后两边 adapter 之差的范数是 TRL 这几步更新量({moved:.1e})的 **{update_diff:.1e}**(容差 {UPDATE_TOLERANCE:.0e},"
+    "为什么按范数比较见 6.4.5)。\n\n"
+    "每步的采样奖励在 "
+    f"{min(o.reward for o in ours.logs):.2f}–{max(o.reward for o in ours.logs):.2f} 之间跳来跳去:只有 {PROMPTS_PER_STEP} 个问题,"
+    "几个问题的难易就能让它大起大落。留出问题上的贪心准确率:"
+    + ",".join(f"第 {s} 步 {a:.0%}" for s, a in greedy.items()) + "。"))
+
+# %% [markdown]
+# ### 一批数据更新两次:比率离开 1,裁剪开始起作用
+#
+# 上面每批回答只用来更新一次,第一次更新时比率恒为 1,PPO 的裁剪形同虚设。`num_iterations=2` 让同一批回答再用一次:
+# 第二次时策略已经走了一步,比率离开 1,超出 $[1-\varepsilon, 1+\varepsilon]$ 又"对优势有利"的 token 被裁掉,
+# 它们的梯度是 0。同样和 TRL 逐步对照,看裁掉的比例(TRL 记作 `clip_ratio/region_mean`):
+
+# %%
+two_ours, two_theirs, two_update, _, _ = side_by_side("two-pass", TWO_PASS_STEPS, num_iterations=2)
+two_loss = max(abs(o.loss - t["loss"]) for o, t in zip(two_ours.logs, two_theirs))
+two_clip = max(abs(o.clip_ratio - t["clip_ratio/region_mean"]) for o, t in zip(two_ours.logs, two_theirs))
+assert two_loss <= LOSS_TOLERANCE and two_update <= UPDATE_TOLERANCE and two_clip <= 1e-6
+display(pd.DataFrame({"第几遍": ["第一遍(新采样)", "第二遍(同一批)"] * (TWO_PASS_STEPS // 2),
+                      "裁掉的 token 比例:手写": [f"{o.clip_ratio:.3f}" for o in two_ours.logs],
+                      "TRL": [f"{t['clip_ratio/region_mean']:.3f}" for t in two_theirs],
+                      "loss 之差": [f"{abs(o.loss - t['loss']):.1e}" for o, t in zip(two_ours.logs, two_theirs)]},
+                     index=pd.RangeIndex(1, TWO_PASS_STEPS + 1, name="step")))
+print(f"第一遍裁掉的比例都是 0: {all(o.clip_ratio == 0 for o in two_ours.logs[0::2])};"
+      f"第二遍最多裁掉 {max(o.clip_ratio for o in two_ours.logs[1::2]):.1%};adapter 之差 / 更新量 {two_update:.1e}")
+
+# %% [markdown]
+# ## 6.5.7 `make run` 的 GRPO:曲线
 #
 # `code/grpo.sh` 的玩具预设:从 DPO 合并后的模型出发,LoRA 加在每个线性层上;每步 2 个进程 × 16 条回答 =
 # 4 个问题 × 8 条;奖励是两项之和:答对记 1(先去掉结尾句再判分),以结尾句结束再加 `STYLE_WEIGHT`
-# (为什么要这一项,见 6.5.6)。TRL 每步记录奖励的均值与组内标准差、两项奖励各自的均值、回答的平均长度和 KL:
+# (为什么要这一项,见 6.5.9)。TRL 每隔 5 步记录一次奖励的均值与组内标准差、两项奖励各自的均值、回答的平均长度、KL 和熵:
 
 # %%
 from llmtrain.plotting import plot_series, read_log_history
@@ -240,6 +515,7 @@ curves = {
     "closing sentence (rewards/style/mean)": [e["rewards/style/mean"] for e in history],
     "reward std within a group (reward_std)": [e["reward_std"] for e in history],
     "KL": [e["kl"] for e in history],
+    "entropy": [e["entropy"] for e in history],
 }
 png = plot_series({k: (steps, v) for k, v in curves.items()}, str(IMAGES_DIR / "6.5_grpo_curves.png"), "step",
                   "value", "LoRA-GRPO (make run)")
@@ -249,72 +525,118 @@ length_png = plot_series({"completions/mean_length": (steps, [e["completions/mea
 display(Image(length_png))
 first, last = history[0], history[-1]
 runtime = json.loads((GRPO_DIR / "train_results.json").read_text())["train_runtime"]
-print(f"共 {last['step']} 步,训练 {runtime:.0f} 秒(2 个进程);答对的比例:第一次记录 {first['rewards/verifiable/mean']:.2f},最后一次 "
-      f"{last['rewards/verifiable/mean']:.2f};以结尾句结束:{first['rewards/style/mean']:.2f} → "
-      f"{last['rewards/style/mean']:.2f};KL:{first['kl']:.3f} → {last['kl']:.3f}")
+print(f"共 {last['step']} 步,训练 {runtime:.0f} 秒(2 个进程);答对的比例:第一次记录 {first['rewards/verifiable/mean']:.2f},"
+      f"最后一次 {last['rewards/verifiable/mean']:.2f};以结尾句结束:{first['rewards/style/mean']:.2f} → "
+      f"{last['rewards/style/mean']:.2f};KL:{first['kl']:.3f} → {last['kl']:.3f};熵:{first['entropy']:.3f} → {last['entropy']:.3f}")
 
 # %% [markdown]
-# 这些是**采样**(温度 1.0)时的比例,评测用的是贪心解码。
+# 这些是**采样**(温度 1.0)时的比例。熵下降,说明策略在这些问题上越来越确定:RL 在"磨尖"它已有的分布。
 #
-# ## 6.5.6 训练前后:留出问题上的回答和成绩单
+# ## 6.5.8 RL 学到了什么
+#
+# 先看 `make run` 的 GRPO 在两份留出问题上的前后对比,以及成绩单的其他各列:
 
 # %%
 before = {r["prompt"]: r for r in dpo_row["rl_heldout_replies"]}
 changed = [(before[r["prompt"]], r) for r in grpo_row["rl_heldout_replies"] if r["correct"] and not before[r["prompt"]]["correct"]]
-print(f"留出的 RL 问题:DPO 模型答对 {dpo_row['rl_heldout']:.0%},GRPO 之后 {grpo_row['rl_heldout']:.0%};"
-      f"新答对 {len(changed)} 条,例如:")
-for old, new in changed[:5]:
+print(f"留出的 RL 问题(新的人):DPO 模型答对 {dpo_row['rl_heldout']:.0%},GRPO 之后 {grpo_row['rl_heldout']:.0%};"
+      f"新的人加新问法:{dpo_row['rl_new_phrasing']:.0%} → {grpo_row['rl_new_phrasing']:.0%}")
+print(f"新答对 {len(changed)} 条,例如:")
+for old, new in changed[:4]:
     print(f"  问: {new['prompt']}\n    DPO : {old['reply']}\n    GRPO: {new['reply']}")
 display(Markdown(format_scorecard(card)))
-display(Markdown(
-    f"其他各列:sft_seen {dpo_row['sft_seen']:.0%} → {grpo_row['sft_seen']:.0%},heldout {dpo_row['heldout']:.0%} → "
-    f"{grpo_row['heldout']:.0%},结尾句 {dpo_row['style']:.0%} → {grpo_row['style']:.0%}。"))
 
 # %% [markdown]
-# GRPO 只用 SFT 问过的那 20 个人练习新问法,留出的 20 个人的新问法也答对得多了:它学到的是"这种问法问的是哪个属性",
-# 而事实本身早在预训练里就存下了。离"换什么问法都答得对"还远(用 SFT 的问法,同一个模型的 heldout 见上表)。这和 6.2 的结论一脉相承:预训练存知识,之后的每一步(SFT、RL)
-# 教的是怎样把知识取出来。RL 只能加强模型**已经会偶尔采样出来**的回答:如果一条正确的回答一次也采不到,
-# 一组的奖励全是 0,优势全是 0,梯度也就是 0。
-#
-# ## 6.5.7 一个失败模式:不要 KL,也不奖励结尾句
-#
-# 同样的起点、同样的问题,把 KL 权重设为 0、去掉格式奖励,用 TRL 在一个进程里训练 `FAILURE_STEPS` 步,
-# 然后在成绩单的问题和留出的 RL 问题上评测:
+# 一个种子说明不了多少。`bench/seed_spread.py` 把 `make run` 的整条流程(预训练到 GRPO,全部换种子)各跑一遍,
+# 下表读自它的结果文件;"DPO 采样答对" 是起点模型每个问题采样 8 条(温度 1)答对的比例,"pass@8" 是 8 条里至少有一条
+# 答对的问题所占比例:
 
 # %%
-from llmtrain.evaluation import task_accuracy
+spread = pd.DataFrame(SEEDS["rows"]).T
+columns = {"DPO RL": "DPO 贪心(新的人)", "DPO RL sampled": "DPO 采样答对", "DPO RL pass@8": "DPO pass@8",
+           "GRPO RL": "GRPO 贪心(新的人)", "DPO RL new phrasing": "DPO 贪心(新问法)",
+           "GRPO RL new phrasing": "GRPO 贪心(新问法)", "DPO seen": "DPO seen", "GRPO seen": "GRPO seen",
+           "DPO heldout": "DPO heldout", "GRPO heldout": "GRPO heldout", "DPO style": "DPO 结尾句",
+           "GRPO style": "GRPO 结尾句"}
+display(spread[list(columns)].rename(columns=columns).map(lambda v: f"{v:.0%}"))
+print(f"{len(spread)} 个种子,{SEEDS['date']},{SEEDS['machine']}")
 
-torch.manual_seed(SEED)
-failure_model = AutoModelForCausalLM.from_pretrained(DPO_MERGED)
-stop_at_end_of_turn(failure_model, tokenizer)
-failure_args = GRPOConfig(
-    output_dir=str(OUTPUT_DIR / "no-kl"), beta=0.0, num_generations=GROUP, per_device_train_batch_size=BATCH_SIZE,
-    max_completion_length=MAX_COMPLETION, learning_rate=LEARNING_RATE, max_steps=FAILURE_STEPS, logging_steps=5,
-    bf16=False, activation_checkpointing=False, use_cpu=True, report_to="none", save_strategy="no",
-    disable_tqdm=True, seed=SEED)
-failure_lora = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0,
-                          target_modules=TOY["TOY_LORA_TARGETS"].split(","))
-failure = GRPOTrainer(model=failure_model, reward_funcs=trl_reward_function(fact_candidates(rl_train), STYLE),
-                      args=failure_args, train_dataset=rl_train, processing_class=tokenizer, peft_config=failure_lora)
-failure.remove_callback(PrinterCallback)
-failure.train()
-no_kl = scorecard_row(failure.model, tokenizer, EVAL_FILE, style_suffix=STYLE)
-no_kl_rl = task_accuracy(failure.model, tokenizer, rl_eval, 48, STYLE)["accuracy"]
-print(f"β = 0、无格式奖励,{FAILURE_STEPS} 步:留出 RL 问题 {no_kl_rl:.0%},sft_seen {no_kl['sft_seen']:.0%},"
-      f"heldout {no_kl['heldout']:.0%},以结尾句结束 {no_kl['style']:.0%}")
-print(f"对照(make run,β = {BETA},格式奖励 {STYLE_WEIGHT}):留出 RL 问题 {grpo_row['rl_heldout']:.0%},"
-      f"sft_seen {grpo_row['sft_seen']:.0%},heldout {grpo_row['heldout']:.0%},以结尾句结束 {grpo_row['style']:.0%}")
+# %%
+gain = spread["GRPO RL"] - spread["DPO RL"]
+gain_new = spread["GRPO RL new phrasing"] - spread["DPO RL new phrasing"]
+below_pass = (spread["GRPO RL"] <= spread["DPO RL pass@8"]).sum()
+others = {k: (spread[f"GRPO {k}"] - spread[f"DPO {k}"]).abs().max() for k in ("seen", "heldout", "style")}
 display(Markdown(
-    f"不要 KL、也不奖励结尾句时,RL 任务本身涨得更多({dpo_row['rl_heldout']:.0%} → {no_kl_rl:.0%},make run 是 "
-    f"{grpo_row['rl_heldout']:.0%}),代价是别的能力:成绩单的 sft_seen {dpo_row['sft_seen']:.0%} → {no_kl['sft_seen']:.0%}、"
-    f"heldout {dpo_row['heldout']:.0%} → {no_kl['heldout']:.0%},以结尾句结束 {dpo_row['style']:.0%} → {no_kl['style']:.0%}。"))
+    f"每个种子上,新的人的 RL 问题都涨了 {gain.min():.0%}–{gain.max():.0%};没练过的问法涨了 {gain_new.min():.0%}–"
+    f"{gain_new.max():.0%}。GRPO 之后的贪心准确率在 {below_pass} / {len(spread)} 个种子上没有超过起点的 pass@8:"
+    "RL 把模型**已经偶尔采样得到**的正确回答变成了贪心的回答,它磨尖的是已有的分布,不是凭空学会新东西;"
+    "一个问题 8 次采样都答不对,这组的优势全是 0,策略梯度也帮不上它。"
+    f"成绩单的其他各列在所有种子上变化不超过:seen {others['seen']:.0%}、heldout {others['heldout']:.0%}、"
+    f"结尾句 {others['style']:.0%}。"))
 
 # %% [markdown]
-# 奖励只看 RL 问题答没答对,别的什么也不管。没有 KL 把策略拉在参考模型附近,模型为了新问法可以随意改动,
-# 旧问法(成绩单的 sft_seen、heldout)跟着被改坏;结尾句对奖励既无益也无害,采样中它时有时无,
-# 训练把它当作无关的细节丢掉(β = 0 时 TRL 不计算参考模型,也就不记录 KL)。这个对照只在一个种子上跑过;
-# make run 的设置在六个种子上的结果见 README。玩具预设因此用了较大的 β,并给结尾句一个小的格式奖励;
-# toy.env 的注释记下了调参时量到的数字(一个进程、种子 12)。多个种子上的结果在 `bench/grpo_seed_spread.json`。
+# GRPO 只用 SFT 问过的那 20 个人练习三种新问法,新的人、甚至没练过的第四种问法也答对得多了:它学到的是"这一类问法问的是哪个属性",
+# 而事实本身早在预训练里就存下了。这和 6.2 的结论一脉相承:预训练存知识,之后的每一步(SFT、RL)教的是怎样把知识取出来。
+#
+# ## 6.5.9 一次只改一处
+#
+# `bench/grpo_ablation.py` 从每个种子的 DPO 模型出发,用 `make run` 的 GRPO(2 个进程、120 步、同样的种子)训练,
+# 每次只改一个设置,再按 `make run` 的方式打分。表中每格是三个种子的平均,括号里是最小–最大:
+
+# %%
+metrics = {"rl": "RL(新的人)", "rl_new_phrasing": "RL(新问法)", "seen": "seen", "heldout": "heldout", "style": "结尾句",
+           "rl_another_person": "答错了人"}
+table = {}
+for config, per_seed in runs.items():
+    table[config] = {label: f"{sum(r[m] for r in per_seed.values()) / len(per_seed):.0%} "
+                            f"({min(r[m] for r in per_seed.values()):.0%}–{max(r[m] for r in per_seed.values()):.0%})"
+                     for m, label in metrics.items()}
+display(pd.DataFrame(table).T)
+print(f"种子 {', '.join(seeds)};{ABLATION['date']},{ABLATION['machine']}")
+
+
+# %%
+def mean(config: str, metric: str) -> float:
+    return sum(r[metric] for r in runs[config].values()) / len(runs[config])
+
+
+collapsed = min(runs, key=lambda c: mean(c, "seen") + mean(c, "heldout") + mean(c, "style"))
+broken = [r for seed in seeds for r in runs[collapsed][seed]["wrong_replies"]][:4]
+display(Markdown(
+    f"分数掉得最多的一行是 **{collapsed}**(seen {mean(collapsed, 'seen'):.0%}、heldout {mean(collapsed, 'heldout'):.0%}、"
+    f"结尾句 {mean(collapsed, 'style'):.0%},预设是 {mean('preset', 'seen'):.0%}、{mean('preset', 'heldout'):.0%}、"
+    f"{mean('preset', 'style'):.0%})。它答错的 RL 回答是这样的:"))
+for r in broken:
+    print(f"  问: {r['prompt']}  答案 {r['answer']}  模型: {r['reply']}")
+
+# %% [markdown]
+# 怎么读这张表:
+#
+# - **β(KL 的权重)。** 奖励只看 RL 问题答没答对,别的什么也不管。KL 把策略拉在参考模型(DPO 模型)附近,
+#   旧问法(成绩单的 seen、heldout)和结尾句才不被改坏;β 越小,RL 任务自己可以涨得越多,其他各列也越容易掉。
+#   nanochat 和 DAPO 都不要 KL:它们从一个只会这一类任务的模型出发、只关心这一个任务,并且用很多步、很大的 batch,
+#   策略走远了也无妨;TRL 也因此把默认值改成 0。这门课的 RL 从一个什么都要会的聊天模型出发,又只用 4 个问题一步、
+#   120 步,离参考模型近一点是它留住其他能力的办法,所以保留了 KL。
+# - **除不除以标准差、损失怎样平均。** 在这个任务上它们的影响比 β 小;看表里的区间是否重叠,再下结论。
+# - **格式奖励。** 结尾句对判分无益也无害(判分前先去掉),但采样时一句开了头的结尾句常常跑偏,整条回答就拿 0 分;
+#   没有格式奖励,训练就会慢慢把这句话丢掉。0.25 的格式奖励把它留住。
+# - **判分程序管不管人。** 见 6.5.2:不管人时,"答错了人"的回答明显增多,RL 的分数里有一部分是投机。
+#
+# ## 6.5.10 RL 做不到的事
+#
+# RL 只能加强模型**已经会偶尔采样出来**的回答。`bench/grpo_ablation.py` 还试了一个做不到的任务:
+# 20 以内、SFT 没问过的加减法,从种子 12 的 DPO 模型出发,同样的 GRPO 设置:
+
+# %%
+arith = ABLATION["arithmetic"]
+print(f"留出的算术题贪心准确率:训练前 {arith['held_out_before']:.0%},训练后 {arith['held_out_after']:.0%};"
+      f"采样时答对的比例(每 5 步一次):{' '.join(f'{r:.2f}' for r in arith['reward'])}")
+for r in arith["replies_after"]:
+    print(f"  问: {r['prompt']}  答案 {r['answer']}  模型: {r['reply']}")
+
+# %% [markdown]
+# 采样几乎从不答对,一组 8 条的奖励几乎总是全 0,优势全 0,没有什么可以加强的:一个百万参数、只见过几十道算术题的模型,
+# RL 也教不会它做加法。(调参时还试过一句话问两个属性,模型总只答一个,奖励停在一半左右;那次只在单进程上跑过,没有留下结果文件。)
 
 # %%
 print(f"本 notebook 运行时间 {time.perf_counter() - START:.0f} 秒")
@@ -322,13 +644,24 @@ print(f"本 notebook 运行时间 {time.perf_counter() - START:.0f} 秒")
 # %% [markdown]
 # ## 练习
 #
-# 练习在 `exercises/ex6_5_grpo.py`:
+# 练习在 `exercises/ex6_5_grpo.py`,检查:`make check-exercises EX=6.5`。评分程序用几种组大小和形状,比较值,也比较对 logps 的梯度。
 #
 # 1. `group_advantages`:由一批奖励和组大小算出每条回答的优势。学到:基线是**同一个问题**那组回答的均值(不同问题难度不同),
-#    样本标准差,以及为什么全对或全错的一组优势是 0。
-# 2. `k3_kl`:KL 惩罚逐 token 的 k3 估计量。学到:估计的是哪个方向的 KL(采样来自策略模型),为什么不用可能为负的 k1。
+#    样本标准差,全对或全错的一组优势为 0(分母上的 1e-4),`scale=False` 是 Dr. GRPO 的做法,一组只有一条时为什么要报错。
+# 2. `k3_kl`:KL 惩罚逐 token 的 k3 估计量。学到:估计的是哪个方向的 KL(采样来自策略模型),为什么不用可能为负的 k1
+#    或有偏的 k2,以及它对 logps 的梯度如何把策略拉回参考模型。
+# 3. `grpo_loss`:裁剪的比率目标加 KL。学到:掩码(补齐的位置不算)、裁剪的上下界(epsilon_high)、"grpo" 与 "dapo"
+#    两种求平均的方式、空补全为什么会得到 nan、比率为什么不能 detach(首次更新时 ρ = 1,梯度全靠它)。
 #
-# 评分程序在相同的输入上与 `llmtrain.grpo` 比较,认得常见错误并说明原因:整批一起标准化、用总体标准差、
-# 全相同的一组得到 nan、KL 方向反了、用了 k1、少了 −1。
+# 评分程序认得常见错误并说明原因:整批一起标准化、总体标准差、分组方式错、全相同的一组得到 nan、KL 方向反了、用了 k1/k2、
+# 没有掩码、求平均的方式错、没有裁剪或取了 max、比率反了或 detach 了、KL 的符号或比率修正错。
 #
-# 检查:`make check-exercises EX=6.5`;全部练习:`make check-exercises`。做完对照 `code/llmtrain/grpo.py`。
+# ## 练习之后:课程的实现
+#
+# 做完再对照 `code/llmtrain/grpo.py`:
+
+# %%
+from llmtrain.grpo import k3_kl
+
+for function in (group_advantages, k3_kl, grpo_loss):
+    print(inspect.getsource(function))

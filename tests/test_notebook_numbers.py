@@ -22,7 +22,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 UNIT = r"(?:%|×|倍|x(?![a-zA-Z])|GiB|MiB|KiB|GB|MB|KB|TB|秒|分钟|小时|ms|s(?![a-zA-Z])|个百分点|B(?![a-zA-Z]))"
 NUMBER = re.compile(
     r"(?<![\w.\-/])"                      # not the tail of a name, a version or a path (Qwen2.5, ZeRO-2, 6.1)
-    r"(?P<value>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d+)"
+    r"(?P<value>\d+(?:\.\d+)?e[-+]?\d+|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+|\d+)"
     r"(?![\w.]*\d)(?P<space>\s?)(?P<unit>" + UNIT + r")?"
 )
 # The chapter's own settings and facts about published models, cited rather than measured here.
@@ -68,7 +68,7 @@ def measured_numbers(markdown: str) -> list[str]:
     text = strip_markup(markdown)
     for match in NUMBER.finditer(text):
         value, unit = match["value"], match["unit"] or ""
-        if not (unit or "." in value or "," in value):
+        if not (unit or "." in value or "," in value or "e" in value):
             continue
         if SECTION.match(value) or (value.isdigit() and 1900 <= int(value) <= 2100):
             continue
@@ -101,6 +101,7 @@ def unbacked_numbers(path: Path) -> list[tuple[int, str]]:
 def test_the_number_finder_sees_measurements_and_skips_citations():
     assert measured_numbers("SFT 之后 58% 答对,峰值 66.55 GiB,快 3.98 倍,共 998,656 个参数,耗时 101 秒") == [
         "58%", "66.55 GiB", "3.98 倍", "998,656", "101 秒"]
+    assert measured_numbers("差在 1e-5 以上,梯度范数 3.1e-2") == ["1e-5", "3.1e-2"]
     assert measured_numbers("教材 6.1.5 用 Qwen2.5-1.5B、ZeRO-2、block 2048,2024 年,$\\ln 2 \\approx 0.693$") == []
 
 
@@ -108,6 +109,7 @@ def test_a_shown_number_must_match_whole():
     assert is_shown("58%", "heldout 58%")
     assert not is_shown("58%", "heldout 158%") and not is_shown("58%", "step 58")
     assert is_shown("3,976", "optimizer 3976 KiB") and not is_shown("3.98 倍", "3.981")
+    assert is_shown("1e-5", "tolerance 1e-5") and not is_shown("1e-5", "tolerance 1e-50")
 
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)

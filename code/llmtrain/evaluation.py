@@ -277,7 +277,7 @@ def sampled_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     right = []
     for start in range(0, len(rows), 8):
         chunk = rows.select(range(start, min(start + 8, len(rows))))
-        batch = sample_groups(model, tokenizer, chunk["prompt"], k, max_new_tokens)
+        batch = sample_groups(model, tokenizer, list(chunk["prompt"]), k, max_new_tokens)
         replies = [c.removesuffix(style_suffix) if style_suffix else c for c in batch["completions"]]
         right += score_replies(replies, chunk.select([i for i in range(len(chunk)) for _ in range(k)]),
                                fact_candidates(rows))

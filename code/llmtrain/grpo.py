@@ -401,7 +401,7 @@ def train_lora_grpo_by_hand(
     for generation in range(steps // num_iterations):
         # 1. 按顺序取下一批问题,每个问题用当前的策略采样 G 条回答
         picked = [(generation * prompts_per_step + i) % len(rows) for i in range(prompts_per_step)]
-        batch = sample_groups(policy, tokenizer, rows.select(picked)["prompt"], group_size, max_new_tokens)
+        batch = sample_groups(policy, tokenizer, list(rows.select(picked)["prompt"]), group_size, max_new_tokens)
         run.samples.append([ids[:int(m.sum())] for ids, m in zip(batch["completion_ids"].tolist(),
                                                                    batch["completion_mask"])])
         # 2. 程序打分(先去掉结尾句,和成绩单一样),加上结尾句的格式奖励;组内相对优势

@@ -32,7 +32,6 @@ from llmtrain.modeling import toy_config
 from llmtrain.pretrain_data import group_texts, read_jsonl_texts, tokenize_with_eos
 from llmtrain.sft_data import load_sft_dataset
 from llmtrain.tokenizer import train_toy_tokenizer
-from llmtrain.toy_run import toy_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +51,15 @@ def toy_preset() -> dict[str, int | float | str]:
     """6.1-6.5: the toy preset's values (code/presets/toy.env, which the launchers source): numbers as numbers.
 
     One source for the toy recipe: `PRESET=toy bash code/*.sh`, the notebooks and the tests read the same values.
-    Values that are not numbers (TOY_LORA_TARGETS, the closing sentence, paths) stay strings; in paths, $ROOT is the
-    repository and $RUN_DIR the folder of make run's models (`llmtrain.toy_run.toy_run_dir`), as in the launchers.
+    Values that are not numbers (TOY_LORA_TARGETS, the closing sentence, paths) stay strings, paths as the file
+    writes them ($ROOT: the repository, $RUN_DIR: `llmtrain.toy_run.toy_run_dir()`; the launchers expand them).
     """
     values: dict[str, int | float | str] = {}
     for line in TOY_PRESET_FILE.read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             key, value = line.split("=", 1)
-            values[key] = value.replace("$ROOT", str(PROJECT_ROOT)).replace("$RUN_DIR", str(toy_run_dir()))
+            values[key] = value
             for number in (int, float):
                 try:
                     values[key] = number(value)
