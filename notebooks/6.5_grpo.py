@@ -416,7 +416,7 @@ probe = rl_eval.select(range(0, len(rl_eval), 3))  # 每 3 个留出问题取一
 
 def loop_args(name: str, steps: int, num_iterations: int) -> GRPOConfig:
     """TRL's side of the comparison: make run's GRPO settings on one process, the loop's optimizer and order."""
-    return GRPOConfig(output_dir=str(OUTPUT_DIR / name), beta=BETA, num_generations=GROUP,
+    return GRPOConfig(output_dir=str(OUTPUT_DIR / name), beta=BETA, loss_type="dapo", num_generations=GROUP,
                       per_device_train_batch_size=PROMPTS_PER_STEP * GROUP, max_completion_length=MAX_COMPLETION,
                       max_steps=steps, num_iterations=num_iterations, learning_rate=LEARNING_RATE,
                       lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.0, shuffle_dataset=False,
@@ -443,7 +443,7 @@ def side_by_side(name: str, steps: int, num_iterations: int = 1, every: int | No
 
     torch.manual_seed(SEED)
     ours = train_lora_grpo_by_hand(policy, tokenizer, rl_train, steps, PROMPTS_PER_STEP, GROUP, LEARNING_RATE, BETA,
-                                   MAX_COMPLETION, num_iterations=num_iterations, style_suffix=STYLE,
+                                   MAX_COMPLETION, num_iterations=num_iterations, loss_type="dapo", style_suffix=STYLE,
                                    style_weight=STYLE_WEIGHT, on_step=measure)
     theirs = train_in_trl_on_these_samples(trainer, ours.samples)
     update = relative_update_difference(start, dict(policy.named_parameters()), dict(trainer.model.named_parameters()))

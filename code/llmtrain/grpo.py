@@ -376,7 +376,7 @@ class GRPORun:
 def train_lora_grpo_by_hand(
     policy: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, rows: datasets.Dataset, steps: int,
     prompts_per_step: int, group_size: int, learning_rate: float, beta: float, max_new_tokens: int,
-    num_iterations: int = 1, epsilon: float = 0.2, epsilon_high: float | None = None, loss_type: str = "grpo",
+    num_iterations: int = 1, epsilon: float = 0.2, epsilon_high: float | None = None, loss_type: str = "dapo",
     scale_rewards: bool = True, style_suffix: str | None = None, style_weight: float = 0.0,
     max_grad_norm: float = 1.0, kl_ratio_correction: bool = True,
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
@@ -388,7 +388,8 @@ def train_lora_grpo_by_hand(
     sentence set aside) plus `style_weight` for ending with `style_suffix`, turns the rewards into group-relative
     advantages (`group_advantages`, divided by the group's std unless `scale_rewards` is False) and takes
     `num_iterations` optimizer steps on that one batch (`grpo_loss`; the second pass is off-policy, so the ratio
-    leaves 1 and the clipping acts). The reference is the policy with its adapter disabled. The optimizer is TRL's
+    leaves 1 and the clipping acts), averaged as `loss_type` says ("dapo", TRL 1.16's default and make run's, unless
+    told otherwise). The reference is the policy with its adapter disabled. The optimizer is TRL's
     with `lr_scheduler_type="constant"`, `weight_decay=0` and `max_grad_norm=1`. `on_step(step, policy)` runs after
     each optimizer step (greedy held-out accuracy every few steps, say).
     """
