@@ -27,7 +27,6 @@ fi
 take_preset MAX_TRAIN_SAMPLES
 extra=()
 [ -n "$MAX_TRAIN_SAMPLES" ] && extra+=(--max_train_samples "$MAX_TRAIN_SAMPLES")
-LIGER_FLAGS=()
 adapters=()
 if [ "${#VARIANTS[@]}" -gt 0 ]; then
   lora_flags

@@ -25,9 +25,15 @@ take_preset EVAL_FILES GROUP BETA MAX_COMPLETION STYLE_SUFFIX STYLE_WEIGHT
 extra=(--beta "$BETA" --num_generations "$GROUP" --max_completion_length "$MAX_COMPLETION")
 [ -n "$EVAL_FILES" ] && extra+=(--eval_files $EVAL_FILES)   # several files: split into words on purpose
 [ -n "$STYLE_SUFFIX" ] && extra+=(--style_suffix "$STYLE_SUFFIX" --style_weight "$STYLE_WEIGHT")
+adapters=()
 if [ "${USE_LORA:-1}" = 1 ]; then
   lora_flags
   extra+=("${LORA_FLAGS[@]}")
+  adapters=(--lora_r "${LORA_R:-8}" --lora_target_modules "$LORA_TARGETS")
 fi
 require_model_dir
+if [ "$PRESET" = chapter ]; then
+  # A training step on BATCH_SIZE replies of prompt + reply (BLOCK_SIZE); sampling them adds its KV cache on top.
+  print_memory_estimate "${adapters[@]}"
+fi
 launch "$CODE_DIR/grpo.py" --model_name_or_path "$MODEL_DIR" "${extra[@]}" "$@"

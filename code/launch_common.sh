@@ -11,6 +11,7 @@
 #   use_liger                       chapter: sets LIGER_FLAGS from USE_LIGER (default: on with a GPU + liger-kernel)
 #   plan_batch [estimate flags...]  BATCH_SIZE / GRAD_ACC that fit the card (code/estimate_memory.py), when the preset
 #                                   plans (PLAN_BATCH=1) and neither was given
+#   print_memory_estimate [flags]   the memory model's estimate of this launch, printed before it (chapter GRPO)
 #   require_model_dir               MODEL_DIR must hold a model; toy preset, default folder: the stage before makes it
 #   launch SCRIPT.py [flags...]     the deepspeed launcher with the TrainingArguments flags every script passes
 # Shared settings (each a variable of that name, e.g. LR=1e-4 bash code/pretrain.sh): MODEL_DIR TRAIN_FILES
@@ -32,6 +33,7 @@ source "$CODE_DIR/presets/$PRESET.env"
 PRESET_PREFIX=$(echo "$PRESET" | tr '[:lower:]' '[:upper:]')
 STAGE=
 VARIANTS=()
+LIGER_FLAGS=()   # use_liger fills it (chapter preset)
 
 preset_value() {
   local key keys=() variant
@@ -126,19 +128,42 @@ sys.exit(not (torch.cuda.is_available() and importlib.util.find_spec("liger_kern
 # Arguments: extra code/estimate_memory.py flags (LoRA / QLoRA); LIGER_FLAGS and PRECISION are read.
 plan_batch() {
   [ "$PLAN_BATCH" = 1 ] && [ -z "$GIVEN_BATCH" ] && [ -f "$MODEL_DIR/config.json" ] || return 0
-  local gpus dtype plan expandable=()
-  gpus=$NUM_GPUS
-  [ "$gpus" = all ] && gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-  [ "${gpus:-0}" -gt 0 ] || gpus=1
-  dtype=$PRECISION
+  local plan
+  memory_model_flags
+  plan=$("$PYTHON" "$CODE_DIR/estimate_memory.py" --shell_plan "${MEMORY_FLAGS[@]}" "$@" \
+    --gpu_memory_gib "${GPU_MEM_GIB:-auto}" --global_batch_size $((BATCH_SIZE * GRAD_ACC * MEMORY_GPUS))) \
+    || exit 1   # its message says what to change
+  eval "$plan"
+}
+
+# print_memory_estimate [estimate flags...]: the memory model's per-GPU estimate of this launch, term by term, on
+# stderr before it starts (the card it needs; on a GPU, whether it fits). Nothing without the model folder.
+print_memory_estimate() {
+  [ -f "$MODEL_DIR/config.json" ] || return 0
+  memory_model_flags
+  local card=()
+  if [ -n "${GPU_MEM_GIB:-}" ]; then
+    card=(--gpu_memory_gib "$GPU_MEM_GIB")
+  elif "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    card=(--gpu_memory_gib auto)
+  fi
+  "$PYTHON" "$CODE_DIR/estimate_memory.py" "${MEMORY_FLAGS[@]}" --per_device_train_batch_size "$BATCH_SIZE" \
+    "${card[@]}" "$@" >&2 || exit 1
+}
+
+# MEMORY_FLAGS / MEMORY_GPUS: code/estimate_memory.py's description of this launch (model, GPUs, block, precision,
+# ZeRO stage, checkpointing, Liger, allocator).
+memory_model_flags() {
+  local dtype=$PRECISION expandable=()
+  MEMORY_GPUS=$NUM_GPUS
+  [ "$MEMORY_GPUS" = all ] && MEMORY_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  [ "${MEMORY_GPUS:-0}" -gt 0 ] || MEMORY_GPUS=1
   [ "$dtype" = auto ] && dtype=$("$PYTHON" -c 'from llmtrain.launch import machine_precision; print(machine_precision())')
   case "${PYTORCH_CUDA_ALLOC_CONF:-}" in *expandable_segments:True*) expandable=(--expandable_segments) ;; esac
-  plan=$("$PYTHON" "$CODE_DIR/estimate_memory.py" --shell_plan --config_name "$MODEL_DIR" \
-    "${LIGER_FLAGS[@]}" "${expandable[@]}" "$@" --gpu_memory_gib "${GPU_MEM_GIB:-auto}" --num_gpus "$gpus" \
-    --block_size "$BLOCK_SIZE" --dtype "$dtype" --deepspeed "$DS_CONFIG" \
-    --global_batch_size $((BATCH_SIZE * GRAD_ACC * gpus)) \
-    $([ "$ACTIVATION_CHECKPOINTING" = 1 ] && echo --activation_checkpointing)) || exit 1   # its message says what to change
-  eval "$plan"
+  MEMORY_FLAGS=(--config_name "$MODEL_DIR" --num_gpus "$MEMORY_GPUS" --block_size "$BLOCK_SIZE" --dtype "$dtype"
+                --deepspeed "$DS_CONFIG" "${LIGER_FLAGS[@]}" "${expandable[@]}")
+  [ "$ACTIVATION_CHECKPOINTING" = 1 ] && MEMORY_FLAGS+=(--activation_checkpointing)
+  return 0
 }
 
 # What each stage starts from, and how to get it when it is missing.

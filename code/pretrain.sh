@@ -12,7 +12,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 
 start_stage PRETRAIN
-LIGER_FLAGS=()
 if [ "$PRESET" = chapter ]; then
   use_liger
 fi

@@ -83,3 +83,11 @@ def test_a_mistyped_model_dir_is_never_trained_into(tmp_path, script):
     assert result.returncode == 1, result.stdout[-2000:]
     assert f"in {typo}" in result.stdout and "running PRESET=toy" not in result.stdout
     assert not typo.exists() and not (tmp_path / "o").exists()
+
+
+def test_the_chapter_grpo_launch_prints_its_memory_estimate_first(tmp_path, toy_dir):
+    """Issue 27: like pretrain.sh's plan, grpo.sh (chapter preset) prints what a training step of its batch needs."""
+    lines = launched(tmp_path, toy_dir, "grpo.sh", PRESET="chapter")
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("Per-GPU memory: batch 16 x 1024 tokens"))
+    assert "LoRA (" in lines[estimate] and "On a 80 GiB card: fits." in lines
+    assert estimate < lines.index("--train_files")   # before the launch
