@@ -14,11 +14,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 
 check_switch USE_LORA
-if [ "${USE_LORA:-1}" = 1 ]; then
-  start_stage DPO LORA
-else
-  start_stage DPO FULL
-fi
+start_stage DPO "$([ "${USE_LORA:-1}" = 1 ] && echo LORA || echo FULL)"   # LoRA by default
 take_preset EVAL_FILES EVAL_BATCH_SIZE BETA
 extra=(--beta "$BETA" --per_device_eval_batch_size "$EVAL_BATCH_SIZE")
 [ -n "$EVAL_FILES" ] && extra+=(--eval_files $EVAL_FILES)   # several files: split into words on purpose

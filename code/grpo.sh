@@ -16,11 +16,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
 
 check_switch USE_LORA
-if [ "${USE_LORA:-1}" = 1 ]; then
-  start_stage GRPO LORA
-else
-  start_stage GRPO FULL
-fi
+start_stage GRPO "$([ "${USE_LORA:-1}" = 1 ] && echo LORA || echo FULL)"   # LoRA by default
 take_preset EVAL_FILES GROUP BETA MAX_COMPLETION STYLE_SUFFIX STYLE_WEIGHT
 extra=(--beta "$BETA" --num_generations "$GROUP" --max_completion_length "$MAX_COMPLETION")
 [ -n "$EVAL_FILES" ] && extra+=(--eval_files $EVAL_FILES)   # several files: split into words on purpose
