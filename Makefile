@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 STAMP := $(VENV)/.installed
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean
+.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean benchmark
 
 setup: $(STAMP)  ## create .venv and install requirements.txt + llmtrain (editable)
 
@@ -58,6 +58,18 @@ run: toy  ## the whole toy pipeline (DeepSpeed, 2 CPU processes each): pretraini
 	@echo "  LoRA SFT adapter: output/toy/sft-lora/  (merged plain model: output/toy/sft-lora/merged/)"
 	@echo "  LoRA DPO adapter: output/toy/dpo-lora/  (merged plain model: output/toy/dpo-lora/merged/)"
 	@echo "  LoRA GRPO adapter: output/toy/grpo-lora/ (merged plain model: output/toy/grpo-lora/merged/)"
+
+# 7.1: lm-evaluation-harness (code/benchmark.py). By default the toy world both ways (4-way choice by
+# log-likelihood, generation graded by the scorecard's rule) on make run's full SFT; on a GPU box, e.g.
+#   make benchmark MODEL=autodl-tmp/output/sft ADAPTER=autodl-tmp/output/dpo-lora TASKS="ceval-valid cmmlu gsm8k"
+MODEL ?= output/toy/sft
+TASKS ?= toy_world_mc toy_world_gen
+CHAT ?= 1
+OUT ?= output/bench/lm_eval.json
+
+benchmark: $(STAMP)  ## lm-eval on MODEL (+ ADAPTER): TASKS, CHAT=1 (chat template), LIMIT=n; JSON in OUT, table printed
+	$(PY) code/benchmark.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --tasks $(TASKS) \
+		$(if $(filter 1,$(CHAT)),--chat) $(if $(LIMIT),--limit $(LIMIT)) --output $(OUT)
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)

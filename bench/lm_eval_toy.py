@@ -1,0 +1,153 @@
+"""7.1 lesson: the toy world scored both ways through lm-evaluation-harness, and what the two ways disagree on.
+
+    python bench/lm_eval_toy.py [--seeds 12 1 2] [--output_dir output/bench/lm_eval] \
+        [--results bench/results/lm_eval_toy.json]
+
+Every model is scored by lm-eval (`llmtrain.harness`, the same calls as code/benchmark.py --chat) on
+toy_world_mc (4-way choice by log-likelihood) and toy_world_gen (greedy reply, the scorecard's strict rule):
+1. `make run`'s five stages (toy_run_dir(): run `make run` first), with a per-question count of where the
+   two scorings disagree.
+2. Chance level: untrained toy models (random weights, one per seed).
+3. Per seed, with the toy preset and only SEED changed (PRESET=toy launchers, DeepSpeed on 2 CPU processes):
+   - the pretrained base, and a format-only SFT: data/sample/sft.jsonl without the 60 questions about the
+     seen people's facts (it keeps everyday chat and the in-context questions about other names, so it
+     teaches how to answer, not what);
+   - contamination: pretraining without the held-out people's biographies, then SFT with and without the
+     60 held-out eval questions and their answers added; each also on 6.5's held-out RL prompts
+     (data/sample/grpo_eval.jsonl: the same people's facts asked in words SFT never uses).
+About 7 minutes a seed on 2 cores. Writes every number with the date, the machine and the versions to --results.
+"""
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from llmtrain import PROJECT_ROOT
+from llmtrain.evaluation import ASKED_PERSON, TOY_STYLE_SUFFIX, load_eval_questions, statement_prompt
+from llmtrain.grpo import add_rl_task_column
+from llmtrain.harness import (TOY_CHOICES, TOY_EVAL_FILE, TOY_TASKS, benchmark_record, end_of_turn_gen_kwargs,
+                              load_lm, run_tasks, task_manager, write_json_atomically)
+from llmtrain.toy import ensure_toy_assets, run_bash_script
+from llmtrain.toy_run import TOY_STAGES, require_toy_model, toy_run_dir
+
+CODE = PROJECT_ROOT / "code"
+SAMPLE = PROJECT_ROOT / "data" / "sample"
+RL_EVAL_FILE = str(SAMPLE / "grpo_eval.jsonl")
+logger = logging.getLogger("lm_eval_toy")
+
+
+def score(model: str | Path, adapter: str | Path | None = None, rl_task: bool = False) -> dict[str, Any]:
+    """Both toy tasks through lm-eval: accuracy per form and split, and each question's two verdicts."""
+    lm = load_lm(str(model), str(adapter) if adapter else None, device="cpu")
+    rows, samples = run_tasks(lm, list(TOY_TASKS), task_manager(list(TOY_TASKS)), chat=True,
+                              gen_kwargs=end_of_turn_gen_kwargs(lm.tokenizer, "hf"))
+    values = {f"{r['task'].removeprefix('toy_world_')}": r["value"] for r in rows
+              if r["metric"] in ("acc", "strict_acc")}
+    verdicts: dict[int, dict[str, int]] = {}
+    for task, logged in samples.items():
+        form = "gen" if "gen" in task else "mc"
+        for s in logged:
+            verdicts.setdefault(s["doc"]["index"], {})[form] = int(s["strict_acc" if form == "gen" else "acc"])
+    result = dict(values, seconds={r["task"]: r["seconds"] for r in rows if r["group"] is None},
+                  disagreements={"mc_right_gen_wrong": sum(v["mc"] and not v["gen"] for v in verdicts.values()),
+                                 "gen_right_mc_wrong": sum(v["gen"] and not v["mc"] for v in verdicts.values())})
+    if rl_task:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        result["rl_heldout"] = add_rl_task_column({}, lm.model, tokenizer, RL_EVAL_FILE, TOY_STYLE_SUFFIX)["rl_heldout"]
+    logger.info("%s%s: %s", model, f" + {adapter}" if adapter else "", {k: v for k, v in values.items()})
+    return result
+
+
+def untrained_model(seed: int, out: Path) -> Path:
+    """A toy model with random weights (the toy config, `seed`), saved with the toy tokenizer."""
+    toy = ensure_toy_assets()
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(toy)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(toy).save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def training_files(out: Path) -> dict[str, Path]:
+    """The variants' data: pretraining without the held-out people, format-only SFT, and SFT + the test."""
+    questions = load_eval_questions(str(TOY_EVAL_FILE))
+    heldout_people = {ASKED_PERSON.match(q.question).group(1) for q in questions if q.split == "heldout"}
+    asked = {q.question for q in questions}
+    pretrain = [json.loads(line) for line in (SAMPLE / "pretrain.jsonl").read_text(encoding="utf-8").splitlines()]
+    sft = [json.loads(line) for line in (SAMPLE / "sft.jsonl").read_text(encoding="utf-8").splitlines()]
+    leaked = [{"conversations": [{"from": "human", "value": q.question},
+                                 {"from": "assistant", "value": f"{statement_prompt(q.question)}{q.answer}。"}],
+               "id": f"leaked-{i:03d}"} for i, q in enumerate(questions) if q.split == "heldout"]
+    return {
+        "pretrain_without_heldout": write_jsonl(out / "pretrain_without_heldout.jsonl",
+                                                [d for d in pretrain if not any(p in d["text"] for p in heldout_people)]),
+        "sft_format_only": write_jsonl(out / "sft_format_only.jsonl",
+                                       [c for c in sft if c["conversations"][0]["value"] not in asked]),
+        "sft_contaminated": write_jsonl(out / "sft_contaminated.jsonl", sft + leaked),
+    }
+
+
+def run_seed(seed: int, out: Path, files: dict[str, Path]) -> dict[str, Any]:
+    """Train the seed's variants (`out` emptied first: the launchers resume from checkpoints they find) and score
+    them."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(PRESET="toy", SEED=str(seed))
+    run_bash_script(CODE / "pretrain.sh", **env, OUTPUT_DIR=str(out / "pretrain"))
+    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain"), OUTPUT_DIR=str(out / "sft"))
+    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain"), OUTPUT_DIR=str(out / "sft-format"),
+                    TRAIN_FILES=str(files["sft_format_only"]))
+    run_bash_script(CODE / "pretrain.sh", **env, OUTPUT_DIR=str(out / "pretrain-nh"),
+                    TRAIN_FILES=str(files["pretrain_without_heldout"]))
+    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain-nh"), OUTPUT_DIR=str(out / "sft-nh"))
+    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain-nh"),
+                    OUTPUT_DIR=str(out / "sft-nh-contaminated"), TRAIN_FILES=str(files["sft_contaminated"]))
+    return {
+        "base": score(out / "pretrain"),
+        "sft": score(out / "sft"),
+        "sft_format_only": score(out / "sft-format"),
+        "base_without_heldout": score(out / "pretrain-nh"),
+        "sft_without_heldout": score(out / "sft-nh", rl_task=True),
+        "sft_without_heldout_contaminated": score(out / "sft-nh-contaminated", rl_task=True),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2])
+    parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "lm_eval"))
+    parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "results" / "lm_eval_toy.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
+    out = Path(args.output_dir)
+
+    stages = {}
+    for stage in TOY_STAGES:
+        stages[stage.name] = score(require_toy_model(stage.model),
+                                   require_toy_model(stage.adapter) if stage.adapter else None)
+    chance = {seed: score(untrained_model(seed, out / f"untrained-{seed}")) for seed in args.seeds}
+    files = training_files(out)
+    seeds = {seed: run_seed(seed, out / f"seed-{seed}", files) for seed in args.seeds}
+    record = benchmark_record([], model=str(toy_run_dir()), adapter=None, backend="hf", chat=True, device="cpu",
+                              limit=None, num_fewshot=None)
+    del record["rows"], record["model"], record["adapter"]
+    record.update(choices=TOY_CHOICES, chance_level=1 / TOY_CHOICES, make_run_stages=stages, untrained=chance,
+                  seeds=seeds, data={k: {"file": v.name, "records": len(v.read_text(encoding="utf-8").splitlines())}
+                                     for k, v in files.items()})
+    write_json_atomically(args.results, record)
+    print(json.dumps({k: record[k] for k in ("make_run_stages", "untrained")}, ensure_ascii=False, indent=1))
+    print(f"written to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
