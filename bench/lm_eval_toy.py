@@ -131,20 +131,23 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(name)s - %(message)s")
     out = Path(args.output_dir)
 
-    stages = {}
-    for stage in TOY_STAGES:
-        stages[stage.name] = score(require_toy_model(stage.model),
-                                   require_toy_model(stage.adapter) if stage.adapter else None)
-    chance = {seed: score(untrained_model(seed, out / f"untrained-{seed}")) for seed in args.seeds}
     files = training_files(out)
-    seeds = {seed: run_seed(seed, out / f"seed-{seed}", files) for seed in args.seeds}
     record = benchmark_record([], model=str(toy_run_dir()), adapter=None, backend="hf", chat=True, device="cpu",
                               limit=None, num_fewshot=None)
-    del record["rows"], record["model"], record["adapter"]
-    record.update(choices=TOY_CHOICES, chance_level=1 / TOY_CHOICES, make_run_stages=stages, untrained=chance,
-                  seeds=seeds, data={k: {"file": v.name, "records": len(v.read_text(encoding="utf-8").splitlines())}
-                                     for k, v in files.items()})
+    for key in ("rows", "model", "adapter", "limit", "num_fewshot"):
+        del record[key]
+    record.update(choices=TOY_CHOICES, chance_level=1 / TOY_CHOICES, make_run_dir=str(toy_run_dir()),
+                  data={k: {"file": v.name, "records": len(v.read_text(encoding="utf-8").splitlines())}
+                        for k, v in files.items()})
+    record["make_run_stages"] = {stage.name: score(require_toy_model(stage.model),
+                                                   require_toy_model(stage.adapter) if stage.adapter else None)
+                                 for stage in TOY_STAGES}
+    record["untrained"] = {seed: score(untrained_model(seed, out / f"untrained-{seed}")) for seed in args.seeds}
+    record["seeds"] = {}
     write_json_atomically(args.results, record)
+    for seed in args.seeds:  # the file is rewritten after each seed: an interrupted run keeps the seeds it finished
+        record["seeds"][seed] = run_seed(seed, out / f"seed-{seed}", files)
+        write_json_atomically(args.results, record)
     print(json.dumps({k: record[k] for k in ("make_run_stages", "untrained")}, ensure_ascii=False, indent=1))
     print(f"written to {args.results}")
 
