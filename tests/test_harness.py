@@ -76,7 +76,6 @@ def test_benchmark_rejects_bad_input_with_a_clear_message(tmp_path, toy_run):
         (["--model", str(toy_run / "sft"), "--tasks", "toy_world_gen"], "add --chat"),
         (["--model", str(toy_run / "sft"), "--adapter", str(toy_run / "sft"), "--tasks", "toy_world_gen", "--chat"],
          "no adapter_config.json there"),
-        (["--model", str(toy_run / "sft"), "--tasks", "toy_world_genn", "--chat"], "not an lm-eval task or group"),
     ]
     for args, message in cases:
         result = run_script(["python", "code/benchmark.py", *args, "--device", "cpu", "--output", str(out)])
@@ -94,7 +93,8 @@ def test_toy_world_through_lm_eval_gives_evaluate_py_verdicts(tmp_path, toy_run)
     result = run_script(["python", "code/evaluate.py", "--model", model, "--adapter", adapter,
                          "--style_suffix", TOY_STYLE_SUFFIX, "--json", str(scorecard)])
     assert result.returncode == 0, result.stdout[-3000:]
-    expected = {r["question"]: r["correct"] for r in json.loads(scorecard.read_text(encoding="utf-8"))["replies"]}
+    graded = json.loads(scorecard.read_text(encoding="utf-8"))["replies"]
+    expected = {r["question"]: r["correct"] for r in graded}
 
     out, samples = tmp_path / "bench" / "dpo.json", tmp_path / "bench" / "samples.jsonl"
     result = run_script(["python", "code/benchmark.py", "--model", model, "--adapter", adapter, "--chat",
@@ -104,6 +104,9 @@ def test_toy_world_through_lm_eval_gives_evaluate_py_verdicts(tmp_path, toy_run)
     records = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
     verdicts = {r["doc"]["question"]: bool(r["strict_acc"]) for r in records if "strict_acc" in r}
     assert len(verdicts) == 120 and verdicts == expected
+    # the replies themselves too (this model ends every reply with <|im_end|>, so both stop at the same token)
+    assert {r["doc"]["question"]: r["response"][0] for r in records if "strict_acc" in r} == {
+        r["question"]: r["reply"] for r in graded}
     assert 0 < sum(verdicts.values()) < 120, "a comparison of verdicts that are all alike proves little"
 
     record = json.loads(out.read_text(encoding="utf-8"))
@@ -113,7 +116,8 @@ def test_toy_world_through_lm_eval_gives_evaluate_py_verdicts(tmp_path, toy_run)
     assert gen["n"] == mc["n"] == 120 and gen["seconds"] > 0
     assert gen["value"] == pytest.approx(sum(expected.values()) / 120)
     heldout = rows[("toy_world_gen_heldout", "strict_acc")]
-    assert heldout["n"] == 60 and heldout["value"] == pytest.approx(
-        sum(v for r in json.loads(scorecard.read_text(encoding="utf-8"))["replies"] if r["split"] == "heldout"
-            for v in [r["correct"]]) / 60)
+    heldout_verdicts = [v for q, v in expected.items() if q in {r["doc"]["question"] for r in records
+                                                                if r["task"] == "toy_world_gen_heldout"}]
+    assert heldout["n"] == len(heldout_verdicts) == 60
+    assert heldout["value"] == pytest.approx(sum(heldout_verdicts) / 60)
     assert "| toy_world_gen | strict_acc |" in result.stdout
