@@ -7,7 +7,7 @@ Every model is scored by lm-eval (`llmtrain.harness`, the same calls as code/ben
 toy_world_mc (4-way choice by log-likelihood) and toy_world_gen (greedy reply, the scorecard's strict rule):
 1. `make run`'s five stages (toy_run_dir(): run `make run` first), with a per-question count of where the
    two scorings disagree.
-2. Chance level: untrained toy models (random weights, one per seed).
+2. Chance level: untrained toy models (random weights, --untrained_seeds).
 3. Per seed, with the toy preset and only SEED changed (PRESET=toy launchers, DeepSpeed on 2 CPU processes):
    - the pretrained base, and a format-only SFT: data/sample/sft.jsonl without the 60 questions about the
      seen people's facts (it keeps everyday chat and the in-context questions about other names, so it
@@ -47,8 +47,9 @@ def score(model: str | Path, adapter: str | Path | None = None, rl_task: bool = 
     lm = load_lm(str(model), str(adapter) if adapter else None, device="cpu")
     rows, samples = run_tasks(lm, list(TOY_TASKS), task_manager(list(TOY_TASKS)), chat=True,
                               gen_kwargs=end_of_turn_gen_kwargs(lm.tokenizer, "hf"))
-    values = {f"{r['task'].removeprefix('toy_world_')}": r["value"] for r in rows
-              if r["metric"] in ("acc", "strict_acc")}
+    names = {"acc": "", "acc_norm": "_norm", "strict_acc": ""}  # mc, mc_norm (per byte), gen; then per split
+    values = {r["task"].removeprefix("toy_world_").replace("mc", "mc" + names[r["metric"]], 1): r["value"]
+              for r in rows if r["metric"] in names}
     verdicts: dict[int, dict[str, int]] = {}
     for task, logged in samples.items():
         form = "gen" if "gen" in task else "mc"
@@ -89,9 +90,9 @@ def training_files(out: Path) -> dict[str, Path]:
     leaked = [{"conversations": [{"from": "human", "value": q.question},
                                  {"from": "assistant", "value": f"{statement_prompt(q.question)}{q.answer}。"}],
                "id": f"leaked-{i:03d}"} for i, q in enumerate(questions) if q.split == "heldout"]
+    kept = [d for d in pretrain if not any(p in d["text"] for p in heldout_people)]
     return {
-        "pretrain_without_heldout": write_jsonl(out / "pretrain_without_heldout.jsonl",
-                                                [d for d in pretrain if not any(p in d["text"] for p in heldout_people)]),
+        "pretrain_without_heldout": write_jsonl(out / "pretrain_without_heldout.jsonl", kept),
         "sft_format_only": write_jsonl(out / "sft_format_only.jsonl",
                                        [c for c in sft if c["conversations"][0]["value"] not in asked]),
         "sft_contaminated": write_jsonl(out / "sft_contaminated.jsonl", sft + leaked),
@@ -125,6 +126,7 @@ def run_seed(seed: int, out: Path, files: dict[str, Path]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2])
+    parser.add_argument("--untrained_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "lm_eval"))
     parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "results" / "lm_eval_toy.json"))
     args = parser.parse_args()
@@ -142,7 +144,8 @@ def main() -> None:
     record["make_run_stages"] = {stage.name: score(require_toy_model(stage.model),
                                                    require_toy_model(stage.adapter) if stage.adapter else None)
                                  for stage in TOY_STAGES}
-    record["untrained"] = {seed: score(untrained_model(seed, out / f"untrained-{seed}")) for seed in args.seeds}
+    record["untrained"] = {seed: score(untrained_model(seed, out / f"untrained-{seed}"))
+                           for seed in args.untrained_seeds}
     record["seeds"] = {}
     write_json_atomically(args.results, record)
     for seed in args.seeds:  # the file is rewritten after each seed: an interrupted run keeps the seeds it finished
