@@ -8,14 +8,14 @@ toy_world_mc (4-way choice by log-likelihood) and toy_world_gen (greedy reply, t
 1. `make run`'s five stages (toy_run_dir(): run `make run` first), with a per-question count of where the
    two scorings disagree.
 2. Chance level: untrained toy models (random weights, --untrained_seeds).
-3. Per seed, with the toy preset and only SEED changed (PRESET=toy launchers, DeepSpeed on 2 CPU processes):
-   - the pretrained base, and a format-only SFT: data/sample/sft.jsonl without the 60 questions about the
-     seen people's facts (it keeps everyday chat and the in-context questions about other names, so it
-     teaches how to answer, not what);
-   - contamination: pretraining without the held-out people's biographies, then SFT with and without the
-     60 held-out eval questions and their answers added; each also on 6.5's held-out RL prompts
-     (data/sample/grpo_eval.jsonl: the same people's facts asked in words SFT never uses).
-About 7 minutes a seed on 2 cores. Writes every number with the date, the machine and the versions to --results.
+3. Format vs knowledge (--seeds; make run's own base and SFT for seed 12): the pretrained base, its full SFT and a
+   format-only SFT: data/sample/sft.jsonl without the 60 questions about the seen people's facts (it keeps
+   everyday chat and the in-context questions about other names: it teaches how to answer, not what).
+4. Contamination (--contamination_seeds): pretraining without the held-out people's biographies, then full SFT
+   without and with the 60 held-out eval questions and their answers added; the SFT models also on 6.5's
+   held-out RL prompts (data/sample/grpo_eval.jsonl: the same people's facts asked in words SFT never uses).
+Every training run is a PRESET=toy launcher (DeepSpeed, 2 CPU processes) with only SEED and the data changed.
+Writes every number with the date, the machine and the versions to --results, after each run.
 """
 
 import argparse
@@ -39,6 +39,7 @@ from llmtrain.toy_run import TOY_STAGES, require_toy_model, toy_run_dir
 CODE = PROJECT_ROOT / "code"
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 RL_EVAL_FILE = str(SAMPLE / "grpo_eval.jsonl")
+MAKE_RUN_SEED = 12  # code/launch_common.sh's default SEED: make run's models are this seed's
 logger = logging.getLogger("lm_eval_toy")
 
 
@@ -99,34 +100,41 @@ def training_files(out: Path) -> dict[str, Path]:
     }
 
 
-def run_seed(seed: int, out: Path, files: dict[str, Path]) -> dict[str, Any]:
-    """Train the seed's variants (`out` emptied first: the launchers resume from checkpoints they find) and score
-    them."""
+def train(script: str, seed: int, out: Path, **env: str) -> Path:
+    """One PRESET=toy launcher run into `out` (emptied first: the launchers resume from checkpoints they find)."""
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(PRESET="toy", SEED=str(seed))
-    run_bash_script(CODE / "pretrain.sh", **env, OUTPUT_DIR=str(out / "pretrain"))
-    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain"), OUTPUT_DIR=str(out / "sft"))
-    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain"), OUTPUT_DIR=str(out / "sft-format"),
-                    TRAIN_FILES=str(files["sft_format_only"]))
-    run_bash_script(CODE / "pretrain.sh", **env, OUTPUT_DIR=str(out / "pretrain-nh"),
-                    TRAIN_FILES=str(files["pretrain_without_heldout"]))
-    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain-nh"), OUTPUT_DIR=str(out / "sft-nh"))
-    run_bash_script(CODE / "finetune.sh", **env, MODEL_DIR=str(out / "pretrain-nh"),
-                    OUTPUT_DIR=str(out / "sft-nh-contaminated"), TRAIN_FILES=str(files["sft_contaminated"]))
-    return {
-        "base": score(out / "pretrain"),
-        "sft": score(out / "sft"),
-        "sft_format_only": score(out / "sft-format"),
-        "base_without_heldout": score(out / "pretrain-nh"),
-        "sft_without_heldout": score(out / "sft-nh", rl_task=True),
-        "sft_without_heldout_contaminated": score(out / "sft-nh-contaminated", rl_task=True),
-    }
+    run_bash_script(CODE / script, PRESET="toy", SEED=str(seed), OUTPUT_DIR=str(out), **env)
+    return out
+
+
+def format_run(seed: int, out: Path, files: dict[str, Path], stages: dict[str, Any]) -> dict[str, Any]:
+    """The base and full SFT of `seed` (make run's own for MAKE_RUN_SEED), and a format-only SFT from the same base."""
+    if seed == MAKE_RUN_SEED:
+        base, scores = toy_run_dir() / "pretrain", {"base": stages["base (6.1)"], "sft": stages["full SFT (6.2)"]}
+    else:
+        base = train("pretrain.sh", seed, out / "pretrain")
+        scores = {"base": score(base), "sft": score(train("finetune.sh", seed, out / "sft", MODEL_DIR=str(base)))}
+    scores["sft_format_only"] = score(train("finetune.sh", seed, out / "sft-format", MODEL_DIR=str(base),
+                                            TRAIN_FILES=str(files["sft_format_only"])))
+    return scores
+
+
+def contamination_run(seed: int, out: Path, files: dict[str, Path]) -> dict[str, Any]:
+    """Pretraining without the held-out people, then full SFT without and with the 60 held-out test questions."""
+    base = train("pretrain.sh", seed, out / "pretrain-nh", TRAIN_FILES=str(files["pretrain_without_heldout"]))
+    clean = train("finetune.sh", seed, out / "sft-nh", MODEL_DIR=str(base))
+    leaked = train("finetune.sh", seed, out / "sft-nh-contaminated", MODEL_DIR=str(base),
+                   TRAIN_FILES=str(files["sft_contaminated"]))
+    return {"base_without_heldout": score(base), "sft_without_heldout": score(clean, rl_task=True),
+            "sft_without_heldout_contaminated": score(leaked, rl_task=True)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2])
-    parser.add_argument("--untrained_seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[MAKE_RUN_SEED, 1, 2],
+                        help="Seeds of the base / full SFT / format-only SFT runs.")
+    parser.add_argument("--contamination_seeds", type=int, nargs="+", default=[MAKE_RUN_SEED])
+    parser.add_argument("--untrained_seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "lm_eval"))
     parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "results" / "lm_eval_toy.json"))
     args = parser.parse_args()
@@ -138,18 +146,22 @@ def main() -> None:
                               limit=None, num_fewshot=None)
     for key in ("rows", "model", "adapter", "limit", "num_fewshot"):
         del record[key]
-    record.update(choices=TOY_CHOICES, chance_level=1 / TOY_CHOICES, make_run_dir=str(toy_run_dir()),
+    record.update(choices=TOY_CHOICES, chance_level=1 / TOY_CHOICES, make_run_seed=MAKE_RUN_SEED,
                   data={k: {"file": v.name, "records": len(v.read_text(encoding="utf-8").splitlines())}
                         for k, v in files.items()})
-    record["make_run_stages"] = {stage.name: score(require_toy_model(stage.model),
-                                                   require_toy_model(stage.adapter) if stage.adapter else None)
-                                 for stage in TOY_STAGES}
+    stages = {stage.name: score(require_toy_model(stage.model),
+                                require_toy_model(stage.adapter) if stage.adapter else None) for stage in TOY_STAGES}
+    record["make_run_stages"] = stages
     record["untrained"] = {seed: score(untrained_model(seed, out / f"untrained-{seed}"))
                            for seed in args.untrained_seeds}
-    record["seeds"] = {}
+    record["format"], record["contamination"] = {}, {}
     write_json_atomically(args.results, record)
-    for seed in args.seeds:  # the file is rewritten after each seed: an interrupted run keeps the seeds it finished
-        record["seeds"][seed] = run_seed(seed, out / f"seed-{seed}", files)
+    # the file is rewritten after each run: an interrupted benchmark keeps what it finished
+    for seed in args.seeds:
+        record["format"][seed] = format_run(seed, out / f"seed-{seed}", files, stages)
+        write_json_atomically(args.results, record)
+    for seed in args.contamination_seeds:
+        record["contamination"][seed] = contamination_run(seed, out / f"seed-{seed}", files)
         write_json_atomically(args.results, record)
     print(json.dumps({k: record[k] for k in ("make_run_stages", "untrained")}, ensure_ascii=False, indent=1))
     print(f"written to {args.results}")
