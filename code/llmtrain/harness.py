@@ -24,13 +24,19 @@ import time
 from collections import defaultdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import (ASKED_PERSON, SPLITS, TOY_STYLE_SUFFIX, EvalQuestion, grade_replies,
                                  load_eval_questions, statement_prompt)
 from llmtrain.grpo import end_of_reply_ids
+
+if TYPE_CHECKING:  # lm-eval and datasets are imported where they are used: importing lm_eval takes seconds
+    from datasets import DatasetDict
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +89,11 @@ def toy_world_docs(questions: list[EvalQuestion], n_choices: int = TOY_CHOICES) 
 
 @functools.cache
 def toy_eval_questions() -> tuple[EvalQuestion, ...]:
-    """The toy task's questions (data/sample/eval.jsonl), read once per process."""
+    """7.1: the toy task's questions (data/sample/eval.jsonl), read once per process."""
     return tuple(load_eval_questions(str(TOY_EVAL_FILE)))
 
 
-def toy_world_dataset(split: str, **task_metadata: Any):
+def toy_world_dataset(split: str, **task_metadata: Any) -> DatasetDict:
     """7.1: lm-eval's `custom_dataset` hook: the documents of one split ("sft_seen" or "heldout") as a test split.
 
     lm-eval passes the task's metadata (its version, the model's arguments) along; the documents do not
@@ -114,7 +120,7 @@ def strict_verdict(doc: dict[str, Any], results: list[str]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- running lm-eval
-def task_manager(tasks: list[str]):
+def task_manager(tasks: list[str]) -> TaskManager:
     """7.1: lm-eval's TaskManager with the course's tasks (code/lm_eval_tasks); lm-eval's own ~10,000 task
     files are indexed only when a task outside the course's is asked for. Unknown names are an error."""
     from lm_eval.tasks import TaskManager
@@ -150,7 +156,7 @@ def check_run(model: str, adapter: str | None, tasks: list[str], chat: bool, bac
 
 
 def load_lm(model: str, adapter: str | None = None, backend: str = "hf", device: str = "cpu",
-            dtype: str = "auto", batch_size: int | str = 32):
+            dtype: str = "auto", batch_size: int | str = 32) -> LM:
     """7.1: the model as lm-eval's LM: Hugging Face (`HFLM`, the adapter through peft) or vLLM (the adapter
     as a LoRA request). trust_remote_code stays off."""
     from lm_eval.api.registry import get_model
@@ -164,7 +170,7 @@ def load_lm(model: str, adapter: str | None = None, backend: str = "hf", device:
                            trust_remote_code=False)
 
 
-def end_of_turn_gen_kwargs(tokenizer, backend: str) -> dict[str, Any]:
+def end_of_turn_gen_kwargs(tokenizer: PreTrainedTokenizerBase, backend: str) -> dict[str, Any]:
     """7.1: generation arguments that end a chat reply at <|im_end|> as well as at the tokenizer's eos.
 
     A model fine-tuned from a base whose generation config stops only at <|endoftext|> (the toy models, the
@@ -204,7 +210,7 @@ def _leaves(results: dict[str, Any]) -> dict[str, list[str]]:
     return {group: walk(group) for group in children}
 
 
-def run_tasks(lm, tasks: list[str], manager, chat: bool = False, limit: int | None = None,
+def run_tasks(lm: LM, tasks: list[str], manager: TaskManager, chat: bool = False, limit: int | None = None,
               num_fewshot: int | None = None, gen_kwargs: dict[str, Any] | None = None,
               ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """7.1: each task through `lm_eval.simple_evaluate`, one call per task so that each is timed.
@@ -231,7 +237,7 @@ def run_tasks(lm, tasks: list[str], manager, chat: bool = False, limit: int | No
 
 
 def device_name(device: str) -> str:
-    """The accelerator's name (torch.cuda.get_device_name) or, on a CPU, its model name from /proc/cpuinfo."""
+    """7.1: the accelerator's name (torch.cuda.get_device_name) or, on a CPU, its model name from /proc/cpuinfo."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -245,7 +251,7 @@ def device_name(device: str) -> str:
 
 
 def package_versions() -> dict[str, str | None]:
-    """The versions a benchmark number depends on (None: not installed)."""
+    """7.1: the versions a benchmark number depends on (None: not installed)."""
     found: dict[str, str | None] = {}
     for package in VERSIONED_PACKAGES:
         try:
@@ -275,7 +281,7 @@ def format_benchmark_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_json_atomically(path: str, obj: Any, lines: bool = False) -> None:
-    """Write `obj` as JSON (or, with `lines`, each item of it as one JSON line) through a temporary file in the
+    """7.1: write `obj` as JSON (or, with `lines`, each item of it as one JSON line) through a temporary file in the
     same folder, so an interrupted run leaves no half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
