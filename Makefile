@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 OPS := $(VENV)/torch_extensions/.built
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean
+.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean benchmark
 
 setup: $(OPS)  ## create .venv and install llmtrain (editable) with the notebook and test extras (pyproject.toml)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks,tests]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks,tests,eval]'
 	touch $@
 
 # DeepSpeed's CPU ops, compiled once per environment (nothing on a GPU box, where DeepSpeed builds its CUDA ops).
@@ -33,6 +33,18 @@ $(TOY)/config.json: data/sample/pretrain.jsonl data/sample/pretrain_valid.jsonl 
 
 run: toy  ## retrain every toy stage into output/toy (DeepSpeed, 2 CPU processes each) and print the scorecard
 	bash code/toy_pipeline.sh
+
+# 7.1: lm-evaluation-harness (code/benchmark.py). By default the toy world both ways (4-way choice by
+# log-likelihood, generation graded by the scorecard's rule) on make run's full SFT; on a GPU box, e.g.
+#   make benchmark MODEL=autodl-tmp/output/sft ADAPTER=autodl-tmp/output/dpo-lora TASKS="ceval-valid cmmlu gsm8k"
+MODEL ?= output/toy/sft
+TASKS ?= toy_world_mc toy_world_gen
+CHAT ?= 1
+OUT ?= output/bench/lm_eval.json
+
+benchmark: $(STAMP)  ## lm-eval on MODEL (+ ADAPTER): TASKS, CHAT=1 (chat template), LIMIT=n; JSON in OUT, table printed
+	$(PY) code/benchmark.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --tasks $(TASKS) \
+		$(if $(filter 1,$(CHAT)),--chat) $(if $(LIMIT),--limit $(LIMIT)) --output $(OUT)
 
 # Notebook checks write their figures here, not into images/ (the committed ones).
 NB_ENV := COURSE_IMAGES_DIR=$(abspath output/test-images)

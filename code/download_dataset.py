@@ -4,6 +4,7 @@
     python code/download_dataset.py sft --local_dir autodl-tmp/dataset/sft_data
     python code/download_dataset.py dpo --local_dir autodl-tmp/dataset/dpo_data
     python code/download_dataset.py gsm8k --local_dir autodl-tmp/dataset/gsm8k
+    python code/download_dataset.py benchmarks --local_dir autodl-tmp/dataset/benchmarks
 
 pretrain: the Mobvoi seq-monkey corpus (JSON lines {"text": ...}) from ModelScope, as in chapter 5
 (needs `pip install modelscope`); --small_lines also writes the first N lines to *_small.jsonl,
@@ -13,7 +14,9 @@ wenbopan/Chinese-dpo-pairs), converted to dpo_zh.jsonl in the conversational for
 pairs with an empty or identical reply are skipped and counted. gsm8k (6.5): openai/gsm8k (main, MIT),
 grade-school word problems whose reference answer ends "#### <integer>", converted to train.jsonl and
 test.jsonl of {"prompt", "answer", "task": "arithmetic"} records for code/grpo.py (the reward is the
-exact final integer of a reply).
+exact final integer of a reply). benchmarks (7.1): C-Eval, CMMLU and GSM8K as lm-eval's tasks read them
+(llmtrain.harness.BENCHMARK_TASKS), into a datasets cache in --local_dir; code/benchmark.py then reads them
+offline with HF_DATASETS_CACHE=<that folder>.
 Never run in CI: the course itself trains on data/sample/.
 """
 
@@ -117,9 +120,17 @@ def download_gsm8k(local_dir: str) -> str:
     return local_dir
 
 
+def download_benchmarks(local_dir: str) -> str:
+    os.environ["HF_DATASETS_CACHE"] = os.path.abspath(local_dir)  # before anything imports datasets
+    from llmtrain.harness import BENCHMARK_TASKS, download_benchmark_datasets
+
+    download_benchmark_datasets(list(BENCHMARK_TASKS))
+    return local_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["pretrain", "sft", "dpo", "gsm8k"])
+    parser.add_argument("which", choices=["pretrain", "sft", "dpo", "gsm8k", "benchmarks"])
     parser.add_argument("--local_dir", required=True)
     parser.add_argument("--small_lines", type=int, default=None, help="pretrain: also write the first N lines")
     parser.add_argument("--endpoint", default=None, help="Hub mirror for sft, dpo and gsm8k, e.g. https://hf-mirror.com")
@@ -130,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.which == "pretrain":
             path = download_pretrain(args.local_dir, args.small_lines)
         else:
-            path = {"sft": download_sft, "dpo": download_dpo, "gsm8k": download_gsm8k}[args.which](args.local_dir)
+            path = {"sft": download_sft, "dpo": download_dpo, "gsm8k": download_gsm8k,
+                    "benchmarks": download_benchmarks}[args.which](args.local_dir)
     except Exception as err:  # offline, missing tool, mirror down: all end the same way for the user
         print(f"Could not download the {args.which} data ({type(err).__name__}: {err}).\n"
               "Check the network (HF_HUB_OFFLINE must be unset) or try --endpoint.", file=sys.stderr)
