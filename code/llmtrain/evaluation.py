@@ -167,6 +167,7 @@ def save_scorecard_row(path: str, name: str, row: dict[str, Any]) -> dict[str, d
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(rows, f, ensure_ascii=False, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp's file is private to its owner; a scorecard is for everyone to read
     os.replace(tmp, path)
     return rows
 
