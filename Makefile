@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 STAMP := $(VENV)/.installed
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean
+.PHONY: setup toy run test test-fast test-notebooks test-browser chat check-exercises notebooks sync lab clean
 
 setup: $(STAMP)  ## create .venv and install requirements.txt + llmtrain (editable)
 
@@ -71,6 +71,15 @@ test-fast: toy  ## everything but the slow tests (DeepSpeed launches, kill-and-r
 
 test-notebooks: toy  ## notebooks only: pairs in sync, papermill on toy parameters, nbval on the committed outputs
 	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py $(NBVAL)
+
+# Browser tests (tests/browser, never collected by `make test`): the chat page and every notebook in JupyterLab,
+# driven through Debian's headless Chromium (apt-get install chromium chromium-driver). Screenshots go to
+# output/test-images; COURSE_IMAGES_DIR=images updates the committed images/chat_page.png.
+test-browser: toy  ## the chat page and every notebook in JupyterLab, in headless Chromium (make run's models)
+	COURSE_IMAGES_DIR=$(abspath $(or $(COURSE_IMAGES_DIR),output/test-images)) $(PY) -m pytest tests/browser -v --durations=0
+
+chat: toy  ## a local web page where every stage of make run answers the same question (ARGS="--stage DIR" for others)
+	$(PY) code/chat_page.py $(ARGS)
 
 check-exercises: toy  ## grade your exercises/ (EX=6.4: one notebook; SOLUTION=reference: grade llmtrain's own code)
 	$(PY) -m exercises.check $(if $(EX),--notebook $(EX)) $(if $(SOLUTION),--solution $(SOLUTION))
