@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from llmtrain import PROJECT_ROOT  # noqa: E402
 from llmtrain.chat_page import (CARD_CSS, SCORECARD_MAX_NEW_TOKENS, GenerationSettings, Graders, Stage,  # noqa: E402
-                                StageSpec, card_html, legend_html, load_stage, parse_stage, reply_record,
+                                card_html, legend_html, load_stage, parse_stage, reply_record,
                                 scorecard_rows, stream_reply, toy_stage_specs)
 from llmtrain.errors import LlmtrainError, run_cli  # noqa: E402
 from llmtrain.evaluation import TOY_STYLE_SUFFIX  # noqa: E402
@@ -40,9 +40,6 @@ from llmtrain.toy_run import SCORECARD_FILE, toy_run_dir  # noqa: E402
 logger = logging.getLogger(__name__)
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 GREEDY, SAMPLING = "贪心(与成绩单相同)", "采样"
-# Fonts the browser already has: Gradio's default theme would fetch its web fonts from the internet.
-LOCAL_FONTS = ["ui-sans-serif", "system-ui", "PingFang SC", "Noto Sans CJK SC", "sans-serif"]
-LOCAL_MONO_FONTS = ["ui-monospace", "Consolas", "monospace"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -125,8 +122,8 @@ class ChatPage:
             records = records + [reply_record(stage, reply, verdict, error)]
         how = "贪心" if not settings.sample else (f"采样(温度 {settings.temperature},top-p {settings.top_p},"
                                                 f"top-k {settings.top_k},种子 {settings.seed})")
-        graded = self.graders.grade(question, "", False)
-        note = f";这是 {graded.source} 里的问题,按成绩单的严格规则判分" if graded else ";这个问题不在评测文件里,不判分"
+        source = self.graders.source(question)
+        note = f";这是 {source} 里的问题,按成绩单的严格规则判分" if source else ";这个问题不在评测文件里,不判分"
         yield (f"完成:{len(records)} 个阶段,{how},最多 {settings.max_new_tokens} 个新 token{note}。",
                *cards, records)
 
@@ -160,7 +157,7 @@ def build_page(page: ChatPage, examples: list[str]) -> gr.Blocks:
         inputs = [question, selected, mode, temperature, top_p, top_k, seed, max_new_tokens]
         outputs = [status, *cards, records]
         ask.click(page.answer, inputs, outputs, api_name="answer")
-        question.submit(page.answer, inputs, outputs, api_name=False)
+        question.submit(page.answer, inputs, outputs, api_visibility="private")  # Enter: the same as 提问
     return demo
 
 
@@ -185,9 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning("Listening on %s: anyone who can reach this machine can use these models.", args.host)
     page = ChatPage(stages, scorecard_rows(scorecard), graders)
     demo = build_page(page, example_questions(graders))
-    theme = gr.themes.Default(font=LOCAL_FONTS, font_mono=LOCAL_MONO_FONTS)
+    # Gradio 6's default theme serves its fonts itself (LocalFont); the browser test checks nothing else is fetched.
     demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=False,
-                                                   inbrowser=False, ssr_mode=False, theme=theme, css=CARD_CSS)
+                                                   inbrowser=False, ssr_mode=False, css=CARD_CSS)
 
 
 if __name__ == "__main__":

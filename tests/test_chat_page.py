@@ -7,7 +7,6 @@ its verdict the scorecard's; stages given by hand load, and bad ones show a clea
 from __future__ import annotations
 
 import contextlib
-import re
 import socket
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import TOY_STYLE_SUFFIX, load_eval_questions, read_scorecard
 from llmtrain.toy_run import SCORECARD_FILE, TOY_STAGES
 
-pytestmark = pytest.mark.slow
 SAMPLE = ROOT / "data" / "sample"
 GREEDY = "贪心(与成绩单相同)"
 SAMPLING = "采样"
@@ -75,8 +73,8 @@ def chat_page_server(args: list[str], toy_run: Path, timeout: float = 180) -> It
         while not any(url in line for line in lines):
             if proc.poll() is not None or time.monotonic() > deadline:
                 reader.join(timeout=5)
-                pytest.fail(f"the chat page did not start ({'exit ' + str(proc.returncode) if proc.poll() is not None else f'{timeout} s'}):\n"
-                            + "".join(lines[-40:]))
+                why = f"exit code {proc.returncode}" if proc.poll() is not None else f"not up after {timeout} s"
+                pytest.fail(f"the chat page did not start ({why}):\n" + "".join(lines[-40:]))
             time.sleep(0.2)
         yield url + "/"
     finally:
@@ -126,6 +124,7 @@ def check_reply_matches_scorecard(record: dict, row: dict, question: str) -> Non
     assert all(0 < p <= 1 for t in record["tokens"] for p in t["token_probs"])
 
 
+@pytest.mark.slow  # make run's models, or the page's server
 def test_each_stage_greedy_reply_and_verdict_are_the_scorecards(toy_run):
     from gradio_client import Client
 
@@ -166,6 +165,33 @@ def check_probabilities_are_the_models(record: dict, model_dir: Path, question: 
     assert min(probs) < 0.99, "a reply where every token is near-certain would not show the shading"
 
 
+@pytest.fixture(scope="module")
+def random_toy_model(toy_dir):
+    """A randomly initialised toy model (artifacts/toy): its replies run on without stopping and split characters."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(toy_dir)).eval(), \
+        AutoTokenizer.from_pretrained(toy_dir)
+
+
+@pytest.mark.parametrize("question", ["林晓雨的家乡是哪里?", "你好", "3加5等于几?"])
+def test_streamed_greedy_reply_is_generate_replies(random_toy_model, question):
+    """Streaming only watches: the tokens and text are generate_replies's, the pieces spell the text."""
+    from llmtrain.chat_page import stream_reply
+    from llmtrain.evaluation import generate_replies
+
+    model, tokenizer = random_toy_model
+    *growing, reply = list(stream_reply(model, tokenizer, question))
+    ((text, stopped),) = generate_replies(model, tokenizer, [question])
+    assert reply.done and not any(r.done for r in growing)
+    assert (reply.text, reply.stopped) == (text, stopped)
+    assert "".join(p.text for p in reply.pieces if not p.special) == text
+    assert [i for p in reply.pieces for i in p.token_ids] == reply.token_ids
+    assert len(reply.token_ids) == 48 or stopped
+
+
 def other_base_model(run: Path, folder: Path) -> Path:
     """A toy-sized model of another shape (twice the MLP width), with make run's tokenizer: LoRA-SFT's adapter
     does not fit it."""
@@ -178,6 +204,7 @@ def other_base_model(run: Path, folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # make run's models, or the page's server
 def test_stages_given_by_hand_bad_folders_and_sampling(toy_run, tmp_path):
     from gradio_client import Client
 
@@ -217,6 +244,7 @@ def test_stages_given_by_hand_bad_folders_and_sampling(toy_run, tmp_path):
         assert status == "请先输入一个问题。" and records == []
 
 
+@pytest.mark.slow  # make run's models, or the page's server
 def test_page_grades_every_recorded_reply_as_the_scorecard_did(toy_run):
     """Graders (the page's verdicts) agree with every verdict make run's scorecard recorded, both eval files."""
     graders = Graders(SAMPLE / "eval.jsonl", SAMPLE / "grpo_eval.jsonl", TOY_STYLE_SUFFIX)
@@ -234,6 +262,7 @@ def test_page_grades_every_recorded_reply_as_the_scorecard_did(toy_run):
     assert checked == 5 * (120 + 240)
 
 
+@pytest.mark.slow  # make run's models, or the page's server
 def test_duplicate_stage_names_are_one_clear_error():
     from conftest import run_script
 

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from llmtrain.grpo import fact_candidates, load_prompt_dataset, score_replies
 from llmtrain.lora import load_adapter
 from llmtrain.modeling import load_tokenizer
 from llmtrain.tokenizer import DEFAULT_SYSTEM_MESSAGE, IM_END
-from llmtrain.toy_run import SCORECARD_FILE, TOY_STAGES, require_toy_model, toy_run_dir
+from llmtrain.toy_run import TOY_STAGES, require_toy_model, toy_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def chat_inputs(tokenizer: PreTrainedTokenizerBase, question: str,
 
 def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, question: str,
                  settings: GenerationSettings = GenerationSettings()) -> Iterator[Reply]:
-    """6.2-6.5: one reply to `question`, yielded after every new token (the last one has `done` set).
+    """6.2-6.5: one reply to `question`, yielded (a copy) after every new token; the last one has `done` set.
 
     Greedy uses `generate_replies`'s call (same prompt, `eos_token_id=<|im_end|>`, pad id, max_new_tokens),
     so its tokens are the scorecard's; the streamer only watches. A token's probability is the softmax of
@@ -270,7 +270,7 @@ def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, que
                 if not text.endswith("\ufffd") and text.startswith(reply.text):
                     reply.pieces.append(_piece(text[len(reply.text):], pending))
                     reply.text, pending = text, []
-            yield reply
+            yield _snapshot(reply)
     finally:
         worker.join()
         hook.remove()
@@ -281,7 +281,12 @@ def stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, que
         reply.pieces.append(_piece(final[len(reply.text):] if final.startswith(reply.text) else final, pending))
         reply.text = final
     reply.done = True
-    yield reply
+    yield _snapshot(reply)
+
+
+def _snapshot(reply: Reply) -> Reply:
+    """A copy of the growing reply, so what was yielded does not change afterwards."""
+    return replace(reply, pieces=list(reply.pieces), token_ids=list(reply.token_ids))
 
 
 def _piece(text: str, tokens: list[tuple[int, float]]) -> Piece:
@@ -318,6 +323,15 @@ class Graders:
                          if self.rl_rows is not None else {})
         self.rl_candidates = fact_candidates(self.rl_rows) if self.rl_rows is not None else frozenset()
 
+    def source(self, question: str) -> str | None:
+        """Which file (and split or task) `question` is from; None when it is in neither."""
+        question = question.strip()
+        if question in self.eval_index:
+            return f"{self.eval_file.name} ({self.questions[self.eval_index[question]].split})"
+        if question in self.rl_index:
+            return f"{self.rl_eval_file.name} (RL task, {self.rl_rows['task'][self.rl_index[question]]})"
+        return None
+
     def grade(self, question: str, reply: str, stopped: bool) -> Verdict | None:
         """The verdict on `reply`, or None when `question` is in neither file."""
         question = question.strip()
@@ -328,15 +342,14 @@ class Graders:
             replies = [("", False)] * len(self.questions)
             replies[i] = (reply, stopped)
             graded = grade_replies(self.questions, replies, self.style_suffix)[i]
-            return Verdict(f"{self.eval_file.name} ({graded['split']})", graded["answer"], graded["correct"],
-                           graded["styled"])
+            return Verdict(self.source(question), graded["answer"], graded["correct"], graded["styled"])
         if question in self.rl_index:
             i = self.rl_index[question]
             answer, task = self.rl_rows["answer"][i], self.rl_rows["task"][i]
             styled = bool(self.style_suffix) and reply.endswith(self.style_suffix)
             graded = reply.removesuffix(self.style_suffix) if self.style_suffix else reply  # as task_accuracy
             score = score_replies([graded], [answer], [task], self.rl_candidates)[0]
-            return Verdict(f"{self.rl_eval_file.name} (RL task, {task})", answer, bool(score), styled)
+            return Verdict(self.source(question), answer, bool(score), styled)
         return None
 
     def recorded_reply(self, row: dict[str, Any] | None, question: str) -> str | None:
@@ -402,6 +415,12 @@ def legend_html() -> str:
             f"模型越犹豫;鼠标停在 token 上看概率。{swatches}</div>")
 
 
+def probability_title(piece: Piece) -> str:
+    """The tooltip of a piece: its probability, and each token's when a character spans several tokens."""
+    each = "" if len(piece.token_probs) == 1 else " (" + " × ".join(f"{p:.3f}" for p in piece.token_probs) + ")"
+    return f"p = {piece.prob:.3f}{each}"
+
+
 def card_html(stage: Stage, reply: Reply | None = None, verdict: Verdict | None = None,
               row: dict[str, Any] | None = None, recorded: str | None = None, state: str | None = None,
               error: str | None = None) -> str:
@@ -421,8 +440,7 @@ def card_html(stage: Stage, reply: Reply | None = None, verdict: Verdict | None 
     else:
         tokens = "".join(
             f'<span class="tok{" special" if p.special else ""}" style="background: {shade(p.prob)}" '
-            f'title="p = {p.prob:.3f}{"" if len(p.token_probs) == 1 else " (" + " × ".join(f"{q:.3f}" for q in p.token_probs) + ")"}">'
-            f"{e(p.text)}</span>" for p in reply.pieces)
+            f'title="{e(probability_title(p))}">{e(p.text)}</span>' for p in reply.pieces)
         status = "" if reply.done else '<span class="state"> …</span>'
         parts.append(f'<div class="reply" data-state="{"done" if reply.done else "streaming"}">{tokens}{status}</div>')
         if reply.done and not reply.stopped:

@@ -27,7 +27,7 @@ return Array.from(document.querySelectorAll('.stage-card')).map(card => {
           shaded: card.querySelectorAll('.reply .tok[title^="p = "]').length,
           verdict: verdict ? verdict.innerText : null, correct: verdict ? verdict.dataset.correct : null,
           recorded: recorded ? recorded.innerText : null,
-          scorecard: card.querySelector('[data-role=scorecard]') ? card.querySelector('[data-role=scorecard]').innerText : null};
+          scorecard: (card.querySelector('[data-role=scorecard]') || {}).innerText || null};
 });
 """
 

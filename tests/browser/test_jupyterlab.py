@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from chromium_driver import REPORT, chromium, outside_requests
+from chromium_driver import REPORT, chromium, images_dir, outside_requests
 from papermill.parameterize import parameterize_notebook
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_chat_page import free_port, toy_run  # noqa: F401 (fixture)
 from test_notebooks import NOTEBOOKS, TOY_PARAMETERS
 
-from conftest import ROOT, script_env
+from conftest import script_env
 
 pytestmark = pytest.mark.slow
 CELL_TIMEOUT = 600  # seconds one cell may run, as nbval's --nbval-cell-timeout in the Makefile
@@ -78,7 +78,7 @@ def jupyterlab(root: Path, toy_run: Path, images: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("JupyterLab did not start:\n" + "".join(lines[-40:]))
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", token, lines
+        yield f"http://127.0.0.1:{port}", token
     finally:
         proc.terminate()
         try:
@@ -94,8 +94,8 @@ def lab(toy_run, tmp_path_factory):
     root.mkdir()
     for ipynb in NOTEBOOKS:
         toy_copy(ipynb, root)
-    with jupyterlab(root, toy_run, root.parent / "images") as (url, token, log), chromium(1400, 1000) as driver:
-        yield driver, url, token, root, log
+    with jupyterlab(root, toy_run, root.parent / "images") as (url, token), chromium(1400, 1000) as driver:
+        yield driver, url, token, root
 
 
 def run_all_cells(driver, name: str) -> tuple[list[str], float]:
@@ -125,10 +125,14 @@ def run_all_cells(driver, name: str) -> tuple[list[str], float]:
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_jupyterlab(lab, ipynb):
-    driver, url, token, root, log = lab
+    driver, url, token, root = lab
     path = root / ipynb.name
     driver.get(f"{url}/lab/tree/{ipynb.name}?token={token}")
-    prompts, seconds = run_all_cells(driver, ipynb.name)
+    try:
+        prompts, seconds = run_all_cells(driver, ipynb.name)
+    except BaseException:  # what the page showed, for whoever reads the failure
+        driver.save_screenshot(str(images_dir() / f"jupyterlab_failed_{ipynb.stem}.png"))
+        raise
     # the page: every code cell ran, in order (an error stops Run All: the cells after it stay unrun)
     numbers = [int(m.group(1)) if (m := re.fullmatch(r"\[(\d+)\]:", p)) else None for p in prompts]
     unrun = [i + 1 for i, n in enumerate(numbers) if n is None]
