@@ -398,7 +398,8 @@ CARD_CSS = """
 .stage-card .recorded {font-size: 0.8em; color: #57606a; margin-top: 4px;}
 .stage-card table.scorecard {margin-top: 8px; font-size: 0.78em; border-collapse: collapse; width: 100%;}
 .stage-card table.scorecard td {padding: 1px 4px; border-top: 1px solid #eaeef2;}
-.stage-card table.scorecard td.value {text-align: right; font-variant-numeric: tabular-nums;}
+.stage-card table.scorecard td {border-left: none; border-right: none;}
+.stage-card table.scorecard td.value {text-align: right; width: 5em; font-variant-numeric: tabular-nums;}
 .prob-legend .tok {padding: 1px 6px; border-radius: 3px; margin-right: 4px;}
 """
 

@@ -62,7 +62,8 @@ def outside_requests(driver) -> list[str]:
         message = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
-    return [u for u in urls if urlparse(u).scheme not in ("data", "blob")
+    # chrome:// (the browser's own new-tab page), data: and blob: URLs never leave the machine
+    return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
             and urlparse(u).hostname not in LOCAL_HOSTS]
 
 
