@@ -216,11 +216,11 @@ def test_stages_given_by_hand_bad_folders_and_sampling(toy_run, tmp_path):
             "--stage", f"not a model={SAMPLE}",
             "--stage", f"other base={other},{toy_run / 'sft-lora'}",
             "--scorecard", str(toy_run / SCORECARD_FILE)]
-    names = ["SFT by hand", "LoRA DPO (6.4)", "missing", "not a model", "other base"]
+    loaded = ["SFT by hand", "LoRA DPO (6.4)"]  # the page offers only these; the other three show their error
     question = scorecard_questions()[3]
     with chat_page_server(args, toy_run) as url:
         client = Client(url, verbose=False)
-        status, cards, records = ask(client, question, names)
+        status, cards, records = ask(client, question, loaded)
         assert [r["stage"] for r in records] == ["SFT by hand", "LoRA DPO (6.4)"]
         check_reply_matches_scorecard(records[0], rows["full SFT (6.2)"], question)
         check_reply_matches_scorecard(records[1], rows["LoRA DPO (6.4)"], question)
@@ -238,9 +238,9 @@ def test_stages_given_by_hand_bad_folders_and_sampling(toy_run, tmp_path):
         assert first[2][0]["verdict"]["expected"] == recorded(rows["full SFT (6.2)"], question)["answer"]
 
         # a question in no eval file gets no verdict; an empty question gets a message, not an error
-        _, _, (record, _) = ask(client, "你好", names)
+        _, _, (record, _) = ask(client, "你好", loaded)
         assert record["reply"] and record["verdict"] is None
-        status, _, records = ask(client, "  ", names)
+        status, _, records = ask(client, "  ", loaded)
         assert status == "请先输入一个问题。" and records == []
 
 

@@ -30,6 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
+from llmtrain import PROJECT_ROOT
 from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import (SCORECARD_COLUMNS, SHARE_COLUMNS, TOY_STYLE_SUFFIX, grade_replies,
                                  load_eval_questions, read_scorecard)
@@ -85,8 +86,14 @@ class Stage:
 
     @property
     def source(self) -> str:
-        """The folders this stage was loaded from, as a reader would type them."""
-        return str(self.spec.model) + (f" + {self.spec.adapter}" if self.spec.adapter else "")
+        """The folders this stage was loaded from, relative to the repository when inside it."""
+        return short_path(self.spec.model) + (f" + {short_path(self.spec.adapter)}" if self.spec.adapter else "")
+
+
+def short_path(path: Path | str) -> str:
+    """`path` relative to the repository when it lies inside it (output/toy/sft), else as given."""
+    absolute = Path(path).resolve()
+    return str(absolute.relative_to(PROJECT_ROOT)) if absolute.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def _check_model_folder(path: Path) -> None:
@@ -389,7 +396,7 @@ CARD_CSS = """
 .stage-card .reply {font-size: 1.15em; line-height: 1.9; min-height: 3.8em; word-break: break-all;}
 .stage-card .tok {border-radius: 3px; padding: 1px 0;}
 .stage-card .tok.special {font-family: monospace; font-size: 0.7em; color: #57606a; border: 1px solid #d0d7de;
-  margin: 0 2px; padding: 0 2px;}
+  margin: 0 2px; padding: 0 2px; white-space: nowrap;}
 .stage-card .state {color: #57606a; font-style: italic;}
 .stage-card .error {color: #b42318; white-space: pre-wrap; font-size: 0.9em;}
 .stage-card .verdict {margin-top: 8px; padding: 4px 8px; border-radius: 4px; font-size: 0.9em;}
@@ -431,7 +438,7 @@ def card_html(stage: Stage, reply: Reply | None = None, verdict: Verdict | None 
     parts = [f'<div class="stage-card" data-stage="{e(stage.spec.name)}">', f"<h3>{e(stage.spec.name)}</h3>",
              f'<div class="source">{e(stage.source)}']
     if stage.base_of_adapter:
-        parts.append(f"<br>适配器训练时的基座:{e(stage.base_of_adapter)}")
+        parts.append(f"<br>适配器训练时的基座:{e(short_path(stage.base_of_adapter))}")
     parts.append("</div>")
     if stage.error or error:
         parts.append(f'<div class="error" data-role="error">无法{"加载" if stage.error else "生成"}:'

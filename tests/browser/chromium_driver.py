@@ -22,7 +22,6 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-REPORT: list[str] = []  # lines printed at the end of the session (tests/browser/conftest.py)
 
 
 def require_chromium() -> None:
@@ -65,6 +64,14 @@ def outside_requests(driver) -> list[str]:
     # chrome:// (the browser's own new-tab page), data: and blob: URLs never leave the machine
     return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
             and urlparse(u).hostname not in LOCAL_HOSTS]
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """Print what a browser test measured in pytest's own output (not captured), right after its result."""
+    terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        terminal.ensure_newline()
+        terminal.write_line(f"    {line}")
 
 
 def images_dir() -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from chromium_driver import REPORT, chromium, images_dir, outside_requests
+from chromium_driver import chromium, images_dir, outside_requests, report
 from papermill.parameterize import parameterize_notebook
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -131,7 +131,7 @@ def run_all_cells(driver, name: str) -> tuple[list[str], float]:
 
 
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_jupyterlab(lab, ipynb):
+def test_notebook_runs_in_jupyterlab(lab, ipynb, request):
     driver, url, token, root = lab
     path = root / ipynb.name
     driver.get(f"{url}/lab/tree/{ipynb.name}?token={token}")
@@ -157,5 +157,5 @@ def test_notebook_runs_in_jupyterlab(lab, ipynb):
     assert len(code) == len(prompts) and all(c.execution_count for c in code)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert outside_requests(driver) == [], "JupyterLab's page loaded something from outside this machine"
-    REPORT.append(f"JupyterLab {ipynb.name}: {len(code)} code cells ran without an error in {seconds:.0f} s "
+    report(request, f"JupyterLab {ipynb.name}: {len(code)} code cells ran without an error in {seconds:.0f} s "
                   f"(toy parameters {TOY_PARAMETERS[ipynb.stem]})")
