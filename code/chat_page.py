@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from llmtrain import PROJECT_ROOT  # noqa: E402
 from llmtrain.chat_page import (CARD_CSS, SCORECARD_MAX_NEW_TOKENS, GenerationSettings, Graders, Stage,  # noqa: E402
-                                card_html, legend_html, load_stage, parse_stage, reply_record,
+                                card_html, legend_html, load_stage, parse_stage, recorded_reply, reply_record,
                                 scorecard_rows, stream_reply, toy_stage_specs)
 from llmtrain.errors import LlmtrainError, run_cli  # noqa: E402
 from llmtrain.evaluation import TOY_STYLE_SUFFIX  # noqa: E402
@@ -107,7 +107,7 @@ class ChatPage:
             if stage.spec.name not in chosen:
                 continue
             row = self.rows.get(stage.spec.name)
-            recorded = self.graders.recorded_reply(row, question) if not settings.sample else None
+            recorded = recorded_reply(row, question) if not settings.sample else None
             reply = verdict = None
             try:
                 for reply in stream_reply(stage.model, stage.tokenizer, question, settings):

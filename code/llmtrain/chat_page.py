@@ -359,18 +359,19 @@ class Graders:
             return Verdict(self.source(question), answer, bool(score), styled)
         return None
 
-    def recorded_reply(self, row: dict[str, Any] | None, question: str) -> str | None:
-        """The greedy reply the scorecard row recorded for `question` (evaluate.py keeps every reply), if any."""
-        if not row:
-            return None
-        question = question.strip()
-        for graded in row.get("replies", []):
-            if graded["question"] == question:
-                return graded["reply"]
-        for graded in row.get("rl_replies", []):
-            if graded["prompt"] == question:
-                return graded["reply"]
+
+def recorded_reply(row: dict[str, Any] | None, question: str) -> str | None:
+    """The greedy reply a scorecard row recorded for `question` (evaluate.py keeps every reply), if any."""
+    if not row:
         return None
+    question = question.strip()
+    for graded in row.get("replies", []):
+        if graded["question"] == question:
+            return graded["reply"]
+    for graded in row.get("rl_replies", []):
+        if graded["prompt"] == question:
+            return graded["reply"]
+    return None
 
 
 def scorecard_rows(path: Path | None) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from chromium_driver import chromium, images_dir, outside_requests, report
+from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -43,8 +44,8 @@ SETTINGS = {
 
 def toy_copy(ipynb: Path, folder: Path) -> Path:
     """`ipynb` without its outputs and with its toy parameters injected after the parameters cell (papermill's
-    own `parameterize_notebook`), written into `folder`."""
-    nb = nbformat.read(ipynb, as_version=4)
+    own loading and `parameterize_notebook`), written into `folder`."""
+    nb = load_notebook_node(str(ipynb))
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
