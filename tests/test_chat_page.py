@@ -212,23 +212,25 @@ def test_stages_given_by_hand_bad_folders_and_sampling(toy_run, tmp_path):
     other = other_base_model(toy_run, tmp_path / "other")
     args = ["--stage", f"SFT by hand={toy_run / 'sft'}",
             "--stage", f"LoRA DPO (6.4)={toy_run / 'sft'},{toy_run / 'dpo-lora'}",
+            "--stage", f"DPO on the base={toy_run / 'pretrain'},{toy_run / 'dpo-lora'}",  # fits, but wrong base
             "--stage", f"missing={tmp_path / 'nothing'}",
             "--stage", f"not a model={SAMPLE}",
             "--stage", f"other base={other},{toy_run / 'sft-lora'}",
             "--scorecard", str(toy_run / SCORECARD_FILE)]
-    loaded = ["SFT by hand", "LoRA DPO (6.4)"]  # the page offers only these; the other three show their error
+    loaded = ["SFT by hand", "LoRA DPO (6.4)", "DPO on the base"]  # offered; the other three show their error
     question = scorecard_questions()[3]
     with chat_page_server(args, toy_run) as url:
         client = Client(url, verbose=False)
         status, cards, records = ask(client, question, loaded)
-        assert [r["stage"] for r in records] == ["SFT by hand", "LoRA DPO (6.4)"]
+        assert [r["stage"] for r in records] == loaded
         check_reply_matches_scorecard(records[0], rows["full SFT (6.2)"], question)
         check_reply_matches_scorecard(records[1], rows["LoRA DPO (6.4)"], question)
         check_probabilities_are_the_models(records[0], toy_run / "sft", question)
         assert "成绩单里没有这一行" in cards[0] and 'data-role="scorecard"' in cards[1]
-        assert f"Model folder {tmp_path / 'nothing'} does not exist" in cards[2]
-        assert f"Model folder {SAMPLE} has no config.json" in cards[3]
-        assert "does not fit this base model" in cards[4] and "sft-lora" in cards[4]
+        assert 'data-role="base-warning"' in cards[2] and 'data-role="base-warning"' not in cards[1]
+        assert f"Model folder {tmp_path / 'nothing'} does not exist" in cards[3]
+        assert f"Model folder {SAMPLE} has no config.json" in cards[4]
+        assert "does not fit this base model" in cards[5] and "sft-lora" in cards[5]
         assert "Traceback" not in "".join(cards)
 
         # sampling: the same seed gives the same reply; the verdict still comes from the scorecard's grader
@@ -238,7 +240,7 @@ def test_stages_given_by_hand_bad_folders_and_sampling(toy_run, tmp_path):
         assert first[2][0]["verdict"]["expected"] == recorded(rows["full SFT (6.2)"], question)["answer"]
 
         # a question in no eval file gets no verdict; an empty question gets a message, not an error
-        _, _, (record, _) = ask(client, "你好", loaded)
+        _, _, (record, *_) = ask(client, "你好", loaded)
         assert record["reply"] and record["verdict"] is None
         status, _, records = ask(client, "  ", loaded)
         assert status == "请先输入一个问题。" and records == []

@@ -440,6 +440,10 @@ def card_html(stage: Stage, reply: Reply | None = None, verdict: Verdict | None 
              f'<div class="source">{e(stage.source)}']
     if stage.base_of_adapter:
         parts.append(f"<br>适配器训练时的基座:{e(short_path(stage.base_of_adapter))}")
+        trained_on = Path(stage.base_of_adapter)
+        if trained_on.is_dir() and trained_on.resolve() != stage.spec.model.resolve():
+            parts.append('<br><span class="error" data-role="base-warning">注意:这个适配器不是在这里加载的基座上训练的,'
+                         "形状相同也未必是同一个模型</span>")
     parts.append("</div>")
     if stage.error or error:
         parts.append(f'<div class="error" data-role="error">无法{"加载" if stage.error else "生成"}:'

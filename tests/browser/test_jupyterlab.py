@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,11 +33,14 @@ from conftest import script_env
 
 pytestmark = pytest.mark.slow
 CELL_TIMEOUT = 600  # seconds one cell may run, as nbval's --nbval-cell-timeout in the Makefile
-PROMPTS = "return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))" \
-          ".map(p => p.textContent.trim());"
-# JupyterLab settings for the test: every cell in the DOM (no windowing), no news or update checks.
+# The prompts ("[3]:", "[*]:", "[ ]:") of the code cells of the notebook on screen
+PROMPTS = "return Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell " \
+          ".jp-InputPrompt')).map(p => p.textContent.trim());"
+# JupyterLab settings for the test: every cell in the DOM (no windowing), saved only when the test says so,
+# no news or update checks.
 SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
                                                                         "checkForUpdates": False},
 }
@@ -93,6 +97,16 @@ def jupyterlab(root: Path, toy_run: Path, images: Path) -> Iterator[str]:
             proc.kill()
 
 
+def shut_down_kernels(url: str, token: str) -> None:
+    """End every kernel of the server (JupyterLab's REST API), so the next notebook has the cores to itself."""
+    headers = {"Authorization": f"token {token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels", headers=headers)) as response:
+        kernels = json.load(response)
+    for kernel in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{kernel['id']}", headers=headers,
+                                                      method="DELETE")).close()
+
+
 @pytest.fixture(scope="module")
 def lab(toy_run, tmp_path_factory):
     """One JupyterLab and one Chromium for all notebooks: (driver, lab URL, token, notebook folder)."""
@@ -135,28 +149,30 @@ def run_all_cells(driver, name: str) -> tuple[list[str], float]:
 def test_notebook_runs_in_jupyterlab(lab, ipynb, request):
     driver, url, token, root = lab
     path = root / ipynb.name
-    driver.get(f"{url}/lab/tree/{ipynb.name}?token={token}")
+    driver.get(f"{url}/lab/tree/{ipynb.name}?reset&token={token}")  # reset: the earlier notebooks' tabs are closed
     try:
         prompts, seconds = run_all_cells(driver, ipynb.name)
+        # the file JupyterLab saves (Ctrl+S; autosave is off): no error output anywhere
+        before = path.stat().st_mtime
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()
+        WebDriverWait(driver, 60).until(lambda d: path.stat().st_mtime > before)
     except BaseException:  # what the page showed, for whoever reads the failure
         driver.save_screenshot(str(images_dir() / f"jupyterlab_failed_{ipynb.stem}.png"))
         raise
-    # the page: every code cell ran, in order (an error stops Run All: the cells after it stay unrun)
-    numbers = [int(m.group(1)) if (m := re.fullmatch(r"\[(\d+)\]:", p)) else None for p in prompts]
-    unrun = [i + 1 for i, n in enumerate(numbers) if n is None]
-    assert not unrun, f"{ipynb.name}: code cells {unrun} did not run (prompts {prompts})"
-    assert numbers == sorted(numbers)
-    # the file JupyterLab saves: no error output anywhere
-    before = path.stat().st_mtime
-    ActionChains(driver).key_down(Keys.CONTROL).send_keys("s").key_up(Keys.CONTROL).perform()  # Ctrl+S
-    WebDriverWait(driver, 60).until(lambda d: path.stat().st_mtime > before)
+    finally:
+        shut_down_kernels(url, token)
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [(i + 1, o.get("ename"), o.get("evalue")) for i, c in enumerate(code) for o in c.outputs
               if o.output_type == "error"]
-    assert not errors, f"{ipynb.name}: error outputs {errors}"
-    assert len(code) == len(prompts) and all(c.execution_count for c in code)
+    assert not errors, f"{ipynb.name}: error outputs (code cell, exception, message): {errors}"
+    # the page: every code cell ran, in order (Run All stops at an error: the cells after it stay unrun)
+    numbers = [int(m.group(1)) if (m := re.fullmatch(r"\[(\d+)\]:", p)) else None for p in prompts]
+    unrun = [i + 1 for i, n in enumerate(numbers) if n is None]
+    assert not unrun, f"{ipynb.name}: code cells {unrun} did not run (prompts {prompts})"
+    assert numbers == sorted(numbers) and len(code) == len(prompts)
+    assert [c.execution_count for c in code] == numbers  # the saved file is what the page showed
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert outside_requests(driver) == [], "JupyterLab's page loaded something from outside this machine"
     report(request, f"JupyterLab {ipynb.name}: {len(code)} code cells ran without an error in {seconds:.0f} s "
-                  f"(toy parameters {TOY_PARAMETERS[ipynb.stem]})")
+                    f"(toy parameters {TOY_PARAMETERS[ipynb.stem]})")
