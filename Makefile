@@ -8,13 +8,13 @@ STAMP := $(VENV)/.installed
 OPS := $(VENV)/torch_extensions/.built
 TOY := artifacts/toy
 
-.PHONY: setup toy run test test-fast test-notebooks check-exercises notebooks sync lab clean benchmark
+.PHONY: setup toy run test test-fast test-notebooks test-browser chat check-exercises notebooks sync lab clean benchmark
 
 setup: $(OPS)  ## create .venv and install llmtrain (editable) with the notebook and test extras (pyproject.toml)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks,tests,eval]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks,tests,eval,chat]'
 	touch $@
 
 # DeepSpeed's CPU ops, compiled once per environment (nothing on a GPU box, where DeepSpeed builds its CUDA ops).
@@ -57,6 +57,15 @@ test-fast: toy  ## everything but the slow tests (training, launches, the sessio
 
 test-notebooks: toy  ## notebooks only: pairs in sync, each run once under papermill on toy parameters, outputs compared
 	$(NB_ENV) $(PY) -m pytest tests/test_notebooks.py
+
+# Browser tests (tests/browser, never collected by `make test`): the chat page and every notebook in JupyterLab,
+# driven through Debian's headless Chromium (apt-get install chromium chromium-driver). Screenshots go to
+# output/test-images; COURSE_IMAGES_DIR=images updates the committed images/chat_page.png.
+test-browser: toy  ## the chat page and every notebook in JupyterLab, in headless Chromium (one toy pipeline trained for the session)
+	COURSE_IMAGES_DIR=$(abspath $(or $(COURSE_IMAGES_DIR),output/test-images)) $(PY) -m pytest tests/browser -v --durations=0
+
+chat: toy  ## a local web page where every stage of make run answers the same question (ARGS="--stage DIR" for others)
+	$(PY) code/chat_page.py $(ARGS)
 
 check-exercises: toy  ## grade your exercises/ (EX=6.4: one notebook; SOLUTION=reference: grade llmtrain's own code)
 	$(PY) -m exercises.check $(if $(EX),--notebook $(EX)) $(if $(SOLUTION),--solution $(SOLUTION))
