@@ -68,8 +68,8 @@ def jupyterlab(root: Path, toy_run: Path, images: Path) -> Iterator[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values), encoding="utf-8")
     port, token = free_port(), secrets.token_hex(16)
-    env = script_env(TOY_RUN_DIR=str(toy_run), COURSE_IMAGES_DIR=str(images), COURSE_OUTPUT_DIR=str(root.parent / "output"),
-                     JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root.parent / "workspaces"),
+    env = script_env(TOY_RUN_DIR=str(toy_run), COURSE_IMAGES_DIR=str(images),
+                     COURSE_OUTPUT_DIR=str(root.parent / "output"), JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root.parent / "workspaces"),
                      JUPYTER_CONFIG_DIR=str(root.parent / "jupyter-config"),
                      JUPYTER_RUNTIME_DIR=str(root.parent / "jupyter-runtime"))
     env.pop("OMP_NUM_THREADS")  # the kernel uses the cores as a reader's would
