@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_gpus", type=int, default=1)
     parser.add_argument("--zero_stage", type=int, default=2)
     parser.add_argument("--deepspeed", help="a DeepSpeed config: its zero_optimization.stage replaces --zero_stage")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="bf16",
+                        help="auto: what this machine trains in (bf16 GPU: bf16, older GPU: fp16, CPU: fp32)")
     parser.add_argument("--activation_checkpointing", action="store_true")
     parser.add_argument("--use_liger_kernel", action="store_true",
                         help="Liger's fused linear cross-entropy (GPU only, `pip install liger-kernel`)")
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     """6.1.5: estimate one job's per-GPU memory; print the table, the JSON object or the shell plan."""
     args = parse_args(argv)
     check_args(args)
+    if args.dtype == "auto":
+        from llmtrain.launch import machine_precision
+
+        args.dtype = machine_precision()
     from llmtrain.memory import (
         GIB, card_memory_needed, estimate_training_memory, fits, lora_trainable_params, plan_for_card,
     )

@@ -154,13 +154,12 @@ print_memory_estimate() {
 # MEMORY_FLAGS / MEMORY_GPUS: code/estimate_memory.py's description of this launch (model, GPUs, block, precision,
 # ZeRO stage, checkpointing, Liger, allocator).
 memory_model_flags() {
-  local dtype=$PRECISION expandable=()
+  local expandable=()
   MEMORY_GPUS=$NUM_GPUS
   [ "$MEMORY_GPUS" = all ] && MEMORY_GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   [ "${MEMORY_GPUS:-0}" -gt 0 ] || MEMORY_GPUS=1
-  [ "$dtype" = auto ] && dtype=$("$PYTHON" -c 'from llmtrain.launch import machine_precision; print(machine_precision())')
   case "${PYTORCH_CUDA_ALLOC_CONF:-}" in *expandable_segments:True*) expandable=(--expandable_segments) ;; esac
-  MEMORY_FLAGS=(--config_name "$MODEL_DIR" --num_gpus "$MEMORY_GPUS" --block_size "$BLOCK_SIZE" --dtype "$dtype"
+  MEMORY_FLAGS=(--config_name "$MODEL_DIR" --num_gpus "$MEMORY_GPUS" --block_size "$BLOCK_SIZE" --dtype "$PRECISION"
                 --deepspeed "$DS_CONFIG" "${LIGER_FLAGS[@]}" "${expandable[@]}")
   [ "$ACTIVATION_CHECKPOINTING" = 1 ] && MEMORY_FLAGS+=(--activation_checkpointing)
   return 0
