@@ -101,16 +101,24 @@ def run_cli_in_process(script: str, argv: list[str], capsys, caplog) -> CliResul
 def toy_run(toy_dir, tmp_path_factory) -> Path:
     """`make run`'s toy pipeline (code/toy_pipeline.sh: every stage through its launcher, each scored), trained once
     for the whole session into a temporary folder; TOY_RUN_DIR points there for everything the session starts
-    (notebooks included), so nothing reads or writes the learner's output/toy. About 5 minutes on 2 cores."""
-    run_dir = tmp_path_factory.mktemp("toy-run")
-    # A build lock as a run killed while compiling DeepSpeed's shm op leaves it: without its removal every launch
-    # would wait forever (test_pretrain_script checks the pipeline's log for the removal).
-    lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.touch()
-    os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    result = run_script(["bash", "code/toy_pipeline.sh"], timeout=1800, TOY_RUN_DIR=str(run_dir),
-                        MASTER_PORT="29561")
-    assert result.returncode == 0, result.stdout[-5000:]
+    (notebooks included), so nothing reads or writes the learner's output/toy. About 5 minutes on 2 cores.
+
+    TEST_TOY_RUN_DIR=<folder of a finished pipeline> (e.g. output/toy after `make run`) reuses that run instead of
+    training one: for working on the tests; CI always trains its own.
+    """
+    reused = os.environ.get("TEST_TOY_RUN_DIR")
+    if reused:
+        run_dir = Path(reused).resolve()
+        assert (run_dir / "scorecard.json").is_file(), f"TEST_TOY_RUN_DIR={reused}: no finished pipeline there"
+    else:
+        run_dir = tmp_path_factory.mktemp("toy-run")
+        # A build lock as a run killed while compiling DeepSpeed's shm op leaves it: without its removal every
+        # launch would wait forever (test_pretrain_script checks the pipeline's log for the removal).
+        lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+        result = run_script(["bash", "code/toy_pipeline.sh"], timeout=1800, TOY_RUN_DIR=str(run_dir))
+        assert result.returncode == 0, result.stdout[-5000:]
     os.environ["TOY_RUN_DIR"] = str(run_dir)
     return run_dir
