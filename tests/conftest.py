@@ -118,7 +118,7 @@ def toy_run(toy_dir, tmp_path_factory) -> Path:
         lock.parent.mkdir(parents=True, exist_ok=True)
         lock.touch()
         os.utime(lock, (time.time() - 3600, time.time() - 3600))
-        result = run_script(["bash", "code/toy_pipeline.sh"], timeout=1800, TOY_RUN_DIR=str(run_dir))
+        result = run_script(["bash", "code/toy_pipeline.sh"], timeout=3600, TOY_RUN_DIR=str(run_dir))
         assert result.returncode == 0, result.stdout[-5000:]
     os.environ["TOY_RUN_DIR"] = str(run_dir)
     return run_dir
