@@ -1,5 +1,5 @@
 """6.1.5: the memory model: ZeRO accounting (paper, DeepSpeed), saved activations counted, plans per card,
-the allocator reserve measured on an H200, and QLoRA's 4-bit weights (checked against bitsandbytes)."""
+estimates against the peaks an H200 allocated, and QLoRA's 4-bit weights (checked against bitsandbytes)."""
 
 import json
 from pathlib import Path
@@ -9,9 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from llmtrain.memory import (
-    CUDA_CONTEXT_GIB, GIB, RESERVE_FACTOR, RESERVE_FACTOR_EXPANDABLE, card_memory_needed, estimate_training_memory,
-    fits, largest_weight_numel, layer_activation_bytes_per_token, linear_weight_numel, plan_for_card,
-    weight_bytes_4bit, zero_memory_per_gpu,
+    GIB, estimate_training_memory, fits, largest_weight_numel, layer_activation_bytes_per_token, linear_weight_numel,
+    plan_for_card, weight_bytes_4bit, zero_memory_per_gpu,
 )
 from llmtrain.modeling import qwen2_5_1_5b_config, qwen2_parameter_formula
 
@@ -113,19 +112,17 @@ def test_chapter_batch_needs_more_than_80gb_with_the_reserve_and_liger_frees_the
 H200 = Path(__file__).resolve().parents[1] / "bench" / "results" / "gpu_h200_2026-11-30.json"
 
 
-def test_reserve_factors_cover_what_the_h200_reserved_and_predict_nvidia_smi():
+def test_estimates_are_within_6_percent_of_what_the_h200_allocated():
+    """The memory model's formulas (checked above against autograd and DeepSpeed) against torch's measured peak on a
+    real card. Only the allocated peak is compared: the reserve factors and the CUDA context were fitted on these
+    same rows, so checking them here would compare the file with itself."""
     result = json.loads(H200.read_text())
-    for row in [r for r in result["rows"] if r["status"] == "ok" and r["memory_fraction"] is None]:
-        expandable = "expandable_segments:True" in (row["pytorch_cuda_alloc_conf"] or "")
-        factor = RESERVE_FACTOR_EXPANDABLE if expandable else RESERVE_FACTOR
-        assert row["reserved_gib"] / row["allocated_gib"] <= factor, row["name"]
-        assert abs(row["nvidia_smi_gib"] - row["reserved_gib"] - CUDA_CONTEXT_GIB) < 0.05, row["name"]
-        config = qwen2_5_1_5b_config()
-        estimate = estimate_training_memory(config, row["per_device_batch"], 2048, "bf16", 2, 1,
+    rows = [r for r in result["rows"] if r["status"] == "ok" and r["memory_fraction"] is None]
+    assert len(rows) >= 4
+    for row in rows:
+        estimate = estimate_training_memory(qwen2_5_1_5b_config(), row["per_device_batch"], 2048, "bf16", 2, 1,
                                             row["activation_checkpointing"], row["liger"])
-        assert round(estimate.peak / GIB, 2) == row["estimate_gib"], row["name"]
-        # the card memory the plan holds vs what nvidia-smi showed: the model's own error (<= 6%) at most below
-        assert card_memory_needed(estimate, expandable) / GIB > 0.94 * row["nvidia_smi_gib"], row["name"]
+        assert abs(estimate.peak / GIB / row["allocated_gib"] - 1) < 0.06, row["name"]
 
 
 def test_4bit_weights_of_1_5b():
