@@ -548,8 +548,8 @@ display(Markdown(format_scorecard(card)))
 
 # %% [markdown]
 # 一个种子说明不了多少。`bench/seed_spread.py` 把 `make run` 的整条流程(预训练到 GRPO,全部换种子)各跑一遍,
-# 下表读自它的结果文件;"DPO 采样答对" 是起点模型每个问题采样 8 条(温度 1)答对的比例,"pass@8" 是 8 条里至少有一条
-# 答对的问题所占比例:
+# 下表读自它的结果文件;"DPO 采样答对" 是起点模型对每个留出问题采样 8 条(温度 1)答对的比例,"pass@8" 是 8 条里
+# 至少有一条答对的问题所占比例:
 
 # %%
 spread = pd.DataFrame(SEEDS["rows"]).T
@@ -564,15 +564,35 @@ print(f"{len(spread)} 个种子,{SEEDS['date']},{SEEDS['machine']}")
 # %%
 gain = spread["GRPO RL"] - spread["DPO RL"]
 gain_new = spread["GRPO RL new phrasing"] - spread["DPO RL new phrasing"]
-below_pass = (spread["GRPO RL"] <= spread["DPO RL pass@8"]).sum()
+above_pass = (spread["GRPO RL"] > spread["DPO RL pass@8"]).sum()
 others = {k: (spread[f"GRPO {k}"] - spread[f"DPO {k}"]).abs().max() for k in ("seen", "heldout", "style")}
 display(Markdown(
     f"每个种子上,新的人的 RL 问题都涨了 {gain.min():.0%}–{gain.max():.0%};没练过的问法涨了 {gain_new.min():.0%}–"
-    f"{gain_new.max():.0%}。GRPO 之后的贪心准确率在 {below_pass} / {len(spread)} 个种子上没有超过起点的 pass@8:"
-    "RL 把模型**已经偶尔采样得到**的正确回答变成了贪心的回答,它磨尖的是已有的分布,不是凭空学会新东西;"
-    "一个问题 8 次采样都答不对,这组的优势全是 0,策略梯度也帮不上它。"
-    f"成绩单的其他各列在所有种子上变化不超过:seen {others['seen']:.0%}、heldout {others['heldout']:.0%}、"
-    f"结尾句 {others['style']:.0%}。"))
+    f"{gain_new.max():.0%}。成绩单的其他各列在所有种子上变化不超过:seen {others['seen']:.0%}、heldout {others['heldout']:.0%}、"
+    f"结尾句 {others['style']:.0%}。\n\n"
+    f"GRPO 之后的贪心准确率在 {above_pass} / {len(spread)} 个种子上**超过**了起点模型在同一批留出问题上的 pass@8:"
+    "这些问题 RL 一次也没练过,起点模型采样 8 次也多半答不对,训练后却答对了。能迁移过来的,是在**训练**问题上学到的东西。"))
+
+# %% [markdown]
+# "RL 只是把模型已经会采样的回答磨尖"这句话,要在 RL **练的**那些问题上检验:起点模型在训练问题上采样时答对的有多少?
+
+# %%
+from llmtrain.evaluation import sampled_accuracy
+
+train_probe = rl_train.select(range(0, len(rl_train), 2))
+train_sampled = sampled_accuracy(dpo_model, tokenizer, train_probe, GROUP, MAX_COMPLETION, STYLE, seed=SEED)
+trained_greedy = task_accuracy(grpo_model, tokenizer, train_probe, 48, STYLE)["accuracy"]
+start_greedy = task_accuracy(dpo_model, tokenizer, train_probe, 48, STYLE)["accuracy"]
+print(f"RL 训练问题(每 2 个取 1 个,{len(train_probe)} 个,make run 的种子):DPO 起点采样答对 {train_sampled['sampled']:.0%},"
+      f"pass@{GROUP} {train_sampled['pass_at_k']:.0%},贪心 {start_greedy:.0%};GRPO 之后贪心 {trained_greedy:.0%}")
+
+# %%
+display(Markdown(
+    f"在训练问题上,起点模型采样 {GROUP} 次至少答对一次的问题占 {train_sampled['pass_at_k']:.0%},GRPO 之后贪心答对"
+    f" {trained_greedy:.0%}" + ("(没有超过 pass@8)" if trained_greedy <= train_sampled["pass_at_k"] else "(超过了 pass@8)")
+    + ":RL 的原料是起点模型偶尔采样出来的正确回答,一组 8 条全错的问题,优势全是 0,策略梯度帮不上它;"
+    "被加强的回答里学到的\"这种问法问的是哪个属性\",再迁移到新的人和新的问法上。多个种子上,起点模型在留出问题上的"
+    f"采样答对率与 GRPO 的涨幅的相关系数是 {spread['DPO RL sampled'].corr(gain):+.2f}(只有 {len(spread)} 个种子,仅供参考)。"))
 
 # %% [markdown]
 # GRPO 只用 SFT 问过的那 20 个人练习三种新问法,新的人、甚至没练过的第四种问法也答对得多了:它学到的是"这一类问法问的是哪个属性",
