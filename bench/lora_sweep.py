@@ -28,6 +28,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmtrain import PROJECT_ROOT
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=PROJECT_ROOT / "bench" / "lora_sweep.json")
     parser.add_argument("--fresh", action="store_true", help="Retrain every base and adapter.")
     args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
     ensure_toy_assets()
     if args.fresh:
         shutil.rmtree(args.output_dir, ignore_errors=True)

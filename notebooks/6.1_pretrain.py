@@ -64,7 +64,8 @@ PRESET = toy_preset()  # code/presets/toy.env:code/pretrain.sh 的 PRESET=toy �
 # 所以和 DeepSpeed 的 toy 预设(每个进程 OMP_NUM_THREADS=1)一样,这里也只用 1 个线程。
 torch.set_num_threads(1)
 print("torch", torch.__version__, "| 设备: CPU,本进程的线程数", torch.get_num_threads())
-print("玩具预设:", {k: v for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_NUM_GPUS"))})
+print("玩具预设:", {k: shown_path(v) if isinstance(v, str) and v.startswith(str(ROOT)) else v
+                   for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_NUM_GPUS"))})
 
 # %% [markdown]
 # ## 6.1.1 框架介绍
@@ -280,7 +281,9 @@ display(Markdown(
     f"{len(raw):,} 篇文档分成 {len(by_1000)} 批,每批丢掉一条尾巴,尾巴里共有 {by_1000['尾巴里的 EOS'].sum()} 个 EOS:"
     f"{len(raw):,} − {by_1000['尾巴里的 EOS'].sum()} = {len(raw) - by_1000['尾巴里的 EOS'].sum():,},"
     f"正是 block 里数到的 {kept_eos:,} 个。教材的 `batch_size=40000` 让整个样例语料成为一批,只丢一条尾巴:"
-    f"{by_40000['block'].sum()} 个 block(这里是 {len(blocks)} 个),丢掉 {by_40000['尾巴里的 EOS'].sum()} 个 EOS。"
+    f"{by_40000['block'].sum()} 个 block"
+    f"({f'和分 {len(by_1000)} 批时一样多' if by_40000['block'].sum() == len(blocks) else f'分批时是 {len(blocks)} 个'}),"
+    f"丢掉 {by_40000['尾巴里的 EOS'].sum()} 个 EOS。"
     f"批越大丢得越少,代价是一批的全部 token 要同时放在内存里拼接;真实语料有上亿篇文档,每批丢掉的不到一个 block,可以忽略。"))
 
 # %% [markdown]
@@ -851,16 +854,17 @@ for split, names in people.items():
 # %% [markdown]
 # ### EOS 教会了它在哪里停下
 #
-# 上面的续写在答案之后常常接着写下一件事:语料里的一篇传记正好写三件事(家乡、职业、水果),每件事一句话。
-# 6.1.3 说过,加了 EOS 之后每篇文档的结尾都是一个要预测的 token。量一量基座在传记的每个句号之后预测
-# `<|endoftext|>` 的概率:第三句之后文档结束,前两句之后没有。
+# 上面的续写在答案之后常常接着写下一件事:语料里的每篇传记正好写三件事(家乡、职业、水果),每件事一句话。
+# 6.1.3 说过,加了 EOS 之后每篇文档的结尾都是一个要预测的 token。量一量基座在传记里各处预测 `<|endoftext|>` 的概率:
+# 句子中间、第一句和第二句的句号之后(文档还没完),第三句的句号之后(文档结束)。
 
 # %%
 EOS_ID = base_tokenizer.eos_token_id
 names = people["sft_seen"] + people["heldout"]  # 上一格:评测里的 40 个人
 three_sentence_bios = [t for t in texts if t.count("。") == 3 and t.endswith("。") and any(n in t for n in names)]
-period = base_tokenizer.convert_tokens_to_ids("。")
-after_sentence = [[], [], []]
+(period,) = base_tokenizer("。", add_special_tokens=False)["input_ids"]  # 每个汉字、每个全角标点都是一个 token
+p_by_place = {"句子中间": [], "第 1 句之后": [], "第 2 句之后": [], "第 3 句之后(文档结束)": []}
+places = list(p_by_place)
 with torch.no_grad():
     for start in range(0, len(three_sentence_bios), 64):
         chunk = [base_tokenizer(t, add_special_tokens=False)["input_ids"] for t in three_sentence_bios[start:start + 64]]
@@ -869,26 +873,38 @@ with torch.no_grad():
         mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk])
         p_eos = torch.softmax(base(input_ids=ids, attention_mask=mask).logits.float(), -1)[..., EOS_ID]
         for row, c in enumerate(chunk):
-            for k, pos in enumerate(i for i, t in enumerate(c) if t == period):
-                after_sentence[k].append(p_eos[row, pos].item())
-mean_p = [sum(v) / len(v) for v in after_sentence]
-for k, p in enumerate(mean_p, 1):
-    print(f"第 {k} 句的句号之后,预测 <|endoftext|> 的平均概率 {p:.1%}({len(after_sentence[k - 1])} 篇三句话的传记)")
+            sentences_done = 0
+            for pos, token in enumerate(c):
+                if token == period:
+                    sentences_done += 1
+                    p_by_place[places[sentences_done]].append(p_eos[row, pos].item())
+                else:
+                    p_by_place["句子中间"].append(p_eos[row, pos].item())
+mean_p = {place: sum(v) / len(v) for place, v in p_by_place.items()}
+print(f"{len(three_sentence_bios)} 篇三句话的传记,基座预测下一个 token 是 <|endoftext|> 的平均概率:")
+for place, p in mean_p.items():
+    print(f"  {place:12s} {p:7.2%}({len(p_by_place[place]):,} 个位置)")
 prompt = base_tokenizer("林晓雨", return_tensors="pt", add_special_tokens=False)
 with torch.no_grad():
     out = base.generate(**prompt, max_new_tokens=60, do_sample=False, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
 continuation = out[0, prompt["input_ids"].shape[1]:].tolist()
 stopped_at_eos = continuation[-1] == EOS_ID
-print(f"贪心续写 \"林晓雨\"({len(continuation)} 个新 token,{'以 <|endoftext|> 停下' if stopped_at_eos else '写满上限仍未停'}):")
-print("  " + base_tokenizer.decode(continuation))
+print(f"贪心续写 \"林晓雨\"({len(continuation)} 个新 token,{'以 <|endoftext|> 停下' if stopped_at_eos else '写满上限仍未停'}):"
+      + base_tokenizer.decode(continuation))
 
 # %%
+inside, first, second, end = mean_p.values()
 display(Markdown(
-    f"三句话的传记里,第三句之后预测文档结束的平均概率是 {mean_p[2]:.0%},前两句之后只有 {mean_p[0]:.1%} 和 {mean_p[1]:.1%}:"
-    "模型学到了'一篇传记说完三件事就结束'。贪心续写时它"
-    + ("写完三件事就生成了 `<|endoftext|>`,`generate` 在那里停下。" if stopped_at_eos else
-       "没有在上限之内停下。")
-    + "教材的数据没有 EOS,模型从没见过'结束'这个目标,续写只能一直写到 `max_new_tokens` 为止。"))
+    f"句子中间,基座几乎从不预测文档结束(平均 {inside:.2%});句号之后才会:第 1 句之后 {first:.0%},第 2 句之后 {second:.0%},"
+    f"第 3 句之后 {end:.0%}。"
+    + ("它学到的是\"一件事说完才可能结束,说得越多越该结束\"" if inside < first < second < end else
+       "它学到的是\"说完一句才可能结束\"")
+    + (",只是数不准(传记总是三句,第 2 句之后却已经有一多半的把握):" if second > 0.5 else ":")
+    + ("贪心续写时说完一件事就生成了 `<|endoftext|>`,`generate` 在那里停下。" if stopped_at_eos and
+       continuation.count(period) == 1 else
+       "贪心续写在 `<|endoftext|>` 处停下。" if stopped_at_eos else "贪心续写没有在上限之内停下。")
+    + "无论数得准不准,这个\"结束\"都是 EOS 教的:教材的数据没有 EOS,模型从没见过结束这个目标,续写只能一直写到 "
+    "`max_new_tokens` 为止。"))
 
 # %% [markdown]
 # ### 一个事实要读多少遍?

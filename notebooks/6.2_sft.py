@@ -296,7 +296,7 @@ display(Markdown(
     f"每种只测了 {BENCH_STEPS} 步,计时受机器负载影响,倍数每次运行都会变。"))
 
 # %% [markdown]
-# 两种做法都不再为 padding 付出几十倍的代价;它们之间谁快,在 CPU 上并不确定:打包的这一行用块对角的注意力掩码计算
+# 两种做法都不再把计算浪费在 padding 上;它们之间谁快,在 CPU 上并不确定:打包的这一行用块对角的注意力掩码计算
 # (整行长度的平方),动态 padding 则是每条样本各算各的。在 GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,
 # 只计算每条对话内部的注意力,样本长度越参差(真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多,打包的优势越大。
 #
@@ -374,12 +374,14 @@ for use_cache in (True, False):
 # ### 用 Trainer 训练:`code/finetune.py`
 #
 # 教材的 SFT 脚本和 6.1.5 的预训练脚本几乎一样:解析参数、设日志、找 checkpoint、加载模型和分词器,
-# 不同的只有数据处理和 collator。`code/finetune.py` 是它的现代化版本,下面是其中处理数据和训练的两步
-# (第 1–3 步与 `pretrain.py` 相同;`build_trainer` 就是上面 pad id 实验用的那个):
+# 不同的只有数据处理和 collator。`code/finetune.py` 是它的现代化版本,下面是其中处理数据(第 2 步)和训练(第 5 步)的部分
+# (第 1、3 步是解析参数和断点续训,与 `pretrain.py` 相同;第 4 步加载模型,6.3 的 LoRA 也在那里;
+# `build_trainer` 就是上面 pad id 实验用的那个):
 
 # %%
 finetune_source = (ROOT / "code" / "finetune.py").read_text(encoding="utf-8")
-print(finetune_source[finetune_source.index("    # 4. SFT 数据"):finetune_source.index("    if lora_args.use_lora and lora_args.merge_lora")])
+for first, end in [("    # 2. SFT 数据", "    # 3. "), ("    # 5. 训练并保存", "    if lora_args.use_lora and lora_args.merge_lora")]:
+    print(finetune_source[finetune_source.index(first):finetune_source.index(end)].rstrip() + "\n")
 print(inspect.getsource(build_trainer))
 
 # %% [markdown]

@@ -416,15 +416,19 @@ display(Markdown(
 
 # %% [markdown]
 # 训练得到的是 adapter:`save_model` 只保存 $A$、$B$ 和配置(文件大小打印在训练那一格)。部署时可以
-# `merge_and_unload()` 合并成一个普通模型,和任何 transformers 模型一样保存、加载。合并后问两个闲聊问题:
+# `merge_and_unload()` 合并成一个普通模型,和任何 transformers 模型一样保存、加载。合并后问一句闲聊、一道加法题:
 
 # %%
 from llmtrain.generation import chat
+from llmtrain.grading import arithmetic_reward
 
 merged = copy.deepcopy(lora_trainer.model).merge_and_unload()  # 复制一份再合并,训练好的 PeftModel 保持原样
 print(type(merged).__name__, "里还有 LoRA 层吗:", any("lora" in n for n, _ in merged.named_parameters()))
 for q in ["你好", "3加5等于几?"]:
-    print(f"问: {q}  LoRA 模型答: {chat(merged, tokenizer, q, max_new_tokens=24)!r}")
+    reply = chat(merged, tokenizer, q, max_new_tokens=24)
+    print(f"问: {q}  LoRA 模型答: {reply!r}")
+print(f"3加5 {'答对' if arithmetic_reward(reply, '8') else '答错'}了。这道题不在 SFT 数据里;"
+      "6.2 比较过 SFT 数据里的加法题和没见过的加法题,玩具模型记住的是见过的题")
 
 # %% [markdown]
 # ### 成绩单:LoRA 和全量 SFT 并排
@@ -631,10 +635,13 @@ text = (f"每个线性层上的 LoRA,{len(bench_base)} 个种子平均,sft_seen 
         f"预设的 {LEARNING_RATE:g} {'就是它' if best_lr == LEARNING_RATE else '不是它'}。")
 if (ALL_LAYERS, sft_lr) in points:
     at_sft = points[(ALL_LAYERS, sft_lr)]
+    lora_at_sft = sum(r["heldout"] for r in at_sft.values()) / len(at_sft)
+    full_mean = sum(r["heldout"] for r in bench_full.values()) / len(bench_full)
     text += (f"用全量 SFT 的学习率 {sft_lr:g} 时,LoRA 的 heldout 在各个种子上是 "
              f"{'、'.join(pct(r['heldout']) for r in at_sft.values())},"
-             f"全量 SFT 是 {'、'.join(pct(r['heldout']) for r in bench_full.values())}:"
-             "LoRA 只动很少的参数,同样的学习率下它走不了那么远,要大得多的学习率。")
+             f"全量 SFT 是 {'、'.join(pct(r['heldout']) for r in bench_full.values())}"
+             + (":LoRA 的更新 $\\frac{\\alpha}{r} BA$ 从 0 开始、只有很少的参数,同样的学习率下走不了那么远,"
+                "照搬全量微调的学习率就学不够。" if lora_at_sft < full_mean - 0.05 else "。"))
 display(Markdown(text + f"(本 notebook 里那一次运行:lr {sft_lr:g} 时 heldout {pct(sweep[sft_lr][1]['heldout'])},"
                         f"lr {LEARNING_RATE:g} 时 {pct(sweep[LEARNING_RATE][1]['heldout'])}。)"
                  if sft_lr in sweep and LEARNING_RATE in sweep else text))
