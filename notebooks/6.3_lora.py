@@ -428,7 +428,7 @@ for q in ["你好", "3加5等于几?"]:
     reply = chat(merged, tokenizer, q, max_new_tokens=24)
     print(f"问: {q}  LoRA 模型答: {reply!r}")
 print(f"3加5 {'答对' if arithmetic_reward(reply, '8') else '答错'}了。这道题不在 SFT 数据里;"
-      "6.2 比较过 SFT 数据里的加法题和没见过的加法题,玩具模型记住的是见过的题")
+      "6.2 把 SFT 数据里的加法题和没见过的加法题各考了一遍")
 
 # %% [markdown]
 # ### 成绩单:LoRA 和全量 SFT 并排
@@ -486,8 +486,8 @@ display(Markdown(
     f"{versus(lora_row['heldout'], full_row['heldout'])}全量 SFT 的 {pct(full_row['heldout'])}。"
     f"留出对话的助手 loss(越低越好):LoRA {lora_row['assistant_loss']:.3f},全量 SFT {full_row['assistant_loss']:.3f}。\n"
     f"- **答错的在说什么。** LoRA 答错的 sft_seen 问题 {wrong['sft_seen']['wrong']} 个,其中 "
-    f"{wrong['sft_seen']['other_person']} 个在讲另一个人;heldout 答错 {wrong['heldout']['wrong']} 个,其中 "
-    f"{wrong['heldout']['other_person']} 个在讲另一个人。\n"
+    f"{wrong['sft_seen']['other_person']} 个说出的名字不是被问的人;heldout 答错 {wrong['heldout']['wrong']} 个,其中 "
+    f"{wrong['heldout']['other_person']} 个说出的名字不是被问的人(6.2 讲过这条判分规则)。\n"
     f"- **忘掉了多少。** 留出短文(预训练式的文字)的困惑度:基座 {base_ppl:.0f},全量 SFT {full_row['heldout_ppl']:.0f},"
     f"LoRA {lora_row['heldout_ppl']:.0f}。"
     + ("两种微调都让基座写不好它读过的那种文字了(6.2 讲过,这是遗忘),"
@@ -680,18 +680,18 @@ display(Markdown(
     f"这一次运行:只在 q、v 上时可训练参数 {n_chapter:,} 个(每个线性层时是 {n_trainable:,} 个),"
     f"heldout {pct(chapter_row['heldout'])},{versus(chapter_row['heldout'], lora_row['heldout'])}每个线性层的 "
     f"{pct(lora_row['heldout'])};sft_seen {pct(chapter_row['sft_seen'])}({versus(chapter_row['sft_seen'], lora_row['sft_seen'])}"
-    f" {pct(lora_row['sft_seen'])})。heldout 答错的 {chapter_wrong['wrong']} 个里,{chapter_wrong['other_person']} 个在讲另一个人。\n\n"
+    f" {pct(lora_row['sft_seen'])})。heldout 答错的 {chapter_wrong['wrong']} 个里,{chapter_wrong['other_person']} 个说出的名字不是被问的人。\n\n"
     f"几个种子上(`bench/lora_sweep.json`):q、v 在它最好的学习率 {qv_lr:g} 下 heldout 平均 {pct(qv_best[qv_lr]['heldout'])},"
     f"每个线性层在它最好的 {all_lr:g} 下 {pct(all_best[all_lr]['heldout'])};"
     + ("同一个学习率、同一个种子比,q、v 的 heldout 每一次都更低。" if qv_below_everywhere else
        "同一个学习率、同一个种子比,q、v 并不是每一次都更低。")
-    + f"各自最好的学习率下,heldout 的错误回答里讲的是另一个人的比例:q、v {other_person[QV]:.0%},"
+    + f"各自最好的学习率下,heldout 的错误回答里名字不是被问的人的比例:q、v {other_person[QV]:.0%},"
     f"每个线性层 {other_person[ALL_LAYERS]:.0%}。"))
 
 # %% [markdown]
 # 留出问题考的是:问到一个 SFT 没问过的人,模型要把问题里的名字接到回答里,再取出预训练时存下的这个人的事实。
 # 这些事实在预训练的权重里;LoRA 冻结这些权重,只在旁边加低秩的修改,两种做法的差别在于修改能落在多少个矩阵上。
-# 答错时讲的是另一个人,就是把 SFT 数据里见过的名字搬到了留出问题上。为什么只改注意力的两个矩阵更容易这样,本节没有拆开验证;
+# 答错时说出的名字不是被问的人,多半是把 SFT 数据里见过的名字搬到了留出问题上。为什么只改注意力的两个矩阵更容易这样,本节没有拆开验证;
 # 在更大的模型上,加在哪些层同样要在自己的任务上测,预设的这组是在这个玩具上、几个种子上测出来的。
 
 # %% [markdown]

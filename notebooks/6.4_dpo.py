@@ -218,7 +218,8 @@ print(inspect.getsource(TokenizedPairsDPOTrainer))
 # ### 在同一批数据上核对
 #
 # 在同一个模型、同一批数据上,用 TRL 和我们的实现各算一遍。设置和后面真正训练时一样:在 SFT 模型上加 LoRA
-# (这里让 $B \neq 0$,否则策略就等于参考,比不出什么),参考模型是关掉 adapter 的同一个模型。
+# (这里把 $B$ 设成标准差 0.01 的随机数:$B = 0$ 时策略就等于参考,奖励全是 0,比不出什么;太大又会让每一对都排错),
+# 参考模型是关掉 adapter 的同一个模型。
 # `llmtrain.dpo.compare_with_trl` 比较批、参考模型的对数概率、损失和 TRL 记录的各项指标,返回最大差值
 # (`tests/test_dpo.py` 用的是同一个函数):
 
@@ -227,7 +228,12 @@ from llmtrain.dpo import compare_with_trl
 
 check = TokenizedPairsDPOTrainer(model=AutoModelForCausalLM.from_pretrained(SFT), ref_model=None,
                                  args=dpo_config("check"), train_dataset=train_pairs, processing_class=tokenizer,
-                                 peft_config=LoraConfig(**LORA, init_lora_weights=False))
+                                 peft_config=LoraConfig(**LORA))
+generator = torch.Generator().manual_seed(SEED)
+with torch.no_grad():  # B ≠ 0:策略离开参考模型一点点,一批里有的偏好对排对、有的排错
+    for name, p in check.model.named_parameters():
+        if "lora_B" in name:
+            p.copy_(0.01 * torch.randn(p.shape, generator=generator))
 check.remove_callback(PrinterCallback)  # TRL's log line goes to log_history only
 check_pairs = [train_pairs[i] for i in range(8)]
 diffs = compare_with_trl(check, check_pairs)
@@ -252,9 +258,11 @@ display(pd.DataFrame({"比较的量(我们的值)": sizes, "|TRL − 我们|": {
                       "≤ 1e-4": {k: v <= 1e-4 for k, v in diffs.items()}}))
 value_diffs = {k: v for k, v in diffs.items() if not k.startswith("batch")}
 display(Markdown(
-    f"第一列是被比较的量本身:参考模型的对数概率最大到 {reference_logps.abs().max():.1f},损失 {ours_check.loss.item():.3f}"
-    f"(策略 = 参考时是 0.693),奖励差 {ours_check.reward_margin:+.3f}:adapter 让策略离开了参考模型,"
-    + ("比的不是两个 0。" if abs(ours_check.reward_margin) > 1e-3 else "奖励差却几乎是 0,这一批比不出多少东西。")
+    f"第一列是被比较的量本身:参考模型的对数概率最大到 {reference_logps.abs().max():.1f},"
+    f"每一对的奖励差在 {(ours_check.chosen_rewards - ours_check.rejected_rewards).min():+.3f} 到 "
+    f"{(ours_check.chosen_rewards - ours_check.rejected_rewards).max():+.3f} 之间,{len(check_pairs)} 对里排对的占 "
+    f"{ours_check.reward_accuracy:.0%}:adapter 让策略离开了参考模型,"
+    + ("比的不是两个 0。" if 0 < ours_check.reward_accuracy < 1 else "只是奖励准确率落在了 0 或 1 上。")
     + f"值的差最大 {max(value_diffs.values()):.1e}。"))
 
 # %% [markdown]
@@ -718,21 +726,41 @@ pd.DataFrame({name: {"结尾句": f"{rows[name]['style']:.0%}", "sft_seen": f"{r
               for name, (c, r) in compare.items()}).T
 
 # %%
+with torch.no_grad():  # SFT 模型(训练前)给留出偏好对里 chosen 的每个 token 的对数概率
+    logits = sft_model(input_ids=heldout_batch["input_ids"], attention_mask=heldout_batch["attention_mask"]).logits
+token_lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, heldout_batch["input_ids"][:, 1:, None])[..., 0]
+scored_tokens = heldout_batch["labels"][:, 1:] != -100
+n_pairs, prefix_nll, total_nll = len(heldout_pairs), 0.0, 0.0
+for i in range(n_pairs):
+    chosen_ids = heldout_batch["input_ids"][i, 1:][scored_tokens[i]].tolist()
+    rejected_ids = heldout_batch["input_ids"][n_pairs + i, 1:][scored_tokens[n_pairs + i]].tolist()
+    fork = next(k for k, (a, b) in enumerate(zip(chosen_ids, rejected_ids)) if a != b)
+    chosen_lp = token_lp[i][scored_tokens[i]]
+    prefix_nll, total_nll = prefix_nll - chosen_lp[:fork].sum().item(), total_nll - chosen_lp.sum().item()
+print(f"SFT 模型下,{n_pairs} 条留出 chosen 的负对数概率合计 {total_nll:.1f},其中落在与 rejected 相同的前缀上的 "
+      f"{prefix_nll:.1f}({prefix_nll / total_nll:.0%})")
+
+# %%
 same_lr, ten_lr = (f"SFT on chosen, lr {lr:g} (6.4)" for lr in (LEARNING_RATE, 10 * LEARNING_RATE))
 gap = {name: (c.mean() - r.mean()).item() for name, (c, r) in compare.items()}
+rejected_mean = {name: r.mean().item() for name, (c, r) in compare.items()}
+sft_also_learns = rows[same_lr]["style"] >= rows["DPO (6.4)"]["style"] - 0.05
 display(Markdown(
     f"同样的学习率、同样的 {trainer.state.global_step} 步,在 chosen 上做 SFT 让结尾句从 {rows['SFT before DPO (6.4)']['style']:.0%} "
     f"到 {rows[same_lr]['style']:.0%},DPO 到 {rows['DPO (6.4)']['style']:.0%};学习率放大 10 倍,SFT 到 "
     f"{rows[ten_lr]['style']:.0%}(sft_seen {rows[ten_lr]['sft_seen']:.0%},heldout {rows[ten_lr]['heldout']:.0%})。"
     f"留出偏好对上 chosen 与 rejected 的对数概率之差:SFT 模型 {gap['SFT before DPO (6.4)']:+.2f},DPO 之后 {gap['DPO (6.4)']:+.2f},"
     f"在 chosen 上 SFT 之后 {gap[same_lr]:+.2f} / {gap[ten_lr]:+.2f}。\n\n"
-    "差别在梯度落在哪里。SFT 的损失是 chosen 每个 token 的负对数概率之和:chosen 的前半段(答案本身)和 rejected 一字不差,"
-    "SFT 模型早就会说,这部分的梯度只是在重复已经学会的东西;它也从不看 rejected,\"答完就停\"只是因为分叉处 chosen 说了别的才被间接压低。"
-    "DPO 的损失是两条回答对数比之差,共同前缀在差里正好抵消(6.4.6 看过),梯度只落在分叉处和之后,"
-    "而且同时压低 rejected;还按上面的权重 $\\sigma(\\hat r_l - \\hat r_w)$ 把力气留给还没排对的偏好对。"
-    + ("这里的偏好只是在答案后面接一句固定的话,在 chosen 上做 SFT 给足学习率也能学到一部分;"
-       if rows[ten_lr]["style"] > rows["SFT before DPO (6.4)"]["style"] + 0.1 else "")
-    + "偏好越是\"两条都像样、只是一条更好\",只模仿 chosen 就越学不到\"为什么另一条差\"。"))
+    + ("**在这个玩具偏好上,只在 chosen 上做 SFT 也学得会**。原因在上一格:SFT 的损失是 chosen 每个 token 的负对数概率之和,"
+       f"而 SFT 模型早就会说答案,这个和只有 {prefix_nll / total_nll:.0%} 落在与 rejected 相同的前缀上,"
+       "SFT 的梯度其实也集中在分叉处和那句结尾上,和 DPO 的去处差不多。" if sft_also_learns else
+       f"同样的学习率下,在 chosen 上做 SFT 的结尾句不如 DPO。")
+    + "两者的差别在别处。第一,SFT 从不看 rejected:\"答完就停\"只是因为分叉处 chosen 说了别的才被间接压低;"
+    f"同样的学习率下,留出 rejected 的平均 log π 在 DPO 之后是 {rejected_mean['DPO (6.4)']:.2f},"
+    f"在 chosen 上 SFT 之后是 {rejected_mean[same_lr]:.2f}。第二,SFT 没有参考模型:它一直把 log π(chosen) 往 0 推,"
+    "DPO 只要求相对参考模型拉开差距,拉开之后权重 $\\sigma(\\hat r_l - \\hat r_w)$ 变小,就不再使劲。"
+    "偏好数据不可替代的,是 rejected 也像样、甚至是 SFT 模型自己更愿意说的回答,好坏散在整条回答里:"
+    "只模仿 chosen,学不到\"另一条差在哪里\"。"))
 
 # %% [markdown]
 # ### 推过头会怎样
