@@ -64,7 +64,8 @@ PRESET = toy_preset()  # code/presets/toy.env:code/pretrain.sh 的 PRESET=toy �
 # 所以和 DeepSpeed 的 toy 预设(每个进程 OMP_NUM_THREADS=1)一样,这里也只用 1 个线程。
 torch.set_num_threads(1)
 print("torch", torch.__version__, "| 设备: CPU,本进程的线程数", torch.get_num_threads())
-print("玩具预设:", {k: v for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_NUM_GPUS"))})
+print("玩具预设:", {k: shown_path(v) if isinstance(v, str) and v.startswith(str(ROOT)) else v
+                   for k, v in PRESET.items() if k.startswith(("TOY_PRETRAIN", "TOY_NUM_GPUS"))})
 
 # %% [markdown]
 # ## 6.1.1 框架介绍
@@ -197,23 +198,12 @@ print(f"{len(all_ids):,} 个 token 中 {whole / len(all_ids):.2%} 解码为完�
 # %% [markdown]
 # 接下来分两步,都用 `datasets.map`:
 #
-# 1. **分词**:批量调用分词器。与教材不同,我们在每篇文档末尾补上分词器的 EOS(`llmtrain.pretrain_data.tokenize_with_eos`):
-
-# %%
-print(inspect.getsource(tokenize_with_eos))
-
-# %% [markdown]
-# 它只留下 `input_ids`。分词器本来还会返回 `attention_mask`(教材的数据集里就有这一列),为什么不要它,切完块再说。
+# 1. **分词**(`llmtrain.pretrain_data.tokenize_with_eos`):批量调用分词器。与教材不同,我们在每篇文档末尾补上分词器的 EOS,
+#    并且只留下 `input_ids`。分词器本来还会返回 `attention_mask`(教材的数据集里就有这一列),为什么不要它,切完块再说。
+# 2. **拼接切块**(`llmtrain.pretrain_data.group_texts`,对应教材的 `group_texts`):预训练通常把很多篇文档首尾相接,
+#    再切成等长的 block,这样没有一个位置被浪费在 padding 上。每个 block 都恰好 `block_size` 个 token,最后凑不满的部分丢弃。
 #
-# 2. **拼接切块**:预训练通常把很多篇文档首尾相接,再切成等长的 block,这样没有一个位置被浪费在 padding 上。
-#    这一步就是教材的 `group_texts`,我们的版本只有几行:
-
-# %%
-print(inspect.getsource(group_texts))
-
-# %% [markdown]
-# 每个 block 都恰好 `block_size` 个 token,最后凑不满的部分丢弃;因果语言模型的 `labels` 就是 `input_ids`
-# (模型内部会自动错开一位)。为什么要加 EOS?把三篇极短的"文档"拼起来切块看一看:
+# 这两个函数是本节练习 1、2 要写的,它们的源码放在练习之后;这里先看它们做了什么。为什么要加 EOS?把三篇极短的"文档"拼起来切块看一看:
 
 # %% tags=["nbval-check-output"]
 docs = ["今天下雨。", "一加一等于二。", "猫在睡觉。"]
@@ -224,7 +214,8 @@ print("本课程:  ", tokenizer.decode(group_texts(ours, 12)["input_ids"][0]))
 
 # %% [markdown]
 # 不加 EOS 时,"今天下雨。一加一等于二。"在模型看来就是一段连续的话,它会去学习一篇文档结尾和下一篇开头之间并不存在的联系;
-# 加上 `<|endoftext|>` 后,模型能看到文档的边界,生成时也学会了"在哪里停下"。
+# 加上 `<|endoftext|>` 后,模型能看到文档的边界;每篇文档的结尾都是一个要预测的 EOS,模型也就能学到"在哪里停下"
+# (本节最后在训练好的基座上量一量)。
 #
 # 现在对整个样例语料做这两步。两次 `map` 的参数各有用处:`batched=True` 让函数一次拿到一批文档(一个"列名 → 列表"的字典);
 # `num_proc` 是并行的进程数(教材取 10,脚本里对应 `--preprocessing_num_workers`;样例语料很小,`None` 表示不另开进程);
@@ -262,6 +253,38 @@ print("与手写的两步相同:", blocks["input_ids"] == grouped["input_ids"])
 print(f"{len(blocks)} 个 block,每个 {len(blocks[0]['input_ids'])} 个 token;"
       f"block 内的文档边界(EOS)共 {sum(eos_per_block)} 处,教材的做法是 0 处")
 print("第 1 个 block:\n" + tokenizer.decode(blocks[0]["input_ids"]))
+
+# %% [markdown]
+# 每篇文档末尾一个 EOS,进了 block 的 EOS 却比文档数少几个。原因在 `map(batched=True)`:它每次只把一批文档
+# (`batch_size` 篇,datasets 的默认值是 1000,`build_pretrain_dataset` 也用它)交给 `group_texts`,每一批**各自**拼接、
+# 各自丢掉凑不满一个 block 的尾巴,尾巴里的 EOS 也一起丢了。逐批数一数,再按教材的 `batch_size=40000` 数一遍:
+
+# %%
+EOS_ID = tokenizer.eos_token_id
+
+
+def per_map_batch(batch_size: int) -> pd.DataFrame:
+    """group_texts 在每个 map 批次里做的事:拼接、切块、丢掉尾巴;尾巴里有几个 EOS。"""
+    rows = []
+    for start in range(0, len(tokenized), batch_size):
+        ids = [i for doc in tokenized[start:start + batch_size]["input_ids"] for i in doc]
+        kept = len(ids) // BLOCK_SIZE * BLOCK_SIZE
+        rows.append({"文档": min(batch_size, len(tokenized) - start), "token": len(ids), "block": kept // BLOCK_SIZE,
+                     "丢掉的尾巴 (token)": len(ids) - kept, "尾巴里的 EOS": ids[kept:].count(EOS_ID)})
+    return pd.DataFrame(rows)
+
+
+by_1000, by_40000 = per_map_batch(1000), per_map_batch(40000)
+display(by_1000)
+kept_eos = sum(eos_per_block)
+display(Markdown(
+    f"{len(raw):,} 篇文档分成 {len(by_1000)} 批,每批丢掉一条尾巴,尾巴里共有 {by_1000['尾巴里的 EOS'].sum()} 个 EOS:"
+    f"{len(raw):,} − {by_1000['尾巴里的 EOS'].sum()} = {len(raw) - by_1000['尾巴里的 EOS'].sum():,},"
+    f"正是 block 里数到的 {kept_eos:,} 个。教材的 `batch_size=40000` 让整个样例语料成为一批,只丢一条尾巴:"
+    f"{by_40000['block'].sum()} 个 block"
+    f"({f'和分 {len(by_1000)} 批时一样多' if by_40000['block'].sum() == len(blocks) else f'分批时是 {len(blocks)} 个'}),"
+    f"丢掉 {by_40000['尾巴里的 EOS'].sum()} 个 EOS。"
+    f"批越大丢得越少,代价是一批的全部 token 要同时放在内存里拼接;真实语料有上亿篇文档,每批丢掉的不到一个 block,可以忽略。"))
 
 # %% [markdown]
 # 数据集只有 `input_ids` 和 `labels` 两列,没有 `attention_mask`。`attention_mask` 的用处是标出 padding:值为 0 的位置不被注意。
@@ -453,196 +476,6 @@ print(script[script.index("def main"):script.index('if __name__')].rstrip())
 # - 第 5 步的 `build_trainer` 组装 6.1.4 的 `Trainer`,另外在日志里记录 tokens/s 和 MFU(见下文);追踪工具(wandb、swanlab、tensorboard)
 #   通过 `--report_to` 按需开启,默认不联网。
 #
-# ### ZeRO-2 省了多少显存
-#
-# 混合精度 + Adam 训练时,每个参数要占:bf16 权重 2 字节、bf16 梯度 2 字节、优化器状态 12 字节
-# (fp32 主权重、一阶矩、二阶矩各 4 字节)。普通数据并行每张卡都存一整份;ZeRO-1 把优化器状态切到 $N$ 张卡上,
-# ZeRO-2 再切梯度,ZeRO-3 连权重也切。用 `llmtrain.memory.zero_memory_per_gpu` 算一下 Qwen2.5-1.5B(不含激活值):
-
-# %% tags=["nbval-check-output"]
-from llmtrain.memory import zero_memory_per_gpu
-
-n_real = count_parameters(big)
-pd.DataFrame(
-    {f"{gpus} 卡, ZeRO-{stage}": {k: round(v / 2**30, 1) for k, v in zero_memory_per_gpu(n_real, gpus, stage).items()}
-     for gpus in (2, 8) for stage in (0, 2, 3)}
-).rename_axis("GiB / 卡")
-
-# %% [markdown]
-# 这张表只有一直占着的三项。单卡训练(没有别的卡可切)时还要再加一项:更新参数的那一刻,DeepSpeed 把梯度复制成 fp32
-# 交给 fp32 的 Adam,每个参数再多 4 字节(下文 `estimate_training_memory` 里的 `optimizer_step` 一项):
-
-# %% tags=["nbval-check-output"]
-from llmtrain.memory import GIB, estimate_training_memory
-
-qwen = real  # Qwen2.5-1.5B 的配置
-states = zero_memory_per_gpu(n_real, 1, 0)["total"] / GIB
-fp32_grads = estimate_training_memory(qwen, 1, 2048, "bf16", zero_stage=2, num_gpus=1).optimizer_step / GIB
-eight = zero_memory_per_gpu(n_real, 8, 2)["total"] / GIB
-display(Markdown(
-    f"单卡:权重 + 梯度 + 优化器状态 **{states:.1f} GiB**,更新参数时再加 fp32 梯度 {fp32_grads:.1f} GiB,"
-    f"合计 **{states + fp32_grads:.1f} GiB**(README 里单卡'约 {states + fp32_grads:.0f} GiB'就是这个数),还没算一个激活值。"
-    f"8 卡 ZeRO-2 时一直占着的三项降到每卡 {eight:.1f} GiB。"))
-
-# %% [markdown]
-# ### 我的显卡放得下吗
-#
-# 上面的 ZeRO 表只算了模型状态(权重、梯度、优化器状态)。真正训练时还有两大块:反向要用的**激活值**,以及词表上的
-# **logits 和 loss 缓冲**。`llmtrain.memory.estimate_training_memory` 把一步训练拆成几项,逐项按字节数计算每张卡的显存:
-#
-# - `weights / gradients / optimizer_states`:和上面的 ZeRO 表相同(bf16 权重 2 字节、梯度 2 字节、Adam 12 字节),ZeRO 把后几项切到各卡;
-# - `activations`:前向时每层为反向保存下来的张量(两个 RMSNorm 各存一份升到 fp32 的输入,注意力存 q、k、v 和输出,SwiGLU 存 4 个中间维度的张量);
-#   打开激活检查点后每层只存输入;
-# - `layer_backward`:反向传播经过某一层时**临时**多出来的显存:MLP 反向时同时存在的两个中间维度的梯度;
-#   开了检查点时还要加上这一层重新前向算出来的全部激活值。它出现时 loss 缓冲已经释放,所以两者取大的那个,不相加;
-# - `logits_and_loss`:loss 把 logits 升到 fp32,反向开始时还有 3 份 fp32 缓冲;
-# - `optimizer_step`:只在 `optimizer.step()` 那一刻存在:DeepSpeed 把本卡负责的那份梯度转成 fp32 交给优化器。
-#
-# 峰值 = 模型状态 + max(激活值 + max(logits 缓冲, 一层的反向), 优化器更新)。先看教材的设置:每卡 16 × 2048,4 卡 ZeRO-2:
-
-# %% tags=["nbval-check-output"]
-from llmtrain.memory import fits, plan_for_card
-
-textbook = dict(per_device_batch=16, seq_len=2048, dtype="bf16", zero_stage=2, num_gpus=4)
-estimates = {ckpt: estimate_training_memory(qwen, **textbook, activation_checkpointing=ckpt) for ckpt in (False, True)}
-pd.DataFrame({f"检查点{'开' if ckpt else '关'}": e.gib() for ckpt, e in estimates.items()}
-             ).rename_axis("GiB / 卡 (16 x 2048, bf16, ZeRO-2, 4 卡)")
-
-# %% tags=["nbval-check-output"]
-lines = []
-for ckpt, e in estimates.items():
-    ratio = e.logits / e.activations
-    lines.append(f"- 检查点{'开' if ckpt else '关'}:`logits_and_loss` {e.logits / GIB:.2f} GiB,激活值 {e.activations / GIB:.2f} GiB,"
-                 f"logits 一项{'是激活值的 %.1f 倍' % ratio if ratio > 1 else '只有激活值的 %.0f%%' % (100 * ratio)}。")
-display(Markdown("\n".join(lines)))
-
-# %% [markdown]
-# 检查点只能省激活值,对 logits 一项毫无帮助:不开检查点时两项都很大,开了之后几乎只剩 logits。
-# 这就是上游 happy-llm #106 在 4 × 48 GB 上显存不足的原因,算一下:
-
-# %%
-tokens = 16 * 2048
-print(f"一个 micro-batch 的 logits: {tokens:,} 个位置 x {qwen.vocab_size:,} 词 = {tokens * qwen.vocab_size / 1e9:.1f}e9 个数")
-for what, nbytes in [("bf16 logits", 2), ("fp32 副本 (loss 里 .float())", 4), ("log_softmax 的 fp32 输出", 4),
-                     ("它的梯度 (fp32)", 4), ("logits 的梯度 (fp32)", 4)]:
-    print(f"  {what:<28} {tokens * qwen.vocab_size * nbytes / GIB:6.1f} GiB")
-est = estimates[True]
-print(f"反向开始时仍在的 3 个 fp32 缓冲: {est.logits / GIB:.1f} GiB; 峰值 {est.peak / GIB:.1f} GiB, 48 GB 卡放得下吗? {fits(est, 48)}")
-
-# %% [markdown]
-# 前向算 loss 时 bf16 logits、fp32 副本和 log_softmax 的输出同时存在(10 字节/位置);反向开始时前两份已释放,
-# 但 log_softmax 的输出、它的梯度和 logits 的梯度都是 fp32(12 字节/位置)。再看每卡 batch 变小、打开检查点各省多少:
-
-# %% tags=["nbval-check-output"]
-by_batch = {ckpt: {b: estimate_training_memory(qwen, b, 2048, "bf16", 2, 4, activation_checkpointing=ckpt)
-                   for b in (1, 2, 4, 8, 16)} for ckpt in (False, True)}
-pd.DataFrame({f"检查点{'开' if ckpt else '关'}": {b: e.gib()["peak"] for b, e in row.items()}
-              for ckpt, row in by_batch.items()}).rename_axis("每卡 batch → 峰值 GiB")
-
-# %% tags=["nbval-check-output"]
-lines = []
-for ckpt, row in by_batch.items():
-    one, sixteen = row[1].peak / GIB, row[16].peak / GIB
-    per_sample = (sixteen - one) / 15
-    lines.append(f"- 检查点{'开' if ckpt else '关'}:batch 1 → 16,峰值 {one:.2f} → {sixteen:.2f} GiB,只涨到 {sixteen / one:.1f} 倍;"
-                 f"可以拆成固定的 {one - per_sample:.2f} GiB(其中模型状态 {row[1].model_states / GIB:.2f} GiB)"
-                 f"加上每个样本 {per_sample:.2f} GiB(它的激活值和 logits 缓冲)。")
-display(Markdown("\n".join(lines)))
-
-# %% [markdown]
-# 峰值是"固定开销 + 每个样本的开销",每个样本的那部分随 batch 线性增长。省显存的办法因此是**缩小 micro-batch、加大梯度累积**
-# (上面刚验证过两者等价),全局 batch 不变。`llmtrain.memory.plan_for_card` 为每种显卡挑出放得下的最大每卡 batch;
-# `code/pretrain.sh` 的 chapter 预设用的就是它(`GPU_MEM_GIB=24|48|80`,命令行版本是 `code/estimate_memory.py`)。
-# "放得下"由 `fits` 判断:
-
-# %%
-print(inspect.getsource(fits))
-rows = {}
-for card in (24, 48, 80):
-    for ckpt in (False, True):
-        plan = plan_for_card(qwen, card, 2048, 16 * 4 * 4, 4, dtype="bf16", zero_stage=2, activation_checkpointing=ckpt)
-        rows[(f"{card} GiB", "开" if ckpt else "关")] = plan.__dict__ if plan else {"per_device_batch": "放不下"}
-pd.DataFrame(rows).T.rename_axis(["显卡", "检查点"])
-
-# %% [markdown]
-# 另一条路是不生成完整的 logits:Liger Kernel 的融合线性层 + 交叉熵(`--use_liger_kernel`,只能在 GPU 上用,需要另装 `liger-kernel`)
-# 按块计算 loss 和梯度,logits 一项从几十 GiB 降到 1 GiB 左右:
-
-# %% tags=["nbval-check-output"]
-plain = estimates[True]
-liger = estimate_training_memory(qwen, **textbook, activation_checkpointing=True, liger_kernel=True)
-pd.DataFrame({"普通 loss": plain.gib(), "Liger 融合 loss": liger.gib()}).rename_axis("GiB / 卡")
-
-# %% [markdown]
-# 模型算得对不对?先在 CPU 上核对:`bench/memory_model.py` 真跑一步训练(前向、反向、AdamW 更新),每个配置一个新进程,
-# 量这一步额外用了多少内存。量的是 **RSS**(resident set size,常驻内存:进程此刻真正占着的物理内存);
-# `/proc/self/status` 里的 `VmHWM` 是 RSS 的峰值,更新前先把它清零,量完减去更新前的 RSS。
-# CPU 上是 fp32 训练(没有混合精度),所以这里验证的是 fp32 的各项;bf16 的激活值公式由 `tests/test_memory.py`
-# 逐个统计 autograd 保存的张量来核对。下图和表读的是基准保存的结果 `bench/memory_model_cpu.json`:
-
-# %%
-import matplotlib.pyplot as plt
-
-bench_rows = json.loads((ROOT / "bench" / "memory_model_cpu.json").read_text())
-fig, ax = plt.subplots(figsize=(5, 5))
-for r in bench_rows:
-    ax.scatter(r["measured_step_mib"], r["estimated_step_mib"], label=r["name"])
-top = max(max(r["measured_step_mib"], r["estimated_step_mib"]) for r in bench_rows) * 1.1
-ax.plot([0, top], [0, top], "k--", lw=1, label="estimate = measured")
-ax.fill_between([0, top], [0, 0.8 * top], [0, 1.2 * top], color="grey", alpha=0.15, label="±20%")
-ax.set_xlabel("measured: peak RSS of one step - RSS before (MiB)")
-ax.set_ylabel("llmtrain.memory estimate (MiB)")
-ax.legend(fontsize=7)
-fig.savefig(IMAGES_DIR / "6.1_memory_model.png", dpi=120, bbox_inches="tight")
-plt.close(fig)
-display(Image(str(IMAGES_DIR / "6.1_memory_model.png")))
-print(f"估计 / 实测: {min(r['ratio'] for r in bench_rows):.3f} – {max(r['ratio'] for r in bench_rows):.3f}")
-pd.DataFrame(bench_rows)[["name", "estimated_step_mib", "measured_step_mib", "ratio"]]
-
-# %% [markdown]
-# CPU 上量不到的是 GPU 独有的部分:CUDA 的缓存分配器、DeepSpeed 的通信桶、CUDA/NCCL 上下文。
-# 这些在一块 H200 上量过:用本课程的 `code/pretrain.sh` 跑教材的预训练任务(Qwen2.5-1.5B 结构、block 2048、bf16、ZeRO-2,单卡),
-# 结果存在 `bench/results/gpu_h200_2026-11-30.json`。下表把它和本节的模型并排(模型的估计在这里现算):
-
-# %%
-gpu = json.loads((ROOT / "bench" / "results" / "gpu_h200_2026-11-30.json").read_text(encoding="utf-8"))
-print(f"测量:{gpu['date']},{gpu['gpu']['count']} 块 {gpu['gpu']['name']}({gpu['gpu']['memory_mib'] / 1024:.0f} GiB),"
-      f"驱动 {gpu['gpu']['driver']}")
-print("版本:", ", ".join(f"{name} {version}" for name, version in gpu["versions"].items()))
-job = gpu["job"]
-h200 = []
-for r in gpu["rows"]:
-    e = estimate_training_memory(qwen, r["per_device_batch"], job["block_size"], job["precision"], job["zero_stage"],
-                                 gpu["gpu"]["count"], activation_checkpointing=r["activation_checkpointing"],
-                                 liger_kernel=r["liger"])
-    h200.append({"设置 (每卡 batch x 梯度累积)": r["name"], "检查点": "开" if r["activation_checkpointing"] else "关",
-                 "模型估计 GiB": round(e.peak / GIB, 2), "allocated GiB": r["allocated_gib"],
-                 "allocated / 估计": round(r["allocated_gib"] / (e.peak / GIB), 3),
-                 "reserved GiB": r["reserved_gib"], "reserved / allocated": round(r["reserved_gib"] / r["allocated_gib"], 2),
-                 "nvidia-smi GiB": r["nvidia_smi_gib"]})
-h200 = pd.DataFrame(h200)
-h200
-
-# %% tags=["nbval-check-output"]
-deviation = (h200["allocated / 估计"] - 1).abs().max()
-ratios = h200["reserved / allocated"]
-chapter, expandable = gpu["rows"][0], gpu["rows"][1]
-context = [r["nvidia_smi_gib"] - r["reserved_gib"] for r in gpu["rows"]]
-display(Markdown(
-    f"- 模型预测的是 **allocated** 峰值(`torch.cuda.max_memory_allocated`:张量实际占用的显存):{len(h200)} 个设置里"
-    f"实测与估计最多相差 {deviation:.1%}。\n"
-    f"- 显卡上被占住的更多。PyTorch 的缓存分配器把释放掉的显存块留着给下一次分配用,它向 CUDA 申请并一直占着的是 **reserved**"
-    f"(`torch.cuda.max_memory_reserved`),是 allocated 的 {ratios.min():.2f}–{ratios.max():.2f} 倍:大小不一的块拼不严,留下碎片。\n"
-    f"- 设 `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` 后,分配器可以把一段显存接着往后扩,碎片变少:"
-    f"教材设置的 reserved 从 {chapter['reserved_gib']:.2f} 降到 {expandable['reserved_gib']:.2f} GiB"
-    f"(allocated 的 {chapter['reserved_gib'] / chapter['allocated_gib']:.2f} 倍 → "
-    f"{expandable['reserved_gib'] / expandable['allocated_gib']:.2f} 倍),allocated 不变。\n"
-    f"- nvidia-smi 看到的还要比 reserved 多 {min(context):.2f}–{max(context):.2f} GiB:CUDA 上下文和 cuBLAS 的工作区。"))
-
-# %% [markdown]
-# 所以规划一张卡时,要拿"allocated 峰值 × 分配器的倍数 + CUDA 上下文"和显存比,而不是只拿模型估计的 allocated 峰值。
-# 另外注意这是单卡的数字:单卡时 ZeRO 没有别的卡可切,模型状态全在这一张卡上,所以比上面 4 卡的表大。
-#
 # ### DeepSpeed 配置
 #
 # `code/ds_config_zero2.json` 沿用教材的配置,值为 `"auto"` 的项由 Trainer 按命令行参数填写(学习率、batch size、是否 bf16……):
@@ -651,7 +484,9 @@ display(Markdown(
 print((ROOT / "code" / "ds_config_zero2.json").read_text(encoding="utf-8"))
 
 # %% [markdown]
-# `zero_optimization.stage: 2` 就是上面的 ZeRO-2;两个 `bucket_size` 是梯度归约和参数收集时每次通信的元素个数,
+# `zero_optimization.stage: 2` 就是 ZeRO-2。混合精度 + Adam 训练时,每个参数要占 bf16 权重 2 字节、bf16 梯度 2 字节、
+# 优化器状态 12 字节(fp32 主权重、一阶矩、二阶矩各 4 字节)。普通数据并行每张卡都存一整份;ZeRO-1 把优化器状态切到 $N$ 张卡上,
+# ZeRO-2 再切梯度,ZeRO-3 连权重也切(各省多少,启动之后的"显存"一节算给你看)。两个 `bucket_size` 是梯度归约和参数收集时每次通信的元素个数,
 # `overlap_comm` 让通信和反向计算同时进行。唯一的改动:删掉了教材配置里的 `scheduler`(`WarmupLR`)。它预热结束后让学习率**一直停在最大值**,
 # 而教材的命令行里 `--warmup_steps 200` 看起来像是"预热后衰减"。去掉它之后由 Trainer 负责调度(预热 + 线性衰减)。
 # 下面用 DeepSpeed 自己的 `WarmupLR` 类和 6.1.4 里 Trainer 每一步实际用过的学习率对比一下:
@@ -785,8 +620,202 @@ display(Markdown(
     f"CPU 上的 MFU 只回答一个问题:训练离'这台机器此刻做一个大矩阵乘'还差多远。"))
 
 # %% [markdown]
-# 保存下来的目录(模型权重 + 分词器)可以直接 `from_pretrained`。
+# 保存下来的目录(模型权重 + 分词器)可以直接 `from_pretrained`,本节最后就这样加载 `make run` 的基座来考它。
 #
+# ## 显存:ZeRO 省了多少,我的显卡放得下吗
+#
+# 上面的启动在 CPU 上跑的是玩具模型。换成教材的 Qwen2.5-1.5B、放到 GPU 上,第一个问题就是显存够不够。
+#
+# ### ZeRO-2 省了多少显存
+#
+# 按 DeepSpeed 配置那里说的字节数(bf16 权重 2、bf16 梯度 2、Adam 状态 12),用 `llmtrain.memory.zero_memory_per_gpu`
+# 算一下 Qwen2.5-1.5B 每张卡一直占着的模型状态(不含激活值):
+
+# %% tags=["nbval-check-output"]
+from llmtrain.memory import zero_memory_per_gpu
+
+n_real = count_parameters(big)
+pd.DataFrame(
+    {f"{gpus} 卡, ZeRO-{stage}": {k: round(v / 2**30, 1) for k, v in zero_memory_per_gpu(n_real, gpus, stage).items()}
+     for gpus in (2, 8) for stage in (0, 2, 3)}
+).rename_axis("GiB / 卡")
+
+# %% [markdown]
+# 这张表只有一直占着的三项。单卡训练(没有别的卡可切)时还要再加一项:更新参数的那一刻,DeepSpeed 把梯度复制成 fp32
+# 交给 fp32 的 Adam,每个参数再多 4 字节(下文 `estimate_training_memory` 里的 `optimizer_step` 一项):
+
+# %% tags=["nbval-check-output"]
+from llmtrain.memory import GIB, estimate_training_memory
+
+qwen = real  # Qwen2.5-1.5B 的配置
+states = zero_memory_per_gpu(n_real, 1, 0)["total"] / GIB
+fp32_grads = estimate_training_memory(qwen, 1, 2048, "bf16", zero_stage=2, num_gpus=1).optimizer_step / GIB
+eight = zero_memory_per_gpu(n_real, 8, 2)["total"] / GIB
+display(Markdown(
+    f"单卡:权重 + 梯度 + 优化器状态 **{states:.1f} GiB**,更新参数时再加 fp32 梯度 {fp32_grads:.1f} GiB,"
+    f"合计 **{states + fp32_grads:.1f} GiB**,还没算一个激活值。"
+    f"8 卡 ZeRO-2 时一直占着的三项降到每卡 {eight:.1f} GiB。"))
+
+# %% [markdown]
+# ### 我的显卡放得下吗
+#
+# 上面的 ZeRO 表只算了模型状态(权重、梯度、优化器状态)。真正训练时还有两大块:反向要用的**激活值**,以及词表上的
+# **logits 和 loss 缓冲**。`llmtrain.memory.estimate_training_memory` 把一步训练拆成几项,逐项按字节数计算每张卡的显存:
+#
+# - `weights / gradients / optimizer_states`:和上面的 ZeRO 表相同(bf16 权重 2 字节、梯度 2 字节、Adam 12 字节),ZeRO 把后几项切到各卡;
+# - `activations`:前向时每层为反向保存下来的张量(两个 RMSNorm 各存一份升到 fp32 的输入,注意力存 q、k、v 和输出,SwiGLU 存 4 个中间维度的张量);
+#   打开激活检查点后每层只存输入;
+# - `layer_backward`:反向传播经过某一层时**临时**多出来的显存:MLP 反向时同时存在的两个中间维度的梯度;
+#   开了检查点时还要加上这一层重新前向算出来的全部激活值。它出现时 loss 缓冲已经释放,所以两者取大的那个,不相加;
+# - `logits_and_loss`:loss 把 logits 升到 fp32,反向开始时还有 3 份 fp32 缓冲;
+# - `optimizer_step`:只在 `optimizer.step()` 那一刻存在:DeepSpeed 把本卡负责的那份梯度转成 fp32 交给优化器。
+#
+# 峰值 = 模型状态 + max(激活值 + max(logits 缓冲, 一层的反向), 优化器更新)。先看教材的设置:每卡 16 × 2048,4 卡 ZeRO-2:
+
+# %% tags=["nbval-check-output"]
+from llmtrain.memory import fits, plan_for_card
+
+textbook = dict(per_device_batch=16, seq_len=2048, dtype="bf16", zero_stage=2, num_gpus=4)
+estimates = {ckpt: estimate_training_memory(qwen, **textbook, activation_checkpointing=ckpt) for ckpt in (False, True)}
+pd.DataFrame({f"检查点{'开' if ckpt else '关'}": e.gib() for ckpt, e in estimates.items()}
+             ).rename_axis("GiB / 卡 (16 x 2048, bf16, ZeRO-2, 4 卡)")
+
+# %% tags=["nbval-check-output"]
+lines = []
+for ckpt, e in estimates.items():
+    ratio = e.logits / e.activations
+    lines.append(f"- 检查点{'开' if ckpt else '关'}:`logits_and_loss` {e.logits / GIB:.2f} GiB,激活值 {e.activations / GIB:.2f} GiB,"
+                 f"logits 一项{'是激活值的 %.1f 倍' % ratio if ratio > 1 else '只有激活值的 %.0f%%' % (100 * ratio)}。")
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# 检查点只能省激活值,对 logits 一项毫无帮助:不开检查点时两项都很大,开了之后几乎只剩 logits。
+# 这就是上游 happy-llm #106 在 4 × 48 GB 上显存不足的原因,算一下:
+
+# %%
+tokens = 16 * 2048
+print(f"一个 micro-batch 的 logits: {tokens:,} 个位置 x {qwen.vocab_size:,} 词 = {tokens * qwen.vocab_size / 1e9:.1f}e9 个数")
+for what, nbytes in [("bf16 logits", 2), ("fp32 副本 (loss 里 .float())", 4), ("log_softmax 的 fp32 输出", 4),
+                     ("它的梯度 (fp32)", 4), ("logits 的梯度 (fp32)", 4)]:
+    print(f"  {what:<28} {tokens * qwen.vocab_size * nbytes / GIB:6.1f} GiB")
+est = estimates[True]
+print(f"反向开始时仍在的 3 个 fp32 缓冲: {est.logits / GIB:.1f} GiB; 峰值 {est.peak / GIB:.1f} GiB, 48 GB 卡放得下吗? {fits(est, 48)}")
+
+# %% [markdown]
+# 前向算 loss 时 bf16 logits、fp32 副本和 log_softmax 的输出同时存在(10 字节/位置);反向开始时前两份已释放,
+# 但 log_softmax 的输出、它的梯度和 logits 的梯度都是 fp32(12 字节/位置)。再看每卡 batch 变小、打开检查点各省多少:
+
+# %% tags=["nbval-check-output"]
+by_batch = {ckpt: {b: estimate_training_memory(qwen, b, 2048, "bf16", 2, 4, activation_checkpointing=ckpt)
+                   for b in (1, 2, 4, 8, 16)} for ckpt in (False, True)}
+pd.DataFrame({f"检查点{'开' if ckpt else '关'}": {b: e.gib()["peak"] for b, e in row.items()}
+              for ckpt, row in by_batch.items()}).rename_axis("每卡 batch → 峰值 GiB")
+
+# %% tags=["nbval-check-output"]
+lines = []
+for ckpt, row in by_batch.items():
+    one, sixteen = row[1].peak / GIB, row[16].peak / GIB
+    per_sample = (sixteen - one) / 15
+    lines.append(f"- 检查点{'开' if ckpt else '关'}:batch 1 → 16,峰值 {one:.2f} → {sixteen:.2f} GiB,只涨到 {sixteen / one:.1f} 倍;"
+                 f"可以拆成固定的 {one - per_sample:.2f} GiB(其中模型状态 {row[1].model_states / GIB:.2f} GiB)"
+                 f"加上每个样本 {per_sample:.2f} GiB(它的激活值和 logits 缓冲)。")
+display(Markdown("\n".join(lines)))
+
+# %% [markdown]
+# 峰值是"固定开销 + 每个样本的开销",每个样本的那部分随 batch 线性增长。省显存的办法因此是**缩小 micro-batch、加大梯度累积**
+# (6.1.4 验证过两者等价),全局 batch 不变。`llmtrain.memory.plan_for_card` 为每种显卡挑出放得下的最大每卡 batch;
+# `code/pretrain.sh` 的 chapter 预设用的就是它(`GPU_MEM_GIB=24|48|80`,命令行版本是 `code/estimate_memory.py`)。
+# "放得下"由 `fits` 判断:
+
+# %%
+print(inspect.getsource(fits))
+rows = {}
+for card in (24, 48, 80):
+    for ckpt in (False, True):
+        plan = plan_for_card(qwen, card, 2048, 16 * 4 * 4, 4, dtype="bf16", zero_stage=2, activation_checkpointing=ckpt)
+        rows[(f"{card} GiB", "开" if ckpt else "关")] = plan.__dict__ if plan else {"per_device_batch": "放不下"}
+pd.DataFrame(rows).T.rename_axis(["显卡", "检查点"])
+
+# %% [markdown]
+# 另一条路是不生成完整的 logits:Liger Kernel 的融合线性层 + 交叉熵(`--use_liger_kernel`,只能在 GPU 上用,需要另装 `liger-kernel`)
+# 按块计算 loss 和梯度,logits 一项从几十 GiB 降到 1 GiB 左右:
+
+# %% tags=["nbval-check-output"]
+plain = estimates[True]
+liger = estimate_training_memory(qwen, **textbook, activation_checkpointing=True, liger_kernel=True)
+pd.DataFrame({"普通 loss": plain.gib(), "Liger 融合 loss": liger.gib()}).rename_axis("GiB / 卡")
+
+# %% [markdown]
+# 模型算得对不对?先在 CPU 上核对:`bench/memory_model.py` 真跑一步训练(前向、反向、AdamW 更新),每个配置一个新进程,
+# 量这一步额外用了多少内存。量的是 **RSS**(resident set size,常驻内存:进程此刻真正占着的物理内存);
+# `/proc/self/status` 里的 `VmHWM` 是 RSS 的峰值,更新前先把它清零,量完减去更新前的 RSS。
+# CPU 上是 fp32 训练(没有混合精度),所以这里验证的是 fp32 的各项;bf16 的激活值公式由 `tests/test_memory.py`
+# 逐个统计 autograd 保存的张量来核对。下图和表读的是基准保存的结果 `bench/memory_model_cpu.json`:
+
+# %%
+import matplotlib.pyplot as plt
+
+bench_rows = json.loads((ROOT / "bench" / "memory_model_cpu.json").read_text())
+fig, ax = plt.subplots(figsize=(5, 5))
+for r in bench_rows:
+    ax.scatter(r["measured_step_mib"], r["estimated_step_mib"], label=r["name"])
+top = max(max(r["measured_step_mib"], r["estimated_step_mib"]) for r in bench_rows) * 1.1
+ax.plot([0, top], [0, top], "k--", lw=1, label="estimate = measured")
+ax.fill_between([0, top], [0, 0.8 * top], [0, 1.2 * top], color="grey", alpha=0.15, label="±20%")
+ax.set_xlabel("measured: peak RSS of one step - RSS before (MiB)")
+ax.set_ylabel("llmtrain.memory estimate (MiB)")
+ax.legend(fontsize=7)
+fig.savefig(IMAGES_DIR / "6.1_memory_model.png", dpi=120, bbox_inches="tight")
+plt.close(fig)
+display(Image(str(IMAGES_DIR / "6.1_memory_model.png")))
+print(f"估计 / 实测: {min(r['ratio'] for r in bench_rows):.3f} – {max(r['ratio'] for r in bench_rows):.3f}")
+pd.DataFrame(bench_rows)[["name", "estimated_step_mib", "measured_step_mib", "ratio"]]
+
+# %% [markdown]
+# CPU 上量不到的是 GPU 独有的部分:CUDA 的缓存分配器、DeepSpeed 的通信桶、CUDA/NCCL 上下文。
+# 这些在一块 H200 上量过:用本课程的 `code/pretrain.sh` 跑教材的预训练任务(Qwen2.5-1.5B 结构、block 2048、bf16、ZeRO-2,单卡),
+# 结果存在 `bench/results/gpu_h200_2026-11-30.json`。下表把它和本节的模型并排(模型的估计在这里现算):
+
+# %%
+gpu = json.loads((ROOT / "bench" / "results" / "gpu_h200_2026-11-30.json").read_text(encoding="utf-8"))
+print(f"测量:{gpu['date']},{gpu['gpu']['count']} 块 {gpu['gpu']['name']}({gpu['gpu']['memory_mib'] / 1024:.0f} GiB),"
+      f"驱动 {gpu['gpu']['driver']}")
+print("版本:", ", ".join(f"{name} {version}" for name, version in gpu["versions"].items()))
+job = gpu["job"]
+h200 = []
+for r in gpu["rows"]:
+    e = estimate_training_memory(qwen, r["per_device_batch"], job["block_size"], job["precision"], job["zero_stage"],
+                                 gpu["gpu"]["count"], activation_checkpointing=r["activation_checkpointing"],
+                                 liger_kernel=r["liger"])
+    h200.append({"设置 (每卡 batch x 梯度累积)": r["name"], "检查点": "开" if r["activation_checkpointing"] else "关",
+                 "模型估计 GiB": round(e.peak / GIB, 2), "allocated GiB": r["allocated_gib"],
+                 "allocated / 估计": round(r["allocated_gib"] / (e.peak / GIB), 3),
+                 "reserved GiB": r["reserved_gib"], "reserved / allocated": round(r["reserved_gib"] / r["allocated_gib"], 2),
+                 "nvidia-smi GiB": r["nvidia_smi_gib"]})
+h200 = pd.DataFrame(h200)
+h200
+
+# %% tags=["nbval-check-output"]
+deviation = (h200["allocated / 估计"] - 1).abs().max()
+ratios = h200["reserved / allocated"]
+chapter, expandable = gpu["rows"][0], gpu["rows"][1]
+context = [r["nvidia_smi_gib"] - r["reserved_gib"] for r in gpu["rows"]]
+display(Markdown(
+    f"- 模型预测的是 **allocated** 峰值(`torch.cuda.max_memory_allocated`:张量实际占用的显存):{len(h200)} 个设置里"
+    f"实测与估计最多相差 {deviation:.1%}。\n"
+    f"- 显卡上被占住的更多。PyTorch 的缓存分配器把释放掉的显存块留着给下一次分配用,它向 CUDA 申请并一直占着的是 **reserved**"
+    f"(`torch.cuda.max_memory_reserved`),是 allocated 的 {ratios.min():.2f}–{ratios.max():.2f} 倍:大小不一的块拼不严,留下碎片。\n"
+    f"- 设 `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` 后,分配器可以把一段显存接着往后扩,碎片变少:"
+    f"教材设置的 reserved 从 {chapter['reserved_gib']:.2f} 降到 {expandable['reserved_gib']:.2f} GiB"
+    f"(allocated 的 {chapter['reserved_gib'] / chapter['allocated_gib']:.2f} 倍 → "
+    f"{expandable['reserved_gib'] / expandable['allocated_gib']:.2f} 倍),allocated 不变。\n"
+    f"- nvidia-smi 看到的还要比 reserved 多 {min(context):.2f}–{max(context):.2f} GiB:CUDA 上下文和 cuBLAS 的工作区。"))
+
+# %% [markdown]
+# 所以规划一张卡时,要拿"allocated 峰值 × 分配器的倍数 + CUDA 上下文"和显存比,而不是只拿模型估计的 allocated 峰值。
+# 另外注意这是单卡的数字:单卡时 ZeRO 没有别的卡可切,模型状态全在这一张卡上,所以比上面 4 卡的表大。
+
+# %% [markdown]
 # ## 基座模型学到了什么
 #
 # 预训练只教模型"接着往下写"。下面考的都是 `make run` 训练的基座 `output/toy/pretrain`(6.2、6.3 的起点),
@@ -821,6 +850,61 @@ people = {split: sorted({q.person for q in questions if q.split == split})
 for split, names in people.items():
     per_person = [sum(name in t for t in texts) for name in names]
     print(f"{split:8s}:{len(names)} 人,每人出现在 {min(per_person)}–{max(per_person)} 篇文档里")
+
+# %% [markdown]
+# ### EOS 教会了它在哪里停下
+#
+# 上面的续写在答案之后常常接着写下一件事:语料里的每篇传记正好写三件事(家乡、职业、水果),每件事一句话。
+# 6.1.3 说过,加了 EOS 之后每篇文档的结尾都是一个要预测的 token。量一量基座在传记里各处预测 `<|endoftext|>` 的概率:
+# 句子中间、第一句和第二句的句号之后(文档还没完),第三句的句号之后(文档结束)。
+
+# %%
+EOS_ID = base_tokenizer.eos_token_id
+names = people["sft_seen"] + people["heldout"]  # 上一格:评测里的 40 个人
+three_sentence_bios = [t for t in texts if t.count("。") == 3 and t.endswith("。") and any(n in t for n in names)]
+(period,) = base_tokenizer("。", add_special_tokens=False)["input_ids"]  # 每个汉字、每个全角标点都是一个 token
+p_by_place = {"句子中间": [], "第 1 句之后": [], "第 2 句之后": [], "第 3 句之后(文档结束)": []}
+places = list(p_by_place)
+with torch.no_grad():
+    for start in range(0, len(three_sentence_bios), 64):
+        chunk = [base_tokenizer(t, add_special_tokens=False)["input_ids"] for t in three_sentence_bios[start:start + 64]]
+        width = max(map(len, chunk))
+        ids = torch.tensor([c + [EOS_ID] * (width - len(c)) for c in chunk])
+        mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk])
+        p_eos = torch.softmax(base(input_ids=ids, attention_mask=mask).logits.float(), -1)[..., EOS_ID]
+        for row, c in enumerate(chunk):
+            sentences_done = 0
+            for pos, token in enumerate(c):
+                if token == period:
+                    sentences_done += 1
+                    p_by_place[places[sentences_done]].append(p_eos[row, pos].item())
+                else:
+                    p_by_place["句子中间"].append(p_eos[row, pos].item())
+mean_p = {place: sum(v) / len(v) for place, v in p_by_place.items()}
+print(f"{len(three_sentence_bios)} 篇三句话的传记,基座预测下一个 token 是 <|endoftext|> 的平均概率:")
+for place, p in mean_p.items():
+    print(f"  {place:12s} {p:7.2%}({len(p_by_place[place]):,} 个位置)")
+prompt = base_tokenizer("林晓雨", return_tensors="pt", add_special_tokens=False)
+with torch.no_grad():
+    out = base.generate(**prompt, max_new_tokens=60, do_sample=False, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+continuation = out[0, prompt["input_ids"].shape[1]:].tolist()
+stopped_at_eos = continuation[-1] == EOS_ID
+print(f"贪心续写 \"林晓雨\"({len(continuation)} 个新 token,{'以 <|endoftext|> 停下' if stopped_at_eos else '写满上限仍未停'}):"
+      + base_tokenizer.decode(continuation))
+
+# %%
+inside, first, second, end = mean_p.values()
+display(Markdown(
+    f"句子中间,基座几乎从不预测文档结束(平均 {inside:.2%});句号之后才会:第 1 句之后 {first:.0%},第 2 句之后 {second:.0%},"
+    f"第 3 句之后 {end:.0%}。"
+    + ("它学到的是\"一件事说完才可能结束,说得越多越该结束\"" if inside < first < second < end else
+       "它学到的是\"说完一句才可能结束\"")
+    + (",只是数不准(传记总是三句,第 2 句之后却已经有一多半的把握):" if second > 0.5 else ":")
+    + ("贪心续写时说完一件事就生成了 `<|endoftext|>`,`generate` 在那里停下。" if stopped_at_eos and
+       continuation.count(period) == 1 else
+       "贪心续写在 `<|endoftext|>` 处停下。" if stopped_at_eos else "贪心续写没有在上限之内停下。")
+    + "无论数得准不准,这个\"结束\"都是 EOS 教的:教材的数据没有 EOS,模型从没见过结束这个目标,续写只能一直写到 "
+    "`max_new_tokens` 为止。"))
 
 # %% [markdown]
 # ### 一个事实要读多少遍?
@@ -905,10 +989,28 @@ display(Markdown(
 # %% [markdown]
 # ## 练习
 #
-# 读完 `group_texts` 和显存模型之后,自己写一遍。练习在 `exercises/ex6_1_pretrain.py`,每个函数的文档字符串写明了约定,函数名和参数与 llmtrain 里的实现相同:
+# 练习在 `exercises/ex6_1_pretrain.py`。每个函数的文档字符串只写约定(输入、输出、用文字说的规则),函数名和参数与
+# llmtrain 里的实现相同。写完运行 `make check-exercises EX=6.1`:每个练习给出"通过""未实现",或者指出错在哪里、为什么。
 #
-# 1. `tokenize_with_eos`:分词,并在每篇文档末尾加 EOS。学到:文档拼接成块之后,模型只能靠 EOS 看出文档的边界(教材代码漏掉了它)。
-# 2. `group_texts`:把文档首尾拼接,切成正好 `block_size` 个 token 的块,余数丢掉,labels 就是 input_ids。学到:预训练数据的形状,以及为什么不自己错开 labels。
-# 3. `logits_bytes`:显存模型里"logits 与 loss"这一项的字节数。学到:在教材的 batch 下,为什么大词表的 logits 是显存的大头。
+# 1. `tokenize_with_eos`:分词,每篇文档末尾加 EOS。学到:拼接成块之后,模型只能靠 EOS 看出文档的边界;EOS 不是 pad
+#    (评分程序用一个 pad 与 eos 不同的分词器检查,玩具分词器的 pad 恰好就是 eos),也不要让分词器自己加 BOS。
+# 2. `group_texts`:把 `map` 交来的一批文档首尾拼接,切成正好 `block_size` 个 token 的块。学到:余数为什么丢掉、
+#    EOS 要留在块里、labels 为什么不自己错开;也能解释为什么进了块的 EOS 比文档数少一点(每个 `map` 批次都丢掉自己的余数)。
+# 3. `find_resume_checkpoint`:断点续训从哪个 checkpoint 继续。学到:只认完整的 checkpoint(Trainer 最后才写
+#    `trainer_state.json`),按步数而不是按名字的字符串比较,目录非空却没有 checkpoint 时为什么要报错,
+#    `--overwrite_output_dir` 与 `--resume_from_checkpoint` 各是什么意思(transformers 的 `get_last_checkpoint` 不检查完整性)。
+# 4. `logits_bytes`:显存模型里"logits 与 loss"这一项的字节数。学到:在教材的 batch 下,大词表的 logits 为什么是显存的大头,
+#    以及它为什么与训练精度无关。
 #
-# 检查:在仓库根目录运行 `make check-exercises EX=6.1`。每个练习给出"通过""未实现",或者指出错在哪里、为什么。做完再对照 `code/llmtrain/pretrain_data.py` 与 `code/llmtrain/memory.py`。
+# 评分程序认得常见错误并说明原因:漏了 EOS、用 pad 代替 EOS、多了 BOS、保留了余数、每篇文档单独切块、自己错开 labels、
+# 按字符串排序 checkpoint、从不完整的 checkpoint 续训、非空目录不报错、只算了 bf16 的 logits 本身……
+# 做完再对照 `code/llmtrain/pretrain_data.py`、`code/llmtrain/checkpoints.py` 与 `code/llmtrain/memory.py`。
+
+# %% [markdown]
+# ### 练习之后:课程的实现
+#
+# 练习 1、2 在 `llmtrain.pretrain_data` 里的实现(6.1.3 用的就是它们):
+
+# %%
+print(inspect.getsource(tokenize_with_eos))
+print(inspect.getsource(group_texts))

@@ -39,6 +39,7 @@ SEED = 42  # notebook 里几个小实验的种子(finetune.sh 用它自己的默
 # %%
 import inspect
 import json
+import math
 import time
 
 import datasets
@@ -137,14 +138,11 @@ print("需要监督的字符区间:", [text[a:b] for a, b in spans])
 # 换一个分词器,这些假设就可能不成立(比如 BPE 把 `"\n"` 和后面的字合并成一个 token)。
 # `llmtrain.sft_data.tokenize_conversation` 的做法更稳妥:把整段文本**一次性**分词(与 `apply_chat_template` 完全相同),
 # 再用每个 token 的字符偏移判断它是否落在回答区间里。回答末尾的 `<|im_end|>` 也要监督——模型得学会"说完了就停"。
-
-# %%
-from llmtrain.sft_data import IGNORE_INDEX, tokenize_conversation
-
-print(inspect.getsource(tokenize_conversation))
+# 这个函数是本节的练习 1,源码放在练习之后;先看它对上面那段多轮对话给出的标签(方括号里的 token 参与损失计算):
 
 # %% tags=["nbval-check-output"]
 from llmtrain.plotting import label_mask_svg
+from llmtrain.sft_data import IGNORE_INDEX, tokenize_conversation
 
 encoded = tokenize_conversation(example, tokenizer, max_len=MAX_LEN)
 tokens = [tokenizer.decode([i]) for i in encoded["input_ids"]]
@@ -171,6 +169,16 @@ from llmtrain.sft_data import chat_template_agreement
 agreement = pd.DataFrame(chat_template_agreement(raw["conversations"], tokenizer))
 print(f"{len(raw)} 条对话:token 完全一致 {agreement['same_ids'].sum()} 条,"
       f"监督掩码完全一致 {agreement['same_mask'].sum()} 条,模板掩码非空 {agreement['mask_nonempty'].sum()} 条")
+template_masks = [tokenizer.apply_chat_template(normalize_conversation(c), tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)["assistant_masks"]
+                  for c in raw["conversations"]]
+print(f"比较的是 {sum(map(len, template_masks)):,} 个 token 位置,模板标为助手 token 的 {sum(map(sum, template_masks)):,} 个")
+# 一个看得见的错误能不能被查出来:忘了监督回答后面的 <|im_end|>
+im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+without_im_end = [[label != IGNORE_INDEX and token != im_end for token, label in zip(f["input_ids"], f["labels"])]
+                  for f in (tokenize_conversation(c, tokenizer, max_len=1 << 30) for c in raw["conversations"])]
+caught = sum(mask != [bool(m) for m in ref] for mask, ref in zip(without_im_end, template_masks))
+print(f"对照:漏掉回答末尾的 <|im_end|> 时,{caught} 条对话的掩码与模板不一致")
 
 # %% [markdown]
 # (注意:Qwen2.5 官方的模板里**没有** `{% generation %}`,对它调用 `return_assistant_tokens_mask=True` 只会得到全 0 的掩码和一条警告,
@@ -277,17 +285,20 @@ table["vs textbook"] = table["supervised_tokens_per_s"] / table["supervised_toke
 display(table.round(2))
 textbook_row, dynamic_row, packing_row = results.values()
 speedups = {name: r["supervised_tokens_per_s"] / textbook_row["supervised_tokens_per_s"] for name, r in results.items()}
+packing_vs_dynamic = packing_row["supervised_tokens_per_s"] / dynamic_row["supervised_tokens_per_s"]
 display(Markdown(
     f"本次运行:补齐到 2048 时,真实 token 只占计算位置的 {textbook_row['real_token_fraction']:.1%};"
     f"动态 padding 是 {dynamic_row['real_token_fraction']:.1%},打包是 {packing_row['real_token_fraction']:.1%}(没有任何 padding)。"
     f"每秒训练的回答 token,动态 padding 是教材做法的 {speedups['dynamic padding']:.1f} 倍,"
-    f"打包是 {speedups['packing (padding-free)']:.1f} 倍;打包{'快于' if packing_row['supervised_tokens_per_s'] > dynamic_row['supervised_tokens_per_s'] else '慢于'}动态 padding。"
+    f"打包是 {speedups['packing (padding-free)']:.1f} 倍。打包和动态 padding 相比:"
+    f"每秒 {packing_row['supervised_tokens_per_s']:,.0f} 对 {dynamic_row['supervised_tokens_per_s']:,.0f} 个回答 token,"
+    f"是它的 {packing_vs_dynamic:.2f} 倍({'快' if packing_vs_dynamic > 1 else '慢'})。"
     f"每种只测了 {BENCH_STEPS} 步,计时受机器负载影响,倍数每次运行都会变。"))
 
 # %% [markdown]
-# 在 CPU 上,打包的这一行用块对角的注意力掩码计算(整行长度的平方),动态 padding 则是每条样本各算各的,
-# 所以打包不一定更快;在 GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,只计算每条对话内部的注意力,
-# 样本长度越参差(真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多,打包的优势越大。
+# 两种做法都不再把计算浪费在 padding 上;它们之间谁快,在 CPU 上并不确定:打包的这一行用块对角的注意力掩码计算
+# (整行长度的平方),动态 padding 则是每条样本各算各的。在 GPU 上配合 flash-attention 时,打包走变长(varlen)kernel,
+# 只计算每条对话内部的注意力,样本长度越参差(真实的 BelleGroup 数据就是这样),动态 padding 浪费得越多,打包的优势越大。
 #
 # 上面的倍数只有几步,比较粗。`bench/sft_throughput.py` 用同样的三种方式各训练更多步,结果连同日期、机器、负载和库版本
 # 写进仓库里的 `bench/results/sft_throughput_cpu.json`(README 的表也来自它):
@@ -298,7 +309,18 @@ print(f"{bench['date']} · {bench['machine']['cpu']} · {bench['machine']['cores
       f"开始时 1 分钟负载 {bench['machine']['load_average_1_5_15_min_at_start'][0]} · "
       f"torch {bench['versions']['torch']} · transformers {bench['versions']['transformers']}")
 print(f"{bench['data']['conversations']} 条对话,batch {bench['batch_size']},每种 {bench['steps']} 步")
-pd.DataFrame(bench["rows"]).T[["real_token_fraction", "tokens_per_step", "supervised_tokens_per_s", "vs_textbook"]].round(2)
+display(pd.DataFrame(bench["rows"]).T[["real_token_fraction", "tokens_per_step", "supervised_tokens_per_s",
+                                         "vs_textbook"]].round(2))
+least_speedup = min([r["vs_textbook"] for name, r in bench["rows"].items() if not name.startswith("textbook")]
+                    + [v for name, v in speedups.items() if not name.startswith("textbook")])
+bench_packing_vs_dynamic = (bench["rows"]["packing (padding-free)"]["supervised_tokens_per_s"]
+                            / bench["rows"]["dynamic padding"]["supervised_tokens_per_s"])
+display(Markdown(
+    f"基准里打包是动态 padding 的 {bench_packing_vs_dynamic:.2f} 倍,本次运行的 {BENCH_STEPS} 步里是 {packing_vs_dynamic:.2f} 倍:"
+    + ("两次都是打包更快。" if min(bench_packing_vs_dynamic, packing_vs_dynamic) > 1 else
+       "两次都是动态 padding 更快。" if max(bench_packing_vs_dynamic, packing_vs_dynamic) < 1 else
+       "两次的快慢不一样,在 CPU 上这两种做法的差别比测量的波动小。")
+    + f"和补齐到 2048 的教材做法相比,两次测量里两种做法都至少快 {least_speedup:.0f} 倍。"))
 
 # %% [markdown]
 # ### 打包的 batch 长什么样
@@ -306,8 +328,8 @@ pd.DataFrame(bench["rows"]).T[["real_token_fraction", "tokens_per_step", "superv
 # 把最短的 3 条对话交给训练脚本用的 collator(`make_collator(tokenizer, packing=True)`,即 `DataCollatorWithFlattening`),
 # 看它返回的张量:只有一行,三条对话首尾相接;`position_ids` 在每条对话的第一个 token 处回到 0;
 # 标签在提示处是 -100,在回答和它的 `<|im_end|>` 处等于 `input_ids`(模型计算损失时自己错开一位:第 i 个位置的输出去预测第 i+1 个标签)。
-# collator 还把每条对话第一个位置的标签设成 -100,免得上一条对话的最后一个 token 去预测下一条的开头(这里那个位置是系统提示,本来就是 -100)。
-# 没有 `attention_mask`:对话的边界全靠 `position_ids`。
+# 没有 `attention_mask`:对话的边界全靠 `position_ids`。每条对话第一列的 label 为什么一定是 -100(即使那里不是提示)?
+# 这是练习 2 要想清楚的一点,答案放在练习之后。
 
 # %% tags=["nbval-check-output"]
 from llmtrain.sft_data import make_collator
@@ -332,15 +354,18 @@ for k, (a, b) in enumerate(zip(starts, starts[1:]), 1):
 # 训练时的前向计算也会创建一个空的 cache,于是 transformers 不再从 `position_ids` 推断对话边界,打包的对话之间就会互相"偷看"。
 # 把上面打包的三条对话和单独计算比较 logits:
 
-# %% tags=["nbval-check-output"]
+# %%
 probe = AutoModelForCausalLM.from_pretrained(PRETRAINED).train()
 for use_cache in (True, False):
     probe.config.use_cache = use_cache
     with torch.no_grad():
         packed = probe(**pack).logits[0]
-        diffs = [(packed[a:b] - probe(input_ids=pack["input_ids"][:, a:b]).logits[0]).abs().max().item()
-                 for a, b in zip(starts, starts[1:])]
-    print(f"use_cache={use_cache}: 各对话打包 vs 单独计算的最大 logits 差 {'> 1e-3' if max(diffs) > 1e-3 else '< 1e-3'}")
+        alone = [probe(input_ids=pack["input_ids"][:, a:b]).logits[0] for a, b in zip(starts, starts[1:])]
+        diffs = [(packed[a:b] - logits).abs().max().item() for (a, b), logits in zip(zip(starts, starts[1:]), alone)]
+        # 比较的东西有多大:后两条对话的 logits 本身,以及它们和"接在前一条后面、不隔开"时差多少
+        size = max(logits.abs().max().item() for logits in alone[1:])
+    print(f"use_cache={use_cache}: 各对话打包 vs 单独计算的最大 logits 差 {'> 1e-3' if max(diffs) > 1e-3 else '< 1e-3'}"
+          f"(差 {max(diffs):.1e};logits 本身的最大绝对值 {size:.1f})")
 
 # %% [markdown]
 # 所以 `llmtrain.training.build_trainer` 在训练前把 `use_cache` 关掉(训练本来也用不到 cache),`train_and_save` 保存模型前再打开;
@@ -349,12 +374,14 @@ for use_cache in (True, False):
 # ### 用 Trainer 训练:`code/finetune.py`
 #
 # 教材的 SFT 脚本和 6.1.5 的预训练脚本几乎一样:解析参数、设日志、找 checkpoint、加载模型和分词器,
-# 不同的只有数据处理和 collator。`code/finetune.py` 是它的现代化版本,下面是其中处理数据和训练的两步
-# (第 1–3 步与 `pretrain.py` 相同;`build_trainer` 就是上面 pad id 实验用的那个):
+# 不同的只有数据处理和 collator。`code/finetune.py` 是它的现代化版本,下面是其中处理数据(第 2 步)和训练(第 5 步)的部分
+# (第 1、3 步是解析参数和断点续训,与 `pretrain.py` 相同;第 4 步加载模型,6.3 的 LoRA 也在那里;
+# `build_trainer` 就是上面 pad id 实验用的那个):
 
 # %%
 finetune_source = (ROOT / "code" / "finetune.py").read_text(encoding="utf-8")
-print(finetune_source[finetune_source.index("    # 4. SFT 数据"):finetune_source.index("    if lora_args.use_lora and lora_args.merge_lora")])
+for first, end in [("    # 2. SFT 数据", "    # 3. "), ("    # 5. 训练并保存", "    if lora_args.use_lora and lora_args.merge_lora")]:
+    print(finetune_source[finetune_source.index(first):finetune_source.index(end)].rstrip() + "\n")
 print(inspect.getsource(build_trainer))
 
 # %% [markdown]
@@ -398,24 +425,65 @@ display(Image(plot_loss(state["log_history"], str(IMAGES_DIR / "6.2_sft_loss.png
 # ### 和微调前后的模型聊几句
 #
 # `llmtrain.generation.chat` 用分词器的模板渲染问题(`add_generation_prompt=True` 会在末尾加上 `<|im_start|>assistant\n`),
-# 贪心解码,生成到 `<|im_end|>` 为止。前两个问题的人物是 seen(这两句问话原样出现在 SFT 数据里),
-# 后两个是 held-out(人物的事实只在预训练语料里),最后两个是 SFT 数据里的闲聊和小任务:
+# 贪心解码,生成到 `<|im_end|>` 为止。前两个问题的人物是 seen,接着两个是 held-out(人物的事实只在预训练语料里),
+# 最后是一句闲聊和一道加法题。每个问题是否原样出现在 SFT 数据里,由代码查出来标在括号里:
 
 # %%
 from llmtrain.generation import chat
 
 model = AutoModelForCausalLM.from_pretrained(SFT_DIR)
-probes = [("林晓雨的家乡是哪里?", "SFT 数据里有"), ("周思桐最喜欢的水果是什么?", "SFT 数据里有"),
-          ("王志远的家乡是哪里?", "held-out"), ("赵子轩的职业是什么?", "held-out"),
-          ("你好", "SFT 数据里有"), ("3加5等于几?", "SFT 数据里有")]
-for q, where in probes:
-    print(f"问({where}): {q}\n  SFT 之前: {chat(base_model, tokenizer, q, max_new_tokens=24)!r}\n"
-          f"  SFT 之后: {chat(model, tokenizer, q, max_new_tokens=24)!r}")
+sft_user_turns = {turn["value"] for conv in raw["conversations"] for turn in conv if turn["from"] == "human"}
+heldout_questions = {q.question for q in load_eval_questions(str(SAMPLE / "eval.jsonl")) if q.split == "heldout"}
+
+
+def where(question: str) -> str:
+    """这句问话和 SFT 数据的关系。"""
+    if question in sft_user_turns:
+        return "原样在 SFT 数据里"
+    return "held-out 人物,不在 SFT 数据里" if question in heldout_questions else "不在 SFT 数据里"
+
+
+probes = ["林晓雨的家乡是哪里?", "周思桐最喜欢的水果是什么?", "王志远的家乡是哪里?", "赵子轩的职业是什么?", "你好", "3加5等于几?"]
+after_sft = {}
+for q in probes:
+    after_sft[q] = chat(model, tokenizer, q, max_new_tokens=24)
+    print(f"问({where(q)}): {q}\n  SFT 之前: {chat(base_model, tokenizer, q, max_new_tokens=24)!r}\n"
+          f"  SFT 之后: {after_sft[q]!r}")
 
 # %% [markdown]
 # 这里最多生成 24 个 token,长一点的回答会被截断。基座在预训练语料里见过 ChatML 格式的日常对话,却从没被问过这些人的事实;
 # SFT 教的是"被问到时,用一句话给出答案,然后停下"。held-out 两人的事实 SFT 数据里没有,他们的答案只能来自预训练。
 #
+# 最后那道加法题不在 SFT 数据里,SFT 数据里有的是同一种说法的别的加法题。它答对了吗?加法是 SFT 的小任务之一,
+# 把 SFT 数据里的加法题和同样范围内没出现过的加法题各考一遍(`llmtrain.grading.arithmetic_reward` 判分:最后一个整数是不是和):
+
+# %%
+import re
+
+from llmtrain.evaluation import generate_replies
+from llmtrain.grading import arithmetic_reward
+
+ADDITION = re.compile(r"(\d+)加(\d+)等于几\?")
+seen_sums = sorted({q for q in sft_user_turns if ADDITION.fullmatch(q)})
+unseen_sums = [f"{a}加{b}等于几?" for a in range(1, 21) for b in range(1, 21) if f"{a}加{b}等于几?" not in sft_user_turns][::9]
+sum_scores = {}
+for name, questions in [("SFT 数据里的加法题", seen_sums), ("没出现过的加法题", unseen_sums)]:
+    replies = [r for r, _ in generate_replies(model, tokenizer, questions, max_new_tokens=24)]
+    right = [arithmetic_reward(r, str(sum(map(int, ADDITION.fullmatch(q).groups())))) for q, r in zip(questions, replies)]
+    sum_scores[name] = sum(right) / len(right)
+    print(f"{name}:{len(questions)} 道,答对 {sum(right):.0f} 道({sum_scores[name]:.0%});例如 {questions[0]} → {replies[0]!r}")
+three_plus_five = after_sft["3加5等于几?"]
+display(Markdown(
+    f"\"3加5等于几?\" SFT 模型答 {three_plus_five!r},"
+    + ("答对了。" if arithmetic_reward(three_plus_five, "8") else "答错了。")
+    + f"SFT 数据里的加法题答对 {sum_scores['SFT 数据里的加法题']:.0%},没出现过的只答对 {sum_scores['没出现过的加法题']:.0%}:"
+    + ("这个一百万参数的玩具模型记住的是见过的那些题的答案,没有学会加法本身。" if
+       sum_scores["没出现过的加法题"] < sum_scores["SFT 数据里的加法题"] - 0.2 else
+       "连见过的题也大多答错:它学会的是加法题回答的样子(\"X加Y等于Z。\"),没学会加法,常常连题目里的数都抄错。"
+       if max(sum_scores.values()) < 0.5 else "见过的和没见过的差得不多。")
+    + "本课程的 SFT 要教的是问答的格式和停下,不是算术。"))
+
+# %% [markdown]
 # SFT 数据里,一部分人物回答在答案之后还有一句固定的结尾(6.4 节会用偏好数据让模型每次都这样说):
 
 # %%
@@ -452,9 +520,40 @@ base_row = score("base (6.1)", base_model)
 row = score("full SFT (6.2)", model)
 display(Markdown(format_scorecard({"base (6.1)": base_row, "full SFT (6.2)": row})))
 display(Markdown(
-    f"SFT 之后,seen 问题的准确率从 {base_row['sft_seen']:.0%} 变为 {row['sft_seen']:.0%},"
+    f"这一次运行(一个种子):SFT 之后,seen 问题的准确率从 {base_row['sft_seen']:.0%} 变为 {row['sft_seen']:.0%},"
     f"held-out 从 {base_row['heldout']:.0%} 变为 {row['heldout']:.0%};"
     f"留出对话上助手回复的 loss 从 {base_row['assistant_loss']:.3f} 变为 {row['assistant_loss']:.3f}。"))
+
+# %% [markdown]
+# 表里还有一列在往反方向走:held-out ppl,留出的预训练式短文(`pretrain_valid.jsonl`,讲睡眠、手机、包饺子……)上的困惑度。
+# 它问的是"模型还会不会写预训练读过的那种文字"。和几个陈述句续写(6.1 用过的 `statement_completion_accuracy`)放在一起看:
+
+# %%
+from llmtrain.evaluation import statement_completion_accuracy
+from llmtrain.pretrain_data import read_jsonl_texts
+
+valid_docs = list(read_jsonl_texts(str(SAMPLE / "pretrain_valid.jsonl")))
+statements = {name: statement_completion_accuracy(m, tokenizer, str(SAMPLE / "eval.jsonl"))
+              for name, m in [("base (6.1)", base_model), ("full SFT (6.2)", model)]}
+for name, r in [("base (6.1)", base_row), ("full SFT (6.2)", row)]:
+    print(f"{name:15s} 留出短文的困惑度 {r['heldout_ppl']:8.1f}(每个 token 的 loss {math.log(r['heldout_ppl']):.2f});"
+          f"续写事实陈述 sft_seen {statements[name]['sft_seen']:.0%},heldout {statements[name]['heldout']:.0%}")
+print(f"留出短文 {len(valid_docs)} 篇,例如:{valid_docs[0][:40]}……")
+
+# %%
+ppl_ratio = row["heldout_ppl"] / base_row["heldout_ppl"]
+display(Markdown(
+    f"SFT 之后留出短文的困惑度从 {base_row['heldout_ppl']:.0f} 变成 {row['heldout_ppl']:.0f}"
+    f"({'升到' if ppl_ratio > 1 else '降到'} {ppl_ratio:.1f} 倍),每个 token 的 loss 从 {math.log(base_row['heldout_ppl']):.2f} "
+    f"变成 {math.log(row['heldout_ppl']):.2f}。"
+    + (f"这是**遗忘**:全量 SFT 在 {saved_args.num_train_epochs:g} 个 epoch 里只在助手回答上计算损失,每个权重都朝\"在对话模板里简短作答\"挪动,"
+       "没有任何东西让它保持\"写一段说明文\"的本事,预训练读过的那种文字就写得比以前差了。"
+       if ppl_ratio > 1 else "这一次没有出现遗忘。")
+    + ("事实本身还在" if statements["full SFT (6.2)"]["heldout"] >= statements["base (6.1)"]["heldout"] - 0.1
+       else "连事实的陈述句也续写得差了")
+    + f":续写陈述句 heldout 从 {statements['base (6.1)']['heldout']:.0%} 变成 "
+    f"{statements['full SFT (6.2)']['heldout']:.0%},问答 heldout {row['heldout']:.0%}。"
+    "常见的缓解办法是在 SFT 数据里混入一部分预训练语料,或者只训练少量参数(6.3 的 LoRA,成绩单上比一比)。"))
 
 # %% [markdown]
 # ### 和 `make run` 是同一个模型吗
@@ -486,26 +585,65 @@ else:
 # ### held-out 答错时说了什么
 #
 # held-out 的事实从没在 SFT 数据里以问答形式出现过,只能来自预训练。一种可能的错法是:模型把问题里的人换成 SFT 数据里
-# 问过的人,再答那个人的事实。`llmtrain.evaluation.wrong_person_replies` 数一数错误回答里有多少在讲**另一个人**
-# (回答里出现了这个世界里别人的名字,整个的或者残缺的,见 `llmtrain.grading.names_only_the_asked_person`):
+# 问过的人,再答那个人的事实。`llmtrain.evaluation.wrong_person_replies` 数一数错误回答里有多少**说出的名字不是被问的人**
+# (判分规则 `llmtrain.grading.names_only_the_asked_person`:回答里同一个名字的两个字挨在一起,就算提到了这个名字;
+# 这样的地方都必须落在被问的人完整的名字里。别人的名字,整个的或者残缺的,还有被改动过的被问者的名字,都不算数)。
+# 把 held-out 的错误回答全部打印出来:
 
 # %%
 from llmtrain.evaluation import wrong_person_replies
 from llmtrain.grading import load_people
 
 wrong = wrong_person_replies(row, load_people(str(SAMPLE / "eval.jsonl")), "heldout")
+other = {g["question"] for g in wrong["examples"]}
 if wrong["wrong"] == 0:
     print("held-out 的问题全部答对,没有答错的回答可分析")
 else:
-    print(f"held-out 答错 {wrong['wrong']} 个,其中 {wrong['other_person']} 个在讲另一个人"
-          f"{':' if wrong['examples'] else ''}")
-    for g in wrong["examples"][:5]:
-        print(f"  {g['question']}  ->  {g['reply']}  (正确答案:{g['answer']})")
+    print(f"held-out 答错 {wrong['wrong']} 个,其中 {wrong['other_person']} 个说出的名字不是被问的人。每个错误回答(最多 10 个):")
+    for g in [g for g in row["replies"] if g["split"] == "heldout" and not g["correct"]][:10]:
+        print(f"  {g['question']}  →  {g['reply']!r}  正确答案 {g['answer']}"
+              f"{'  [名字不是被问的人]' if g['question'] in other else ''}")
+
+# %%
+heldout_wrong = [g for g in row["replies"] if g["split"] == "heldout" and not g["correct"]]
+kinds_of_error = {"说出的名字不是被问的人(别人的名字,或被改动、残缺的名字)": sum(g["question"] in other for g in heldout_wrong),
+                  "答案说了,但没有就此停下(或说了不止一遍)": sum(g["question"] not in other and g["answer"] in g["reply"]
+                                                     for g in heldout_wrong),
+                  "答成了别的": sum(g["question"] not in other and g["answer"] not in g["reply"] for g in heldout_wrong)}
+if heldout_wrong:
+    display(Markdown(f"这 {len(heldout_wrong)} 个错误回答里:" + ";".join(f"{k} {v} 个" for k, v in kinds_of_error.items())
+                     + "。严格判分只认\"答案出现一次、就此停下、只讲被问的人\"的回答。"))
 
 # %% [markdown]
-# SFT 数据里"其他名字"的对话(打招呼、答案就在问题里)就是为了压低"说成别人"这类错误。一次运行只是一个随机种子;
-# `bench/seed_spread.py` 用同样的数据和超参数、换几个种子把 `make run` 的流程各跑一遍,看这些数字随种子变化多少。
+# SFT 数据里"其他名字"的对话(打招呼、答案就在问题里)就是为了压低"说成别人"这类错误。
 #
+# ### 换个种子还成立吗
+#
+# 上面都是一个种子的一次运行。6.3 的基准 `bench/lora_sweep.py` 对每个种子先用 `make run` 的命令训练**它自己的**基座
+# (`PRESET=toy SEED=N bash code/pretrain.sh`),再在上面做同样的全量 SFT(`PRESET=toy SEED=N bash code/finetune.sh`),
+# 用同一张成绩单考;结果在仓库里的 `bench/lora_sweep.json`(`make run` 的整条流程换种子各跑一遍,是 `bench/seed_spread.py`,
+# 见 README):
+
+# %%
+sweep_results = json.loads((ROOT / "bench" / "lora_sweep.json").read_text(encoding="utf-8"))
+print(f"{sweep_results['date']} · {sweep_results['machine']}")
+seed_rows = {stage: {r["seed"]: r for r in sweep_results["rows"] if r["stage"] == stage} for stage in ("base", "full")}
+seeds = [seed for seed in seed_rows["full"] if seed in seed_rows["base"]]
+display(pd.DataFrame({seed: {"SFT seen": f"{seed_rows['full'][seed]['sft_seen']:.0%}",
+                             "SFT heldout": f"{seed_rows['full'][seed]['heldout']:.0%}",
+                             "基座的留出困惑度": f"{seed_rows['base'][seed]['heldout_ppl']:.0f}",
+                             "SFT 之后": f"{seed_rows['full'][seed]['heldout_ppl']:.0f}"} for seed in seeds}).T.rename_axis("种子"))
+full_seen = [seed_rows["full"][s]["sft_seen"] for s in seeds]
+full_heldout = [seed_rows["full"][s]["heldout"] for s in seeds]
+ppl_rises = all(seed_rows["full"][s]["heldout_ppl"] > seed_rows["base"][s]["heldout_ppl"] for s in seeds)
+display(Markdown(
+    f"{len(seeds)} 个种子上,全量 SFT 的 seen 准确率 {min(full_seen):.0%}–{max(full_seen):.0%},"
+    f"held-out {min(full_heldout):.0%}–{max(full_heldout):.0%}(本节这一次:{row['sft_seen']:.0%} 和 {row['heldout']:.0%})。"
+    "held-out 的人 SFT 从没问过,它们的答案来自预训练;SFT 教会的是被问到时把它取出来、说完就停。"
+    + ("留出短文的困惑度在每个种子上都升高了:遗忘不是这一次运行的偶然。" if ppl_rises else
+       "留出短文的困惑度并不是每个种子都升高。")))
+
+# %% [markdown]
 # 在 GPU 机器上运行教材的真实任务:
 #
 # ```bash
@@ -527,11 +665,30 @@ else:
 # %% [markdown]
 # ## 练习
 #
-# 练习在 `exercises/ex6_2_sft.py`:
+# 练习在 `exercises/ex6_2_sft.py`,检查:`make check-exercises EX=6.2`。
 #
-# 1. `tokenize_conversation`:把一段对话渲染成 ChatML 并分词,labels 只在助手回答和它后面的 `<|im_end|>` 上等于 input_ids,其余都是 -100。学到:SFT 的监督掩码。评分程序把你的结果与 `llmtrain.sft_data` 和 `apply_chat_template` 的 assistant mask 逐位置比较,错了会指出是哪几个位置、属于对话的哪一部分(system、user、换行……)。
-# 2. `packed_position_ids`:无 padding 打包的一批样本的 position_ids。学到:打包在一行里的几段对话为什么互不干扰(与 `DataCollatorWithFlattening` 比较)。
+# 1. `tokenize_conversation`:把一段对话渲染成 ChatML 并分词,labels 只在助手回答和它后面的 `<|im_end|>` 上等于 input_ids,
+#    其余都是 -100。学到:SFT 的监督掩码,以及为什么要整段文本一次分词、再用字符偏移找回答。评分程序除了玩具分词器,
+#    还用一个 BPE 会把 "\n" 和回答第一个字合并成一个 token 的分词器(逐段分词就对不上了),和一个模板里没有
+#    `{% generation %}` 的分词器(`apply_chat_template` 的 assistant mask 全是 0)检查;错了会指出是哪几个位置、属于对话的哪一部分。
+# 2. `make_collator`:自己写出两种组 batch 的方式。动态补齐:右补齐到本批最长,补齐处 attention_mask 为 0、label 为 -100;
+#    无 padding 打包:一行首尾相接,position_ids 在每段归零,每段第一个 label 设为 -100,不返回 attention_mask。
+#    学到:本节量过的那些现象背后的机制(与 `DataCollatorForSeq2Seq`、`DataCollatorWithFlattening` 比较)。
 #
-# 常见错误都有专门的提示:监督了 user 轮、漏了 `<|im_end|>`(模型学不会停下)、用 pad id 代替 -100(本节实测过它的后果)、position_ids 没有在每段对话处归零。
+# 常见错误都有专门的提示:监督了 user 轮、漏了 `<|im_end|>`、用 pad id 代替 -100(本节实测过它的后果)、逐段分词、
+# 跨边界的 token 没有监督、左补齐、打包时 position_ids 不归零、保留了每段第一个 label、打包时还带着 attention_mask。
+# 做完对照 `code/llmtrain/sft_data.py`。
+
+# %% [markdown]
+# ### 练习之后:课程的实现
 #
-# 检查:`make check-exercises EX=6.2`。做完对照 `code/llmtrain/sft_data.py`。
+# 练习 1 在 `llmtrain.sft_data` 里的实现:
+
+# %%
+print(inspect.getsource(tokenize_conversation))
+
+# %% [markdown]
+# 练习 2 里"每段第一个 label 设为 -100"的原因:打包后模型在第 i 列的输出去预测第 i+1 列的标签,每段第一列的标签
+# 因此由**上一段**最后一个 token 来预测。上一条对话结束之后,下一条对话第一个 token 是什么,模型无从得知,也不该去学;
+# 本节打包的那一行里,每段第一列是系统提示的 `<|im_start|>`,本来就是 -100,但打包的若是预训练文本或没有系统提示的对话,
+# 这一列就会变成一个错误的训练目标。

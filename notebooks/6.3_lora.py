@@ -157,45 +157,36 @@ print(f"直接训练 ΔW 需要 {d * k:,} 个参数,训练 B 和 A 只需要 {r 
 # %% [markdown]
 # 教材给出的参数量公式是 $\Theta = 2 \times L_{LoRA} \times d_{model} \times r$($L_{LoRA}$ 是加了 LoRA 的矩阵个数)。
 # 它假设每个矩阵都是 $d_{model} \times d_{model}$ 的方阵。Qwen2 用了分组查询注意力(GQA),
-# `k_proj`/`v_proj` 的输出只有 KV 头数 × 头维度,并不是方阵。一般的写法是每个矩阵 $r \times (d_{in} + d_{out})$
-# (`llmtrain.lora.lora_parameter_count`)。把 LoRA 加到教材推荐的 $W_q, W_v$ 上,比较两个公式和实际数出来的参数量:
+# `k_proj`/`v_proj` 的输出只有 KV 头数 × 头维度,并不是方阵。把 LoRA 加到教材推荐的 $W_q, W_v$ 上,
+# 比较教材公式和实际数出来的可训练参数(正确的公式是练习 3,放在练习之后):
 
 # %% tags=["nbval-check-output"]
 from llmtrain.lora import inject_lora
 
-rows = {}
+param_rows = {}
 for name, config in [("玩具模型", base_model.config), ("Qwen2.5-1.5B", qwen2_5_1_5b_config())]:
     with torch.device("meta"):  # 只要形状,不分配内存
         m = AutoModelForCausalLM.from_config(config)
     L = 2 * config.num_hidden_layers
-    formula = lora_parameter_count(m, CHAPTER_TARGETS, RANK)
     total = count_parameters(m)
     inject_lora(m, CHAPTER_TARGETS, r=RANK)
     trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-    rows[name] = {"v_proj 形状": f"{config.hidden_size} → {m.model.layers[0].self_attn.v_proj.base.out_features}",
+    param_rows[name] = {"v_proj 形状": f"{config.hidden_size} → {m.model.layers[0].self_attn.v_proj.base.out_features}",
                   "教材公式 2·L·d·r": f"{2 * L * config.hidden_size * RANK:,}",
-                  "r·(d_in+d_out) 求和": f"{formula:,}",
                   "实测可训练参数": f"{trainable:,}",
                   "占原模型参数": f"{trainable / total:.2%}"}
-pd.DataFrame(rows)
+pd.DataFrame(param_rows)
 
 # %% [markdown]
-# 通用公式和实测完全一致;教材公式把 `v_proj` 当成了方阵,在 GQA 模型上高估了。
-# 表的最后一行是 LoRA 参数占原模型参数的比例:在 1.5B 的模型上,它比在玩具上小得多。
+# 教材公式把 `v_proj` 当成了方阵,在 GQA 模型上高估了可训练参数。
+# 表的最后一行是 LoRA 参数占**原模型**参数的比例(分母是加 LoRA 之前的参数量):在 1.5B 的模型上,它比在玩具上小得多。
 #
 # ## 6.3.4 LoRA 的代码实现
 #
 # peft 的实现流程是:(1)按 `target_modules` 找到要加 LoRA 的层;(2)把每个这样的 `nn.Linear` 换成 LoRA 层;
 # (3)冻结其余参数,只训练 $A$、$B$。教材贴的是 peft 早期版本的 `LoraLayer`/`Linear`,它继承 `nn.Linear`,
-# 新版 transformers 模型上已经不能直接用。`llmtrain.lora.LoraLinear` 是一个可以运行的小实现。先读它的构造函数:
-
-# %%
-from llmtrain.lora import LoraLinear
-
-print(inspect.getsource(LoraLinear.__init__))
-
-# %% [markdown]
-# 逐行对照教材的 `Linear`:
+# 新版 transformers 模型上已经不能直接用。`llmtrain.lora.LoraLinear` 是一个可以运行的小实现,它的构造函数做了下面几件事
+# (写出这个层是本节的练习 1,源码放在练习之后)。对照教材的 `Linear`:
 #
 # - **包住原层,而不是继承它。** 教材的 `Linear` 继承 `nn.Linear`,替换时再把原层的 `weight`、`bias` 复制过去;
 #   这里直接把原层存成 `self.base`,并把它的每个参数设成 `requires_grad_(False)`:权重和偏置都冻结。
@@ -219,6 +210,8 @@ print(f"peft {peft.__version__}:\n" + "\n".join(source[:end]))
 # 标准差是 $1/r$。两种做法的共同点才是要紧的:**$A$ 是随机的,$B$ 是 0**。在一个 `q_proj` 大小的层上看看初始值:
 
 # %%
+from llmtrain.lora import LoraLinear
+
 layer = LoraLinear(torch.nn.Linear(128, 128), r=RANK, alpha=ALPHA)
 a = layer.lora_A.weight
 print(f"A {tuple(a.shape)}:取值在 [{a.min():.4f}, {a.max():.4f}],kaiming_uniform(a=√5) 的边界是 ±1/√in_features = "
@@ -248,22 +241,13 @@ for step in (1, 2):
     optimizer.step()
 
 # %% [markdown]
-# 接下来是前向计算和合并。`forward` 就是上面的公式(教材只让读的那个 `elif` 分支);`merge` 把 $s \cdot BA$ 加进原权重:
-
-# %%
-print(inspect.getsource(LoraLinear.forward))
-print(inspect.getsource(LoraLinear.delta_weight))
-print(inspect.getsource(LoraLinear.merge))
-
-# %% [markdown]
-# 最后是"替换"这一步。`llmtrain.lora.inject_lora` 先用 `check_targets` 按名字找层(列表里的名字匹配模块名的结尾,
+# 接下来是前向计算和合并。`forward` 就是上面的公式 $W_0 x + s \cdot B(A(\mathrm{dropout}(x)))$(教材只让读的那个 `elif` 分支);
+# `merge` 把 $s \cdot BA$ 加进原权重,之后前向只算一次 $W x$;`unmerge` 再把它减回去。
+#
+# 最后是"替换"这一步。`llmtrain.lora.inject_lora`(练习 2)先用 `check_targets` 按名字找层(列表里的名字匹配模块名的结尾,
 # 字符串则按正则完整匹配,和教材描述的 peft 一样;匹配不到或者不是线性层时报错),然后冻结整个模型,
-# 再用 `setattr` 把父模块上的那个属性换成包住原层的 `LoraLinear`:
-
-# %%
-print(inspect.getsource(inject_lora))
-
-# %% [markdown]
+# 再用 `setattr` 把父模块上的那个属性换成包住原层的 `LoraLinear`。
+#
 # 注入到一个玩具模型的副本里,看看结构和可训练参数;$B = 0$,所以输出和基座一模一样:
 
 # %% tags=["nbval-check-output"]
@@ -276,6 +260,14 @@ print("可训练的参数:", sorted({n.split(".", 4)[-1] for n, p in ours.named_
 ids = tokenizer("春天来得很慢。", return_tensors="pt").input_ids
 with torch.no_grad():
     print("B = 0 时与基座的最大 logits 差:", (ours(ids).logits - base_model(ids).logits).abs().max().item())
+
+# %%
+n_base, n_adapter = count_parameters(base_model), sum(p.numel() for p in ours.parameters() if p.requires_grad)
+with torch.no_grad():
+    base_logits = base_model(ids).logits
+print(f"上面比较的 logits 本身:{tuple(base_logits.shape)},最大绝对值 {base_logits.abs().max():.2f},差是 0.0:B = 0 的旁路一点也没改变输出")
+print(f"trainable% 的分母是加了 LoRA 之后的全部参数:{n_adapter:,} / {n_base + n_adapter:,} = {n_adapter / (n_base + n_adapter):.4%};"
+      f"前面表里的 {n_adapter / n_base:.2%} 除的是原模型的 {n_base:,} 个参数")
 
 # %% [markdown]
 # ### 和 peft 核对
@@ -316,6 +308,20 @@ for name, logits in checks.items():
     print(f"{name:24s} 与 peft 的最大 logits 差 ≤ 1e-5: {(logits - ref).abs().max().item() <= 1e-5}")
 
 # %% [markdown]
+# 这个核对有没有分辨力,要看被比较的东西有多大:如果 LoRA 旁路对输出的改变本身就小于 1e-5,两边写错了也会"一致"。
+# 把 peft 模型与基座之差(旁路的作用)和上面四个差值并排打印:
+
+# %%
+lora_effect = (ref - base_logits).abs().max().item()
+gaps = {name: (logits - ref).abs().max().item() for name, logits in checks.items()}
+print(f"LoRA 旁路(B 随机化之后)让 logits 改变了最多 {lora_effect:.2e};logits 本身最大绝对值 {ref.abs().max():.2f}")
+for name, gap in gaps.items():
+    print(f"  {name:24s} 与 peft 之差 {gap:.1e}")
+display(Markdown(f"四个差值最大 {max(gaps.values()):.1e},比旁路的作用 {lora_effect:.1e} 小 "
+                 f"{math.floor(math.log10(lora_effect / max(max(gaps.values()), 1e-12)))} 个数量级以上;"
+                 "缩放系数、$A$ 与 $B$ 的位置或者合并的符号只要写错一处,差值就会和旁路的作用同一个量级。"))
+
+# %% [markdown]
 # 合并之后,LoRA 层就是一个普通的线性层,推理没有额外开销——这正是它相对 Adapter 的优势。
 #
 # ## 6.3.5 使用 peft 实现 LoRA 微调
@@ -328,7 +334,7 @@ for name, logits in checks.items():
 #
 # 还有一处和教材不同:LoRA 加在**每个线性层**上(注意力的 q、k、v、o 和 MLP 的 gate、up、down,预设里的
 # `TOY_LORA_TARGETS`),而不只是 $W_q, W_v$。QLoRA 的论文(Dettmers 等,2023)发现要在所有线性层上加适配器,
-# LoRA 才追得上全量微调;在这个玩具上也是这样,后面"加在哪些层上"一节用教材的 q、v 再训练一次,用成绩单说明。
+# LoRA 才追得上全量微调;在这个玩具上是不是这样,后面"加在哪些层上"一节用教材的 q、v 再训练一次,并读出几个种子上的结果。
 
 # %%
 from llmtrain.training import build_trainer
@@ -381,31 +387,48 @@ display(Image(plot_log_histories(curves, str(IMAGES_DIR / "6.3_lora_loss.png"),
                                  "6.3 toy SFT: LoRA (every linear layer) vs full fine-tuning")))
 
 # %%
+from llmtrain.evaluation import mean_token_loss
+
+start_loss = mean_token_loss(base_model, [train_set[i] for i in range(len(train_set))])  # 训练前:基座在 SFT 数据的回答上
+lora_logs = [e for e in lora_trainer.state.log_history if "loss" in e]
+sft_logs = [e for e in sft_history if "loss" in e]
+ln_vocab = math.log(len(tokenizer))
+print(f"训练前,基座在 SFT 数据回答 token 上的平均 loss {start_loss:.2f}(两种微调共同的起点;均匀乱猜是 ln V = {ln_vocab:.2f})")
+for name, logs in [("LoRA", lora_logs), ("全量 SFT", sft_logs)]:
+    print(f"{name:8s} 第一次记录在第 {logs[0]['step']} 步:loss {logs[0]['loss']:.2f}(前 {logs[0]['step']} 步的平均),"
+          f"此时学习率 {logs[0]['learning_rate']:.1e};最后一次 {logs[-1]['loss']:.2f}")
+
+# %%
 pretrain_docs = (SAMPLE / "pretrain.jsonl").read_text(encoding="utf-8").splitlines()
 n_chatml = sum("<|im_start|>" in line for line in pretrain_docs)
-lora_losses = [e["loss"] for e in lora_trainer.state.log_history if "loss" in e]
-sft_losses = [e["loss"] for e in sft_history if "loss" in e]
-ln_vocab = math.log(len(tokenizer))
+lr_ratio = lora_logs[0]["learning_rate"] / sft_logs[0]["learning_rate"]
 display(Markdown(
-    f"LoRA 的 loss 从 {lora_losses[0]:.2f} 开始,{'低于' if lora_losses[0] < ln_vocab else '高于'}"
-    f" ln(词表大小) = {ln_vocab:.2f}(均匀乱猜的水平),最后降到 {lora_losses[-1]:.2f};"
-    f"全量 SFT 的最后一次记录是 {sft_losses[-1]:.2f},"
-    f"{'比 LoRA 低' if sft_losses[-1] < lora_losses[-1] else '不比 LoRA 低'}。"
-    + (f"起点低于乱猜,因为基座在预训练时就见过 ChatML 格式的对话:预训练语料的 {len(pretrain_docs)} 篇文档里有"
-       f" {n_chatml} 篇含 `<|im_start|>`,冻结的词嵌入里这些 token 已经有了有意义的向量,LoRA 不需要从零学它们。"
-       if lora_losses[0] < ln_vocab and n_chatml else "")))
+    f"两条曲线的第一个点不是起点:Trainer 每 {lora_logs[0]['step']} 步记一次,记下的是这几步 loss 的平均。"
+    f"共同的起点是基座的 {start_loss:.2f},"
+    + (f"已经低于乱猜的 {ln_vocab:.2f},因为预训练语料的 {len(pretrain_docs)} 篇文档里有 {n_chatml} 篇 ChatML 对话,"
+       "基座认得对话模板。" if start_loss < ln_vocab else f"并不比乱猜的 {ln_vocab:.2f} 低。")
+    + f"LoRA 的第一个点({lora_logs[0]['loss']:.2f})比全量 SFT 的({sft_logs[0]['loss']:.2f})"
+    f"{'低' if lora_logs[0]['loss'] < sft_logs[0]['loss'] else '高'},"
+    f"是因为两者都在预热,而 LoRA 的学习率是全量 SFT 的 {lr_ratio:.0f} 倍:前几步里它已经走得更远,"
+    "并不说明 LoRA 的起点更好。"
+    f"最后一次记录,全量 SFT {sft_logs[-1]['loss']:.2f},LoRA {lora_logs[-1]['loss']:.2f}"
+    f"(LoRA 训练 {EPOCHS} 个 epoch,全量 {PRESET['TOY_SFT_EPOCHS']} 个;LoRA 的训练 loss 还带着旁路上 dropout 的噪声)。"))
 
 # %% [markdown]
 # 训练得到的是 adapter:`save_model` 只保存 $A$、$B$ 和配置(文件大小打印在训练那一格)。部署时可以
-# `merge_and_unload()` 合并成一个普通模型,和任何 transformers 模型一样保存、加载。合并后问两个闲聊问题:
+# `merge_and_unload()` 合并成一个普通模型,和任何 transformers 模型一样保存、加载。合并后问一句闲聊、一道加法题:
 
 # %%
 from llmtrain.generation import chat
+from llmtrain.grading import arithmetic_reward
 
 merged = copy.deepcopy(lora_trainer.model).merge_and_unload()  # 复制一份再合并,训练好的 PeftModel 保持原样
 print(type(merged).__name__, "里还有 LoRA 层吗:", any("lora" in n for n, _ in merged.named_parameters()))
 for q in ["你好", "3加5等于几?"]:
-    print(f"问: {q}  LoRA 模型答: {chat(merged, tokenizer, q, max_new_tokens=24)!r}")
+    reply = chat(merged, tokenizer, q, max_new_tokens=24)
+    print(f"问: {q}  LoRA 模型答: {reply!r}")
+print(f"3加5 {'答对' if arithmetic_reward(reply, '8') else '答错'}了。这道题不在 SFT 数据里;"
+      "6.2 把 SFT 数据里的加法题和没见过的加法题各考了一遍")
 
 # %% [markdown]
 # ### 成绩单:LoRA 和全量 SFT 并排
@@ -414,7 +437,9 @@ for q in ["你好", "3加5等于几?"]:
 # 也考 `make run` 的全量 SFT 模型,两行都写进本节自己的 `output/notebooks/6.3/scorecard.json`:
 
 # %%
-from llmtrain.evaluation import format_scorecard, save_scorecard_row, scorecard_row, wrong_person_replies
+from llmtrain.evaluation import (
+    format_scorecard, heldout_perplexity, save_scorecard_row, scorecard_row, wrong_person_replies,
+)
 from llmtrain.grading import load_people
 
 TOY_STYLE_SUFFIX = PRESET["TOY_STYLE_SUFFIX"]  # 6.4 的结尾句:成绩单判分时先去掉它
@@ -450,13 +475,9 @@ def versus(a: float, b: float) -> str:
 PEOPLE = load_people(str(SAMPLE / "eval.jsonl"))  # 这个世界的全部人名:判分时回答里不能换成别人
 wrong = {split: wrong_person_replies(lora_row, PEOPLE, split) for split in ("sft_seen", "heldout")}
 n_total = sum(p.numel() for p in merged.parameters())
-comparison = (versus(lora_row["sft_seen"], full_row["sft_seen"]), versus(lora_row["heldout"], full_row["heldout"]))
-verdict = ("两项都不如全量 SFT" if comparison == ("低于", "低于")
-           else "两项都不低于全量 SFT" if "低于" not in comparison
-           else "一项高一项低,和全量 SFT 互有胜负" if "高于" in comparison
-           else "一项和全量 SFT 持平,另一项低于它")
+base_ppl = heldout_perplexity(base_model, tokenizer, [str(SAMPLE / "pretrain_valid.jsonl")])
 display(Markdown(
-    f"本次运行(SEED={SEED},一次运行)的数字:\n\n"
+    f"**这是一次运行**(SEED={SEED},一个种子)的数字,下一小节再看几个种子:\n\n"
     f"- **格式。** LoRA 只训练 {n_trainable:,} 个参数(原模型 {n_total:,} 个参数的 {n_trainable / n_total:.1%}),"
     f"回答在 `<|im_end|>` 处停下的比例 {pct(lora_row['stopped'])},全量 SFT {pct(full_row['stopped'])}。\n"
     f"- **问谁答谁。** SFT 问过的问题(sft_seen):LoRA {pct(lora_row['sft_seen'])},"
@@ -465,21 +486,84 @@ display(Markdown(
     f"{versus(lora_row['heldout'], full_row['heldout'])}全量 SFT 的 {pct(full_row['heldout'])}。"
     f"留出对话的助手 loss(越低越好):LoRA {lora_row['assistant_loss']:.3f},全量 SFT {full_row['assistant_loss']:.3f}。\n"
     f"- **答错的在说什么。** LoRA 答错的 sft_seen 问题 {wrong['sft_seen']['wrong']} 个,其中 "
-    f"{wrong['sft_seen']['other_person']} 个在讲另一个人;heldout 答错 {wrong['heldout']['wrong']} 个,其中 "
-    f"{wrong['heldout']['other_person']} 个在讲另一个人。\n\n"
-    f"在这个玩具上,每个线性层上 r={RANK} 的 LoRA {verdict}(LoRA 训练 {EPOCHS} 个 epoch,"
-    f"全量 SFT {PRESET['TOY_SFT_EPOCHS']} 个)。"))
+    f"{wrong['sft_seen']['other_person']} 个说出的名字不是被问的人;heldout 答错 {wrong['heldout']['wrong']} 个,其中 "
+    f"{wrong['heldout']['other_person']} 个说出的名字不是被问的人(6.2 讲过这条判分规则)。\n"
+    f"- **忘掉了多少。** 留出短文(预训练式的文字)的困惑度:基座 {base_ppl:.0f},全量 SFT {full_row['heldout_ppl']:.0f},"
+    f"LoRA {lora_row['heldout_ppl']:.0f}。"
+    + ("两种微调都让基座写不好它读过的那种文字了(6.2 讲过,这是遗忘),"
+       + ("LoRA 忘得少:它冻结了原权重,只加了一个低秩的修改。" if lora_row["heldout_ppl"] < full_row["heldout_ppl"]
+          else "这一次 LoRA 并没有忘得更少。")
+       if min(lora_row["heldout_ppl"], full_row["heldout_ppl"]) > base_ppl else "")))
 
 # %% [markdown]
-# 读这张表时记住两点。第一,这是一个种子的一次运行,本节没有测过换种子时两行的差距会变多少,小的差距不能当结论。
-# 第二,两行的训练方式不完全相同:全量 SFT 是 `make run` 用 2 个 DeepSpeed 进程训练的,LoRA 是本 notebook 在一个进程里训练的
+# 两行的训练方式不完全相同:全量 SFT 是 `make run` 用 2 个 DeepSpeed 进程训练的,LoRA 是本 notebook 在一个进程里训练的
 # (每步的对话数相同;LoRA 的训练 loss 还带着旁路上的 dropout)。教材最后的提醒(LoRA 擅长适应任务和格式,不适合注入大量新知识)在这里没有被检验:
 # SFT 数据问到的事实都在预训练语料里,两种微调都没有学新事实,比的是"把已有的知识按问答格式调出来"。
 #
+# ### 换几个种子:`bench/lora_sweep.py`
+#
+# 一次运行的几个百分点说明不了什么:换一个种子,预训练出的基座、数据的顺序、LoRA 的初始 $A$ 都会变。
+# `bench/lora_sweep.py` 对每个种子先用 `make run` 的命令训练**它自己的**基座(`PRESET=toy SEED=N bash code/pretrain.sh`),
+# 再在这个基座上用同一个启动脚本做全量 SFT 和 LoRA SFT(`PRESET=toy [USE_LORA=1] bash code/finetune.sh`,
+# 2 个 DeepSpeed 进程,LoRA 取几个学习率、两组目标层),每个模型都用 `make run` 的成绩单考一遍。结果在仓库里的
+# `bench/lora_sweep.json`。先看预设的两行(全量 SFT 与每个线性层上的 LoRA):
+
+# %%
+import json
+
+sweep_results = json.loads((ROOT / "bench" / "lora_sweep.json").read_text(encoding="utf-8"))
+print(f"bench/lora_sweep.json:{sweep_results['date']} · {sweep_results['machine']} · 用时 {sweep_results['minutes']} 分钟")
+print("版本:", ", ".join(f"{k} {v}" for k, v in sweep_results["versions"].items()))
+ALL_LAYERS, QV = "every linear layer", "q_proj,v_proj"
+
+
+def bench_rows(stage: str, targets: str | None = None, lr: str | None = None) -> dict[int, dict]:
+    """{seed: row} of one setting of the sweep."""
+    return {r["seed"]: r for r in sweep_results["rows"] if r["stage"] == stage
+            and (targets is None or r.get("targets") == targets) and (lr is None or float(r["lr"]) == float(lr))}
+
+
+bench_base, bench_full = bench_rows("base"), bench_rows("full")
+bench_lora = bench_rows("lora", ALL_LAYERS, LEARNING_RATE)
+seeds = [seed for seed in bench_full if seed in bench_lora]
+per_seed = pd.DataFrame({seed: {
+    "全量 SFT seen": pct(bench_full[seed]["sft_seen"]), "全量 SFT heldout": pct(bench_full[seed]["heldout"]),
+    f"LoRA seen": pct(bench_lora[seed]["sft_seen"]), f"LoRA heldout": pct(bench_lora[seed]["heldout"]),
+    "ppl 基座": f"{bench_base[seed]['heldout_ppl']:.0f}", "ppl 全量 SFT": f"{bench_full[seed]['heldout_ppl']:.0f}",
+    "ppl LoRA": f"{bench_lora[seed]['heldout_ppl']:.0f}"} for seed in seeds}).T.rename_axis("种子")
+print(f"LoRA:每个线性层,r={RANK},学习率 {LEARNING_RATE:g},{PRESET['TOY_SFT_LORA_EPOCHS']} 个 epoch;"
+      f"全量 SFT:学习率 {PRESET['TOY_SFT_LR']:g},{PRESET['TOY_SFT_EPOCHS']} 个 epoch")
+per_seed
+
+# %%
+gaps = {split: [round(100 * bench_lora[s][split]) - round(100 * bench_full[s][split]) for s in seeds]
+        for split in ("sft_seen", "heldout")}
+
+
+def gap_words(values: list[int]) -> str:
+    """LoRA 减全量 SFT 的百分点,几个种子的范围说成一句话。"""
+    if all(v < 0 for v in values):
+        return f"每个种子都低于全量 SFT({min(values)} 到 {max(values)} 个百分点)"
+    if all(v > 0 for v in values):
+        return f"每个种子都高于全量 SFT(+{min(values)} 到 +{max(values)} 个百分点)"
+    if all(v == 0 for v in values):
+        return "每个种子都和全量 SFT 相同"
+    return f"和全量 SFT 互有高低(差 {min(values):+d} 到 {max(values):+d} 个百分点)"
+
+
+forgets_less = all(bench_lora[s]["heldout_ppl"] < bench_full[s]["heldout_ppl"] for s in seeds)
+display(Markdown(
+    f"{len(seeds)} 个种子上,LoRA 的 sft_seen {gap_words(gaps['sft_seen'])},heldout {gap_words(gaps['heldout'])}。"
+    f"本节那一次运行的差是 {round(100 * lora_row['heldout']) - round(100 * full_row['heldout']):+d} 个百分点(heldout)。"
+    + ("留出短文的困惑度在每个种子上都是 LoRA 低于全量 SFT:LoRA 忘得少。" if forgets_less else
+       "留出短文的困惑度并不是每个种子都是 LoRA 更低。")
+    + "这就是\"在这个玩具上 LoRA 与全量 SFT 相比如何\"的答案;一次运行的差距落在种子之间的起伏里时,不能单独拿来下结论。"))
+
+# %% [markdown]
 # ### 学习率要单独测
 #
-# LoRA 的学习率要单独定,不能默认照搬全量微调的。同一个 LoRA 配置、同样的 epoch 数,再用别的学习率各训练一次,
-# 其中包括全量 SFT 用的学习率,看 loss 和成绩单怎么变:
+# LoRA 的学习率要单独定,不能默认照搬全量微调的。先在本 notebook 里**再训练一次**(一个种子、一次运行):
+# 同一个 LoRA 配置、同样的 epoch 数,只把学习率换成全量 SFT 的,看 loss 和成绩单怎么变:
 
 # %%
 sweep = {LEARNING_RATE: (lora_trainer, lora_row)}
@@ -490,26 +574,77 @@ sweep = dict(sorted(sweep.items()))
 table = {}
 for lr, (trainer, row) in sweep.items():
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    table[f"lr {lr:g}"] = {"最后一次 loss": f"{losses[-1]:.2f}", "sft_seen": pct(row["sft_seen"]),
-                           "heldout": pct(row["heldout"]), "助手 loss": f"{row['assistant_loss']:.3f}"}
+    table[f"lr {lr:g}(一次运行)"] = {"最后一次 loss": f"{losses[-1]:.2f}", "sft_seen": pct(row["sft_seen"]),
+                                  "heldout": pct(row["heldout"]), "助手 loss": f"{row['assistant_loss']:.3f}"}
 display(pd.DataFrame(table).T)
 display(Image(plot_log_histories(
     {f"LoRA lr {lr:g}": trainer.state.log_history for lr, (trainer, _) in sweep.items()}
     | {f"full SFT lr {PRESET['TOY_SFT_LR']:g} (make run)": sft_history},
     str(IMAGES_DIR / "6.3_lora_learning_rates.png"), f"6.3 toy LoRA r={RANK}: learning rates, {EPOCHS} epochs")))
 
+# %% [markdown]
+# 同样的比较在 `bench/lora_sweep.py` 里做了几个学习率、两组目标层,每个设置都换了几个种子。下表每格是几个种子的平均
+# (括号里是最低–最高),下图每个点是一个种子:
+
 # %%
-at_sft_lr = sweep.get(PRESET["TOY_SFT_LR"])
-best_lr = max(sweep, key=lambda lr: (sweep[lr][1]["sft_seen"] + sweep[lr][1]["heldout"], -sweep[lr][1]["assistant_loss"]))
-text = (f"在 {EPOCHS} 个 epoch 里,sft_seen 与 heldout 之和最高的是学习率 {best_lr:g}"
-        f"(sft_seen {pct(sweep[best_lr][1]['sft_seen'])},heldout {pct(sweep[best_lr][1]['heldout'])})。")
-if at_sft_lr is not None:
-    lr_sft, row_sft = PRESET["TOY_SFT_LR"], at_sft_lr[1]
-    text += (f"用全量 SFT 的学习率 {lr_sft:g} 时,LoRA 的 sft_seen 是 {pct(row_sft['sft_seen'])},"
-             f"{versus(row_sft['sft_seen'], full_row['sft_seen'])}全量 SFT 的 {pct(full_row['sft_seen'])}。")
-text += (f"预设的 {LEARNING_RATE:g} {'就是' if best_lr == LEARNING_RATE else '不是'}这几个学习率里最好的"
-         f"{'' if best_lr == LEARNING_RATE else '(这一次运行;换种子前不要下结论)'}。")
-display(Markdown(text))
+import matplotlib.pyplot as plt
+
+bench_lrs = sorted({float(r["lr"]) for r in sweep_results["rows"] if r["stage"] == "lora"})
+grid, points = {}, {}
+for targets in (ALL_LAYERS, QV):
+    for lr in bench_lrs:
+        runs = bench_rows("lora", targets, lr)
+        if runs:
+            points[(targets, lr)] = runs
+            grid[(targets, f"{lr:g}")] = {
+                split: f"{pct(sum(r[split] for r in runs.values()) / len(runs))}"
+                       f"({pct(min(r[split] for r in runs.values()))}–{pct(max(r[split] for r in runs.values()))})"
+                for split in ("sft_seen", "heldout")} | {"种子数": len(runs)}
+display(pd.DataFrame(grid).T.rename_axis(["目标层", "学习率"]))
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+for ax, split in zip(axes, ("sft_seen", "heldout")):
+    for targets, color in ((ALL_LAYERS, "tab:blue"), (QV, "tab:orange")):
+        lrs = [lr for lr in bench_lrs if (targets, lr) in points]
+        for lr in lrs:
+            ax.scatter([lr] * len(points[(targets, lr)]), [r[split] for r in points[(targets, lr)].values()],
+                       color=color, alpha=0.6, s=18)
+        ax.plot(lrs, [sum(r[split] for r in points[(targets, lr)].values()) / len(points[(targets, lr)]) for lr in lrs],
+                "-", color=color, label=f"LoRA on {targets} (mean of seeds)")
+    full_values = [r[split] for r in bench_full.values()]
+    ax.axhspan(min(full_values) - 0.005, max(full_values) + 0.005, color="grey", alpha=0.25, label="full SFT (range of seeds)")
+    ax.set_xscale("log")
+    ax.set_xlabel("LoRA learning rate")
+    ax.set_title(f"{split} accuracy")
+    ax.grid(alpha=0.3)
+axes[0].set_ylabel("accuracy")
+axes[1].legend(fontsize=7, loc="lower right")
+fig.suptitle(f"6.3 bench/lora_sweep.py: r={RANK}, {PRESET['TOY_SFT_LORA_EPOCHS']} epochs, {len(bench_base)} seeds")
+fig.tight_layout()
+fig.savefig(IMAGES_DIR / "6.3_lora_sweep.png", dpi=120)
+plt.close(fig)
+display(Image(str(IMAGES_DIR / "6.3_lora_sweep.png")))
+
+# %%
+mean = {key: {split: sum(r[split] for r in runs.values()) / len(runs) for split in ("sft_seen", "heldout")}
+        for key, runs in points.items()}
+best_lr = max((lr for targets, lr in mean if targets == ALL_LAYERS),
+              key=lambda lr: mean[(ALL_LAYERS, lr)]["sft_seen"] + mean[(ALL_LAYERS, lr)]["heldout"])
+sft_lr = float(PRESET["TOY_SFT_LR"])
+text = (f"每个线性层上的 LoRA,{len(bench_base)} 个种子平均,sft_seen 与 heldout 之和最高的是学习率 {best_lr:g}"
+        f"(sft_seen {pct(mean[(ALL_LAYERS, best_lr)]['sft_seen'])},heldout {pct(mean[(ALL_LAYERS, best_lr)]['heldout'])});"
+        f"预设的 {LEARNING_RATE:g} {'就是它' if best_lr == LEARNING_RATE else '不是它'}。")
+if (ALL_LAYERS, sft_lr) in points:
+    at_sft = points[(ALL_LAYERS, sft_lr)]
+    lora_at_sft = sum(r["heldout"] for r in at_sft.values()) / len(at_sft)
+    full_mean = sum(r["heldout"] for r in bench_full.values()) / len(bench_full)
+    text += (f"用全量 SFT 的学习率 {sft_lr:g} 时,LoRA 的 heldout 在各个种子上是 "
+             f"{'、'.join(pct(r['heldout']) for r in at_sft.values())},"
+             f"全量 SFT 是 {'、'.join(pct(r['heldout']) for r in bench_full.values())}"
+             + (":LoRA 的更新 $\\frac{\\alpha}{r} BA$ 从 0 开始、只有很少的参数,同样的学习率下走不了那么远,"
+                "照搬全量微调的学习率就学不够。" if lora_at_sft < full_mean - 0.05 else "。"))
+display(Markdown(text + f"(本 notebook 里那一次运行:lr {sft_lr:g} 时 heldout {pct(sweep[sft_lr][1]['heldout'])},"
+                        f"lr {LEARNING_RATE:g} 时 {pct(sweep[LEARNING_RATE][1]['heldout'])}。)"
+                 if sft_lr in sweep and LEARNING_RATE in sweep else text))
 
 # %% [markdown]
 # 学习率到底取多大,和全量微调一样,要在自己的任务上测出来;上面这张表就是最小的一次"测"。
@@ -517,7 +652,7 @@ display(Markdown(text))
 # %% [markdown]
 # ### 加在哪些层上:教材的 q、v 与每个线性层
 #
-# 同样的学习率、同样的 epoch 数,只把 `target_modules` 换成教材的 `q_proj`、`v_proj`,再训练一次、考一次:
+# 同样的学习率、同样的 epoch 数,只把 `target_modules` 换成教材的 `q_proj`、`v_proj`,在本 notebook 里再训练一次、考一次(一次运行):
 
 # %%
 chapter_trainer = train_lora(LEARNING_RATE, "lora-qv", targets=CHAPTER_TARGETS)
@@ -530,20 +665,34 @@ for g in [g for g in chapter_row["replies"] if g["split"] == "heldout" and not g
 
 # %%
 chapter_wrong = wrong_person_replies(chapter_row, PEOPLE, "heldout")
+qv_best = {lr: m for (targets, lr), m in mean.items() if targets == QV}
+all_best = {lr: m for (targets, lr), m in mean.items() if targets == ALL_LAYERS}
+qv_lr = max(qv_best, key=lambda lr: qv_best[lr]["heldout"])
+all_lr = max(all_best, key=lambda lr: all_best[lr]["heldout"])
+qv_below_everywhere = all(
+    r["heldout"] < points[(ALL_LAYERS, lr)][seed]["heldout"]
+    for (targets, lr), runs in points.items() if targets == QV and (ALL_LAYERS, lr) in points
+    for seed, r in runs.items() if seed in points[(ALL_LAYERS, lr)])
+other_person = {targets: sum(r["heldout_other_person"] for r in points[(targets, lr)].values())
+                / max(1, sum(r["heldout_wrong"] for r in points[(targets, lr)].values()))
+                for targets, lr in ((QV, qv_lr), (ALL_LAYERS, all_lr))}
 display(Markdown(
-    f"只在 q、v 上:可训练参数 {n_chapter:,} 个(每个线性层时是 {n_trainable:,} 个),heldout {pct(chapter_row['heldout'])},"
-    f"{versus(chapter_row['heldout'], lora_row['heldout'])}每个线性层的 {pct(lora_row['heldout'])};"
-    f"sft_seen {pct(chapter_row['sft_seen'])}({versus(chapter_row['sft_seen'], lora_row['sft_seen'])}"
-    f" {pct(lora_row['sft_seen'])})。heldout 答错的 {chapter_wrong['wrong']} 个里,"
-    f"{chapter_wrong['other_person']} 个在讲另一个人。"))
+    f"这一次运行:只在 q、v 上时可训练参数 {n_chapter:,} 个(每个线性层时是 {n_trainable:,} 个),"
+    f"heldout {pct(chapter_row['heldout'])},{versus(chapter_row['heldout'], lora_row['heldout'])}每个线性层的 "
+    f"{pct(lora_row['heldout'])};sft_seen {pct(chapter_row['sft_seen'])}({versus(chapter_row['sft_seen'], lora_row['sft_seen'])}"
+    f" {pct(lora_row['sft_seen'])})。heldout 答错的 {chapter_wrong['wrong']} 个里,{chapter_wrong['other_person']} 个说出的名字不是被问的人。\n\n"
+    f"几个种子上(`bench/lora_sweep.json`):q、v 在它最好的学习率 {qv_lr:g} 下 heldout 平均 {pct(qv_best[qv_lr]['heldout'])},"
+    f"每个线性层在它最好的 {all_lr:g} 下 {pct(all_best[all_lr]['heldout'])};"
+    + ("同一个学习率、同一个种子比,q、v 的 heldout 每一次都更低。" if qv_below_everywhere else
+       "同一个学习率、同一个种子比,q、v 并不是每一次都更低。")
+    + f"各自最好的学习率下,heldout 的错误回答里名字不是被问的人的比例:q、v {other_person[QV]:.0%},"
+    f"每个线性层 {other_person[ALL_LAYERS]:.0%}。"))
 
 # %% [markdown]
 # 留出问题考的是:问到一个 SFT 没问过的人,模型要把问题里的名字接到回答里,再取出预训练时存下的这个人的事实。
 # 这些事实在预训练的权重里;LoRA 冻结这些权重,只在旁边加低秩的修改,两种做法的差别在于修改能落在多少个矩阵上。
-# 答错时回答里讲的是谁,上面数出来了:讲的是另一个人,就是把 SFT 数据里见过的名字搬到了留出问题上。
-# 为什么只改注意力的两个矩阵更容易这样,本节没有拆开验证;这是一个种子、一次运行,
-# `bench/seed_spread.py` 在几个种子上量的是预设里每个线性层的 LoRA(结果见 README)。
-# 在更大的模型上,加在哪些层同样要在自己的任务上测;预设的这组是在这个玩具上测出来的。
+# 答错时说出的名字不是被问的人,多半是把 SFT 数据里见过的名字搬到了留出问题上。为什么只改注意力的两个矩阵更容易这样,本节没有拆开验证;
+# 在更大的模型上,加在哪些层同样要在自己的任务上测,预设的这组是在这个玩具上、几个种子上测出来的。
 
 # %% [markdown]
 # ### QLoRA:把冻结的基座存成 4 bit
@@ -577,8 +726,9 @@ print(f"权重:bf16 {bf16_weights:.2f} GiB → 4-bit {nf4_weights:.2f} GiB")
 
 # %% [markdown]
 # 权重只是一步训练峰值里的一项。单卡、block 2048、每卡 4 条、开激活检查点和 Liger(GPU 上的默认)时,把三种微调逐项比较;
-# 最后一行"需要的显存"= 估计峰值 × 分配器的保留系数 + CUDA 上下文,这两个数都是在 H200 上实测的
-# (6.1 的"我的显卡放得下吗"一节和 `bench/results/gpu_h200_2026-11-30.json`):
+# 最后一行"需要的显存"= 估计峰值 × 分配器的保留系数 + CUDA 上下文。这两个数不是本机量的:它们是按一块 H200 上的测量
+# (6.1 的"我的显卡放得下吗"一节,`bench/results/gpu_h200_2026-11-30.json`)**定下来的**常数(`llmtrain.memory`),
+# 下面把常数和那次测量并排打印:
 
 # %%
 adapters = lora_trainable_params(qwen, CHAPTER_TARGETS, RANK)
@@ -587,7 +737,15 @@ setups = {"全量 SFT": {}, f"LoRA r={RANK}": dict(trainable_params=adapters),
 estimates = {name: estimate_training_memory(qwen, 4, 2048, "bf16", zero_stage=2, num_gpus=1,
                                             activation_checkpointing=True, liger_kernel=True, **extra)
              for name, extra in setups.items()}
-print(f"保留系数 {RESERVE_FACTOR_EXPANDABLE}(expandable_segments:True),CUDA 上下文 {CUDA_CONTEXT_GIB} GiB")
+h200 = json.loads((ROOT / "bench" / "results" / "gpu_h200_2026-11-30.json").read_text(encoding="utf-8"))
+expandable_runs = [r for r in h200["rows"] if "expandable_segments:True" in (r["pytorch_cuda_alloc_conf"] or "")]
+ratios = ", ".join(f"{r['reserved_gib'] / r['allocated_gib']:.3f}" for r in expandable_runs)
+print(f"保留系数 {RESERVE_FACTOR_EXPANDABLE}(expandable_segments:True);H200 上这种设置测了 {len(expandable_runs)} 次,"
+      f"reserved / allocated = {ratios}:"
+      "系数取的是略高于测量值的整数百分比,是一个拟合出来的上界,不是每张卡都一样")
+print(f"CUDA 上下文 {CUDA_CONTEXT_GIB} GiB;H200 上 nvidia-smi 比 reserved 多 "
+      f"{min(r['nvidia_smi_gib'] - r['reserved_gib'] for r in h200['rows']):.2f}–"
+      f"{max(r['nvidia_smi_gib'] - r['reserved_gib'] for r in h200['rows']):.2f} GiB")
 card_gib = {name: card_memory_needed(est, expandable_segments=True) / GIB for name, est in estimates.items()}
 display(pd.DataFrame({name: {**est.gib(), "需要的显存": round(card_gib[name], 2)} for name, est in estimates.items()}))
 full_states = {k: v for k, v in estimates["全量 SFT"].gib().items() if k in ("weights", "gradients", "optimizer_states")}
@@ -612,8 +770,12 @@ from llmtrain.modeling import load_model_4bit
 
 base_4bit = load_model_4bit(str(PRETRAINED), "cpu", torch.float32)
 base_fp32_mib = AutoModelForCausalLM.from_pretrained(PRETRAINED).get_memory_footprint() / 2**20
-print(f"4-bit 基座占 {base_4bit.get_memory_footprint() / 2**20:.2f} MiB,fp32 基座 {base_fp32_mib:.2f} MiB"
-      f"(玩具模型的参数大半在不量化的嵌入里)")
+footprint_4bit = base_4bit.get_memory_footprint()
+n_embed = base_model.get_input_embeddings().weight.numel()
+embed_bytes = base_4bit.get_input_embeddings().weight.numel() * base_4bit.get_input_embeddings().weight.element_size()
+print(f"4-bit 基座占 {footprint_4bit / 2**20:.2f} MiB,fp32 基座 {base_fp32_mib:.2f} MiB")
+print(f"词嵌入 {n_embed:,} 个参数,占玩具模型参数的 {n_embed / count_parameters(base_model):.0%};它不量化(fp32),"
+      f"在 4-bit 基座里占 {embed_bytes / 2**20:.2f} MiB,是全部字节的 {embed_bytes / footprint_4bit:.0%}")
 qlora_trainer = train_lora(LEARNING_RATE, "qlora", base=base_4bit)
 print(f"{qlora_trainer.state.global_step} 步,用时 {qlora_trainer.state.log_history[-1]['train_runtime']:.1f} 秒")
 # 评测:bitsandbytes 0.50.2 的 CPU 内核在 4-bit 模型的生成(推理路径)上会出错,训练不受影响;所以把训练好的适配器装回
@@ -621,13 +783,22 @@ print(f"{qlora_trainer.state.global_step} 步,用时 {qlora_trainer.state.log_hi
 qlora_model = load_adapter(AutoModelForCausalLM.from_pretrained(PRETRAINED), str(OUTPUT_DIR / "qlora"))
 qlora_row = score(qlora_model, "QLoRA SFT (6.3)")
 display(Markdown(format_scorecard({"full SFT (6.2)": full_row, "LoRA SFT (6.3)": lora_row, "QLoRA SFT (6.3)": qlora_row})))
-display(Markdown(f"4-bit 基座上训练的适配器:sft_seen {pct(qlora_row['sft_seen'])}({versus(qlora_row['sft_seen'], lora_row['sft_seen'])}"
-                 f" LoRA 的 {pct(lora_row['sft_seen'])}),heldout {pct(qlora_row['heldout'])}"
-                 f"({versus(qlora_row['heldout'], lora_row['heldout'])} LoRA 的 {pct(lora_row['heldout'])})。"))
+seed_heldout = [r["heldout"] for r in bench_lora.values()]
+qlora_gap = round(100 * qlora_row["heldout"]) - round(100 * lora_row["heldout"])
+seed_span = round(100 * max(seed_heldout)) - round(100 * min(seed_heldout))
+display(Markdown(
+    f"4-bit 基座上训练的适配器(一次运行,和上面的 LoRA 同一个种子,只有基座量化了):sft_seen {pct(qlora_row['sft_seen'])}"
+    f"({versus(qlora_row['sft_seen'], lora_row['sft_seen'])} LoRA 的 {pct(lora_row['sft_seen'])}),"
+    f"heldout {pct(qlora_row['heldout'])}({versus(qlora_row['heldout'], lora_row['heldout'])} LoRA 的 {pct(lora_row['heldout'])},"
+    f"差 {qlora_gap:+d} 个百分点)。同一个 LoRA 设置只换种子,heldout 在 {len(seed_heldout)} 个种子上是 "
+    f"{pct(min(seed_heldout))}–{pct(max(seed_heldout))}(相差 {seed_span} 个百分点,`bench/lora_sweep.json`)。"
+    + ("两行之差不比种子之间的起伏大,这一次运行看不出 4-bit 基座让 LoRA 变好还是变坏;"
+       if abs(qlora_gap) <= seed_span else "两行之差比种子之间的起伏还大,值得换几个种子再量一次;")
+    + "要下结论,得像 `bench/lora_sweep.py` 那样换几个种子。"))
 
 # %% [markdown]
-# 玩具模型的嵌入占了大半参数又不量化,这里省下的字节不能代表 1.5B 上的比例(上面的表才是);要看的是量化基座上的适配器和
-# LoRA 学到的差多少。GPU 上:`USE_QLORA=1 bash code/finetune.sh`(基座用 bf16 计算,`merged/` 里是合并到未量化基座的完整模型)。
+# 玩具模型的词嵌入只占约四分之一的参数,但它不量化、按 fp32 存,线性层却只剩半个字节一个参数,于是嵌入成了 4-bit 基座的
+# 大头(上面打印了比例)。所以这里省下的字节不能代表 1.5B 上的比例(上面的表才是);要看的是量化基座上的适配器和 LoRA 学到的差多少。GPU 上:`USE_QLORA=1 bash code/finetune.sh`(基座用 bf16 计算,`merged/` 里是合并到未量化基座的完整模型)。
 #
 # ### 用脚本运行
 #
@@ -644,10 +815,43 @@ display(Markdown(f"4-bit 基座上训练的适配器:sft_seen {pct(qlora_row['sf
 # %% [markdown]
 # ## 练习
 #
-# 练习在 `exercises/ex6_3_lora.py`:从零写一个 `LoraLinear`(`__init__`、`forward`、`merge`)。
+# 练习在 `exercises/ex6_3_lora.py`,检查:`make check-exercises EX=6.3`。评分程序在同一组权重上把你的代码与 peft 比较。
 #
-# - 学到:冻结原层;A 随机而 B 为零,所以训练开始时输出与原层完全相同;缩放系数 α/r;合并之后推理不再多花一次矩阵乘法。
-# - 评分程序在同一组权重上把你的层与 peft 的 LoRA 层比较:初始输出、训练中的输出、梯度是否落在 A 和 B 上、`merge` 之后的权重是否等于 W + (α/r)·B·A、合并后输出是否不变。
-# - 常见错误有专门的提示:乘了 α 而不是 α/r、B 没有初始化为零、合并时忘了缩放、合并后又加了一次旁路、原层没有冻结。
+# 1. `LoraLinear`(`__init__`、`forward`、`merge`、`unmerge`):从零写一个 LoRA 线性层。学到:冻结原层;A 随机而 B 为零,
+#    训练开始时输出与原层完全相同、A 和 B 又都学得动;缩放系数 α/r;合并后推理不多花一次矩阵乘法,取消合并能完全还原;
+#    dropout 只在旁路输入上、只在训练模式下;A、B 建在原层的 dtype 上(bf16)。评分程序还比较对 A、B 和输入 x 的梯度。
+# 2. `inject_lora`:把模型里的目标层原地换成你的 `LoraLinear`,其余参数全部冻结。学到:peft 的目标规则(列表匹配名字结尾,
+#    字符串是正则、整串匹配),为什么要在父模块上 setattr,为什么冻结要在替换之前。
+# 3. `lora_parameter_count`:加上 LoRA 之后要训练多少参数。学到:教材公式 2·L·d·r 的假设是什么,Qwen2 的 GQA 为什么让它不成立。
 #
-# 检查:`make check-exercises EX=6.3`。做完对照 `code/llmtrain/lora.py` 里的 `LoraLinear`(它还多了 `unmerge` 和关掉适配器的开关)。
+# 常见错误都有专门的提示:乘了 α 而不是 α/r、B 没有初始化为零、A 和 B 都是零、合并时忘了缩放、合并后又加了一次旁路、
+# 取消合并没有还原、dropout 作用在原层上或在 eval 模式下仍起作用、A/B 是 fp32 而原层是 bf16、原层没有冻结、
+# 用带点的名字 setattr、把方阵公式用在 GQA 上。做完对照 `code/llmtrain/lora.py`。
+
+# %% [markdown]
+# ### 练习之后:课程的实现
+#
+# 练习 1:`llmtrain.lora.LoraLinear` 的构造、前向、合并与取消合并。
+
+# %%
+for method in (LoraLinear.__init__, LoraLinear.forward, LoraLinear.delta_weight, LoraLinear.merge, LoraLinear.unmerge):
+    print(inspect.getsource(method))
+
+# %% [markdown]
+# 练习 2:`inject_lora`。
+
+# %%
+print(inspect.getsource(inject_lora))
+
+# %% [markdown]
+# 练习 3:每个加了 LoRA 的矩阵 $W \in \mathbb{R}^{d_{out} \times d_{in}}$ 多出 $A$($r \times d_{in}$)和 $B$($d_{out} \times r$),
+# 共 $r(d_{in} + d_{out})$ 个参数;教材的 $2 d_{model} r$ 只在 $d_{in} = d_{out} = d_{model}$ 时成立。
+# `llmtrain.lora.lora_parameter_count` 按这个公式逐个矩阵求和,和 6.3.3 那张表里实测的可训练参数比一比:
+
+# %%
+print(inspect.getsource(lora_parameter_count))
+for name, config in [("玩具模型", base_model.config), ("Qwen2.5-1.5B", qwen2_5_1_5b_config())]:
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config)
+    formula = lora_parameter_count(m, CHAPTER_TARGETS, RANK)
+    print(f"{name}:r·(d_in+d_out) 求和 {formula:,},6.3.3 实测 {param_rows[name]['实测可训练参数']}")

@@ -132,12 +132,12 @@ print(f"sft.jsonl 的 {len(sft_replies)} 条助手回答里,{sum(r.endswith(STYL
 #
 # 公式里的 $\log \pi(y \mid x)$ 是**整条回答**的对数概率:回答里每个 token 在前文条件下的对数概率之和。
 # prompt 部分不计分,padding 也不计分。做法和 SFT 的标签一样:不计分的位置标签是 -100。
+# `llmtrain.dpo.sequence_logprobs` 算这个和(位置 $t$ 的 logits 预测第 $t+1$ 个 token,所以要错开一位),
+# `llmtrain.dpo.dpo_loss` 由策略和参考模型的四个对数概率按上面的公式算损失,并给出 TRL 也会记录的隐式奖励。
+# 这两个函数是本节的练习 1、2,源码放在练习之后。
 
 # %%
 from llmtrain.dpo import dpo_loss, sequence_logprobs
-
-print(inspect.getsource(sequence_logprobs))
-print(inspect.getsource(dpo_loss))
 
 # %% [markdown]
 # 偏好对用和 SFT **完全相同的 ChatML 渲染**(`build_preference_dataset` 复用 `sft_data.tokenize_conversation`),
@@ -158,12 +158,12 @@ print("批的形状:", tuple(batch["input_ids"].shape), "= (2 对 × chosen/reje
 
 # %% [markdown]
 # 一批里每一对的损失就是 `dpo_loss` 的四个输入:策略和参考模型各给 chosen、rejected 一个对数概率。
-# 用 LoRA 时参考模型不必另存一份:**关掉 adapter 的同一个模型就是 SFT 模型**。`dpo_batch_loss` 把这几步串起来:
+# 用 LoRA 时参考模型不必另存一份:**关掉 adapter 的同一个模型就是 SFT 模型**。`llmtrain.dpo.dpo_batch_loss`
+# 把这几步串起来:策略模型一次前向算出 2n 行的对数概率(要梯度),再在 `disable_adapter()` 里、不求梯度地算参考模型的,
+# 最后交给 `dpo_loss`(练习 3,源码同样放在练习之后)。
 
 # %%
 from llmtrain.dpo import dpo_batch_loss
-
-print(inspect.getsource(dpo_batch_loss))
 
 # %% [markdown]
 # ## 6.4.4 TRL 的 `DPOTrainer`
@@ -218,7 +218,8 @@ print(inspect.getsource(TokenizedPairsDPOTrainer))
 # ### 在同一批数据上核对
 #
 # 在同一个模型、同一批数据上,用 TRL 和我们的实现各算一遍。设置和后面真正训练时一样:在 SFT 模型上加 LoRA
-# (这里让 $B \neq 0$,否则策略就等于参考,比不出什么),参考模型是关掉 adapter 的同一个模型。
+# (这里把 $B$ 设成标准差 0.01 的随机数:$B = 0$ 时策略就等于参考,奖励全是 0,比不出什么;太大又会让每一对都排错),
+# 参考模型是关掉 adapter 的同一个模型。
 # `llmtrain.dpo.compare_with_trl` 比较批、参考模型的对数概率、损失和 TRL 记录的各项指标,返回最大差值
 # (`tests/test_dpo.py` 用的是同一个函数):
 
@@ -227,11 +228,64 @@ from llmtrain.dpo import compare_with_trl
 
 check = TokenizedPairsDPOTrainer(model=AutoModelForCausalLM.from_pretrained(SFT), ref_model=None,
                                  args=dpo_config("check"), train_dataset=train_pairs, processing_class=tokenizer,
-                                 peft_config=LoraConfig(**LORA, init_lora_weights=False))
+                                 peft_config=LoraConfig(**LORA))
+generator = torch.Generator().manual_seed(SEED)
+with torch.no_grad():  # B ≠ 0:策略离开参考模型一点点,一批里有的偏好对排对、有的排错
+    for name, p in check.model.named_parameters():
+        if "lora_B" in name:
+            p.copy_(0.01 * torch.randn(p.shape, generator=generator))
 check.remove_callback(PrinterCallback)  # TRL's log line goes to log_history only
-diffs = compare_with_trl(check, [train_pairs[i] for i in range(8)])
-pd.DataFrame({"|TRL − 我们|": {k: f"{v:.1e}" for k, v in diffs.items()},
-              "≤ 1e-4": {k: v <= 1e-4 for k, v in diffs.items()}})
+check_pairs = [train_pairs[i] for i in range(8)]
+diffs = compare_with_trl(check, check_pairs)
+# 被比较的量本身有多大:在同一个模型、同一批上用我们的实现再算一遍
+check_batch = pad_preference_batch(check_pairs, tokenizer.pad_token_id)
+check_args = (check_batch["input_ids"], check_batch["attention_mask"], check_batch["labels"])
+with torch.no_grad():
+    policy_logps = sequence_logprobs(check.model, *check_args)
+    with check.model.disable_adapter():
+        reference_logps = sequence_logprobs(check.model, *check_args)
+    ours_check = dpo_loss(*policy_logps.chunk(2), *reference_logps.chunk(2), beta=BETA)
+sizes = {"batch (ids, mask, labels)": f"{int(check_batch['attention_mask'].sum())} 个 token",
+         "reference log-probs": f"{reference_logps.abs().max():.2f}",
+         "loss": f"{ours_check.loss.item():.4f}",
+         "rewards/chosen": f"{ours_check.chosen_rewards.mean().item():+.4f}",
+         "rewards/rejected": f"{ours_check.rejected_rewards.mean().item():+.4f}",
+         "rewards/accuracies": f"{ours_check.reward_accuracy:.3f}",
+         "rewards/margins": f"{ours_check.reward_margin:+.4f}",
+         "logps/chosen": f"{policy_logps.chunk(2)[0].mean().item():.3f}",
+         "logps/rejected": f"{policy_logps.chunk(2)[1].mean().item():.3f}"}
+display(pd.DataFrame({"比较的量(我们的值)": sizes, "|TRL − 我们|": {k: f"{v:.1e}" for k, v in diffs.items()},
+                      "≤ 1e-4": {k: v <= 1e-4 for k, v in diffs.items()}}))
+value_diffs = {k: v for k, v in diffs.items() if not k.startswith("batch")}
+display(Markdown(
+    f"第一列是被比较的量本身:参考模型的对数概率最大到 {reference_logps.abs().max():.1f},"
+    f"每一对的奖励差在 {(ours_check.chosen_rewards - ours_check.rejected_rewards).min():+.3f} 到 "
+    f"{(ours_check.chosen_rewards - ours_check.rejected_rewards).max():+.3f} 之间,{len(check_pairs)} 对里排对的占 "
+    f"{ours_check.reward_accuracy:.0%}:adapter 让策略离开了参考模型,"
+    + ("比的不是两个 0。" if 0 < ours_check.reward_accuracy < 1 else "只是奖励准确率落在了 0 或 1 上。")
+    + f"值的差最大 {max(value_diffs.values()):.1e}。"))
+
+# %% [markdown]
+# 只比前向的值还不够:一个 detach 了一边的损失值完全对、梯度却是错的。再在同一批上比较对 LoRA 参数的梯度,
+# 一边是 TRL 的 `compute_loss` 反向,一边是我们的 `dpo_batch_loss` 反向:
+
+# %%
+def lora_gradients(loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Backward `loss` and return a copy of every trainable parameter's gradient (then clear them)."""
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in check.model.named_parameters() if p.requires_grad}
+    check.model.zero_grad()
+    return grads
+
+
+check.model.train()
+check.model.zero_grad()
+trl_grads = lora_gradients(check.compute_loss(check.model, check.data_collator(check_pairs)))
+our_grads = lora_gradients(dpo_batch_loss(check.model, check_batch, BETA).loss)
+grad_norm = torch.sqrt(sum(g.pow(2).sum() for g in trl_grads.values())).item()
+grad_diff = torch.sqrt(sum((trl_grads[n] - our_grads[n]).pow(2).sum() for n in trl_grads)).item()
+print(f"对 {len(trl_grads)} 个 LoRA 张量的梯度:TRL 的梯度范数 {grad_norm:.2e},两边之差的范数 {grad_diff:.2e}"
+      f"(相对差 {grad_diff / grad_norm:.1e})")
 
 # %% [markdown]
 # 两边一致:批完全相同,其余的差在 float32 的舍入量级(一条回答的对数概率是十几个 float32 数的和,
@@ -296,6 +350,7 @@ print(inspect.getsource(relative_update_difference))
 LOSS_TOLERANCE, UPDATE_TOLERANCE = 1e-5, 1e-3
 loss_diff = max(abs(a - b) for a, b in zip(ours, theirs))
 update_diff = relative_update_difference(start, dict(policy.named_parameters()), trl_weights)
+update_norm = torch.sqrt(sum((trl_weights[n].detach() - p).pow(2).sum() for n, p in start.items())).item()
 assert len(theirs) == LOOP_STEPS and loss_diff <= LOSS_TOLERANCE and update_diff <= UPDATE_TOLERANCE
 element_diff, element = max(((p - trl_weights[n]).abs().max().item(), n) for n, p in policy.named_parameters()
                             if p.requires_grad)
@@ -307,7 +362,8 @@ display(Markdown(
     f"{torch.finfo(torch.float32).eps / 2:.1e},TRL 的 LM 头只对计分的位置分块计算,舍入和我们对整张 logits 做 "
     "log_softmax 不同,这点舍入差又随 AdamW 的每一步带下去。"
     f"容差比损失一步里最小的变化({min(abs(a - b) for a, b in zip(ours, ours[1:])):.1e})小得多。\n\n"
-    f"训练后两边 adapter 之差的范数是 TRL 更新量范数的 **{update_diff:.1e}**(容差 {UPDATE_TOLERANCE:.0e})。"
+    f"训练后,TRL 的 adapter 离起点走了(范数){update_norm:.2e},两边 adapter 之差的范数是它的 **{update_diff:.1e}**"
+    f"(容差 {UPDATE_TOLERANCE:.0e})。"
     f"逐个元素看,最大的差 {element_diff:.1e} 出在 `{element.removeprefix('base_model.model.')}` 里:"
     f"这个元素 {LOOP_STEPS} 步只走了 {element_moves.flatten()[worst].item():.1e},"
     f"而同一个矩阵里走得最远的元素走了 {element_moves.max().item():.1e}"
@@ -500,6 +556,38 @@ display(Markdown(
 
 
 # %% [markdown]
+# ### 损失为什么越降越慢:DPO 梯度的权重
+#
+# 记 $\hat r_w = \beta \log \frac{\pi_\theta(y_w \mid x)}{\pi_{\mathrm{ref}}(y_w \mid x)}$,$\hat r_l$ 同理。对损失求导:
+#
+# $$\nabla_\theta \mathcal{L}_{\mathrm{DPO}} = -\beta\, \sigma(\hat r_l - \hat r_w)\,
+# \big[\nabla_\theta \log \pi_\theta(y_w \mid x) - \nabla_\theta \log \pi_\theta(y_l \mid x)\big]$$
+#
+# 方括号里是"抬高 chosen、压低 rejected"的方向,前面的 $\sigma(\hat r_l - \hat r_w)$ 是每一对的**权重**:还排错的一对
+# ($\hat r_l > \hat r_w$)权重接近 1,已经排对、拉得越开的一对权重越接近 0。训练开始时两个奖励都是 0,每一对的权重都是 0.5。
+# 用训练好的 adapter 在全部训练偏好对上算一遍:
+
+# %%
+train_batch = pad_preference_batch([train_pairs[i] for i in range(len(train_pairs))], tokenizer.pad_token_id)
+with torch.no_grad():
+    trained = dpo_batch_loss(trainer.model, train_batch, BETA)
+weights = torch.sigmoid(trained.rejected_rewards - trained.chosen_rewards)
+margins = trained.chosen_rewards - trained.rejected_rewards
+print(f"{len(weights)} 对训练偏好对,训练后:奖励差 r̂_w − r̂_l 最小 {margins.min():.3f}、中位数 {margins.median():.3f}、最大 {margins.max():.3f}")
+print(f"梯度权重 σ(r̂_l − r̂_w):训练前每对 0.5,训练后最小 {weights.min():.3f}、中位数 {weights.median():.3f}、最大 {weights.max():.3f}")
+print(f"损失 −log σ(r̂_w − r̂_l) 的平均:训练前 {math.log(2):.3f},训练后 {trained.loss.item():.3f}")
+print("损失和权重都只由奖励差 m 决定:", ";".join(
+    f"m = {m:g} 时损失 {-math.log(1 / (1 + math.exp(-m))):.3f}、权重 {1 / (1 + math.exp(m)):.3f}" for m in (0, 0.5, 1, 2, 4)))
+
+# %%
+display(Markdown(
+    f"训练后奖励差的中位数是 {margins.median():.2f},对应的梯度权重中位数 {weights.median():.2f}(训练开始时 0.5):"
+    "排对了的偏好对推得越来越轻。损失 $-\\log \\sigma(m)$ 在 $m$ 变大时只是慢慢趋近 0,它的斜率正是这个权重,"
+    "所以损失曲线越往后越平;再加上学习率在线性衰减,损失停在 "
+    f"{trained.loss.item():.2f} 附近,而不是降到 0。β 把对数比缩小了 {1 / BETA:g} 倍:要让权重降到 0.1 以下,"
+    f"对数比之差要超过 {math.log(9) / BETA:.0f} 左右,这正是 β 限制策略离参考模型多远的方式。"))
+
+# %% [markdown]
 # 在留出的偏好对上评估(TRL 的 `evaluate`,奖励相对关掉 adapter 的参考模型计算):
 
 # %%
@@ -560,6 +648,121 @@ display(Markdown(
 ))
 
 # %% [markdown]
+# 没有教事实,为什么还有题目从错变对?把 SFT 答错、DPO 之后答对的回答并排看:
+
+# %%
+fixed = [i for i in wrong_before if dpo_row["replies"][i]["correct"]]
+
+
+def ran_on(g) -> bool:
+    """The reply said the answer but did not stop there: no <|im_end|> within the limit, or the answer repeated."""
+    return not g["stopped"] or g["reply"].count(g["answer"]) > 1
+
+
+for i in fixed:
+    before_g, after_g = sft_row["replies"][i], dpo_row["replies"][i]
+    print(f"{before_g['question']}(答案 {before_g['answer']})\n  SFT: {before_g['reply'][:60]!r}"
+          f"{'…' if len(before_g['reply']) > 60 else ''}(停在 <|im_end|>:{before_g['stopped']})\n  DPO: {after_g['reply']!r}")
+runaway = [i for i in fixed if ran_on(sft_row["replies"][i])]
+if fixed:
+    display(Markdown(
+        f"DPO 之后答对的 {len(fixed)} 题里,{len(runaway)} 题是 SFT 模型把答案说对了却停不下来(一遍遍重复,"
+        "直到生成的长度上限),严格判分因此算错。"
+        + ("DPO 学的正是\"答完这句就结束\":chosen 在答案后面接一句结尾,再以 `<|im_end|>` 收住,这几条失控的重复就此停下。"
+           "所以 heldout 的上升来自回答的收尾,不是新学到的事实。" if runaway else "")))
+
+# %% [markdown]
+# ### 为什么不直接在 chosen 上做 SFT?
+#
+# chosen 就是想要的回答,把"问题 + chosen"当成 SFT 数据再训练一轮不行吗?做一个对照:同一个 SFT 模型、同样的 LoRA
+# (每个线性层,r=8,不加 dropout,和 TRL 的 DPO 一样)、同样的每步对话数、epoch 数和学习率,只把损失换成 6.2 的 SFT 损失
+# (`llmtrain.training.build_trainer`,只监督回答)。学习率用 DPO 的,再用它的 10 倍各训练一次:
+
+# %%
+import datasets
+
+from llmtrain.lora import add_peft_lora
+from llmtrain.notebook import toy_training_args
+from llmtrain.sft_data import build_sft_dataset, make_collator
+from llmtrain.training import build_trainer
+
+chosen_sft_data = build_sft_dataset(datasets.Dataset.from_dict({"conversations": [
+    prompt + [{"role": "assistant", "content": chosen}] for prompt, chosen in zip(raw_train["prompt"], raw_train["chosen"])]}),
+    tokenizer, max_len=BLOCK_SIZE)
+
+
+def train_sft_on_chosen(run_name: str, learning_rate: float):
+    """LoRA SFT of the SFT model on prompt + chosen: DPO's adapters, batch, epochs and schedule, SFT's loss."""
+    policy = add_peft_lora(AutoModelForCausalLM.from_pretrained(SFT), LORA["target_modules"], LORA["r"],
+                           LORA["lora_alpha"], 0.0)
+    args = toy_training_args(OUTPUT_DIR / run_name, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=EPOCHS,
+                             learning_rate=learning_rate, warmup_steps=TOY["TOY_DPO_WARMUP_STEPS"], logging_steps=2,
+                             seed=SEED, data_seed=SEED)
+    sft_trainer = build_trainer(policy, args, tokenizer, chosen_sft_data, data_collator=make_collator(tokenizer, packing=True))
+    sft_trainer.remove_callback(PrinterCallback)
+    sft_trainer.train()
+    sft_trainer.model.config.use_cache = True
+    return sft_trainer
+
+
+baseline_logps = {}
+for lr in (LEARNING_RATE, 10 * LEARNING_RATE):
+    name = f"SFT on chosen, lr {lr:g} (6.4)"
+    sft_trainer = train_sft_on_chosen(f"sft-on-chosen-{lr:g}", lr)
+    with torch.no_grad():
+        baseline_logps[name] = sequence_logprobs(sft_trainer.model, heldout_batch["input_ids"],
+                                                 heldout_batch["attention_mask"], heldout_batch["labels"]).chunk(2)
+    print(f"{sft_trainer.state.global_step} 步(DPO 是 {trainer.state.global_step} 步)")
+    add_row(name, sft_trainer.model.merge_and_unload().eval())
+
+# %%
+compare = {"SFT before DPO (6.4)": (chosen_logps, rejected_logps),
+           "DPO (6.4)": (torch.tensor([after["eval_logps/chosen"]]), torch.tensor([after["eval_logps/rejected"]]))}
+compare |= baseline_logps
+pd.DataFrame({name: {"结尾句": f"{rows[name]['style']:.0%}", "sft_seen": f"{rows[name]['sft_seen']:.0%}",
+                     "heldout": f"{rows[name]['heldout']:.0%}",
+                     "留出偏好对 log π(chosen)": f"{c.mean():.2f}", "log π(rejected)": f"{r.mean():.2f}",
+                     "两者之差": f"{c.mean() - r.mean():+.2f}"}
+              for name, (c, r) in compare.items()}).T
+
+# %%
+with torch.no_grad():  # SFT 模型(训练前)给留出偏好对里 chosen 的每个 token 的对数概率
+    logits = sft_model(input_ids=heldout_batch["input_ids"], attention_mask=heldout_batch["attention_mask"]).logits
+token_lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, heldout_batch["input_ids"][:, 1:, None])[..., 0]
+scored_tokens = heldout_batch["labels"][:, 1:] != -100
+n_pairs, prefix_nll, total_nll = len(heldout_pairs), 0.0, 0.0
+for i in range(n_pairs):
+    chosen_ids = heldout_batch["input_ids"][i, 1:][scored_tokens[i]].tolist()
+    rejected_ids = heldout_batch["input_ids"][n_pairs + i, 1:][scored_tokens[n_pairs + i]].tolist()
+    fork = next(k for k, (a, b) in enumerate(zip(chosen_ids, rejected_ids)) if a != b)
+    chosen_lp = token_lp[i][scored_tokens[i]]
+    prefix_nll, total_nll = prefix_nll - chosen_lp[:fork].sum().item(), total_nll - chosen_lp.sum().item()
+print(f"SFT 模型下,{n_pairs} 条留出 chosen 的负对数概率合计 {total_nll:.1f},其中落在与 rejected 相同的前缀上的 "
+      f"{prefix_nll:.1f}({prefix_nll / total_nll:.0%})")
+
+# %%
+same_lr, ten_lr = (f"SFT on chosen, lr {lr:g} (6.4)" for lr in (LEARNING_RATE, 10 * LEARNING_RATE))
+gap = {name: (c.mean() - r.mean()).item() for name, (c, r) in compare.items()}
+rejected_mean = {name: r.mean().item() for name, (c, r) in compare.items()}
+sft_also_learns = rows[same_lr]["style"] >= rows["DPO (6.4)"]["style"] - 0.05
+display(Markdown(
+    f"同样的学习率、同样的 {trainer.state.global_step} 步,在 chosen 上做 SFT 让结尾句从 {rows['SFT before DPO (6.4)']['style']:.0%} "
+    f"到 {rows[same_lr]['style']:.0%},DPO 到 {rows['DPO (6.4)']['style']:.0%};学习率放大 10 倍,SFT 到 "
+    f"{rows[ten_lr]['style']:.0%}(sft_seen {rows[ten_lr]['sft_seen']:.0%},heldout {rows[ten_lr]['heldout']:.0%})。"
+    f"留出偏好对上 chosen 与 rejected 的对数概率之差:SFT 模型 {gap['SFT before DPO (6.4)']:+.2f},DPO 之后 {gap['DPO (6.4)']:+.2f},"
+    f"在 chosen 上 SFT 之后 {gap[same_lr]:+.2f} / {gap[ten_lr]:+.2f}。\n\n"
+    + ("**在这个玩具偏好上,只在 chosen 上做 SFT 也学得会**。原因在上一格:SFT 的损失是 chosen 每个 token 的负对数概率之和,"
+       f"而 SFT 模型早就会说答案,这个和只有 {prefix_nll / total_nll:.0%} 落在与 rejected 相同的前缀上,"
+       "SFT 的梯度其实也集中在分叉处和那句结尾上,和 DPO 的去处差不多。" if sft_also_learns else
+       f"同样的学习率下,在 chosen 上做 SFT 的结尾句不如 DPO。")
+    + "两者的差别在别处。第一,SFT 从不看 rejected:\"答完就停\"只是因为分叉处 chosen 说了别的才被间接压低;"
+    f"同样的学习率下,留出 rejected 的平均 log π 在 DPO 之后是 {rejected_mean['DPO (6.4)']:.2f},"
+    f"在 chosen 上 SFT 之后是 {rejected_mean[same_lr]:.2f}。第二,SFT 没有参考模型:它一直把 log π(chosen) 往 0 推,"
+    "DPO 只要求相对参考模型拉开差距,拉开之后权重 $\\sigma(\\hat r_l - \\hat r_w)$ 变小,就不再使劲。"
+    "偏好数据不可替代的,是 rejected 也像样、甚至是 SFT 模型自己更愿意说的回答,好坏散在整条回答里:"
+    "只模仿 chosen,学不到\"另一条差在哪里\"。"))
+
+# %% [markdown]
 # ### 推过头会怎样
 #
 # DPO 的损失只看 chosen 相对 rejected 的对数比,只要还能把两者拉开,它就一直推。同样的设置,训练 3 倍的 epoch:
@@ -612,7 +815,7 @@ display(Markdown(
 # 几条回答对照(`sft_seen` 取两条;`heldout` 取 SFT 答对的一条和答错的一条,如果有;✗ 表示按严格规则判错):
 
 # %%
-replies = {name: row["replies"] for name, row in rows.items()}
+replies = {name: row["replies"] for name, row in rows.items() if not name.startswith("SFT on chosen")}
 sft_replies_graded = replies["SFT before DPO (6.4)"]
 seen = [i for i, g in enumerate(sft_replies_graded) if g["split"] == "sft_seen"][:2]
 heldout_right = [i for i, g in enumerate(sft_replies_graded) if g["split"] == "heldout" and g["correct"]][:1]
@@ -659,11 +862,26 @@ print(f"本 notebook 运行用时 {time.perf_counter() - START:.0f} 秒")
 # %% [markdown]
 # ## 练习
 #
-# 练习在 `exercises/ex6_4_dpo.py`:
+# 练习在 `exercises/ex6_4_dpo.py`,检查:`make check-exercises EX=6.4`。评分程序用随机初始化的玩具 Qwen2 和样例偏好对,
+# 比较值,也比较梯度。
 #
-# 1. `dpo_loss`:由四个序列对数概率和 β 算出 DPO 损失(对偏好对取平均)。学到:损失的符号、β 的位置、为什么要减去参考模型。
-# 2. `sequence_logprobs`:一条回答在给定提示下的对数概率。学到:logits 要错开一位;只有回答的 token(labels 不是 -100 的位置)计分,提示和 padding 都不算。
+# 1. `sequence_logprobs`:一条回答在给定提示下的对数概率。学到:logits 要错开一位;只有回答的 token 计分;
+#    bf16 的 logits 先升到 fp32 再 log_softmax;不要在函数里切换 train/eval(train 模式下 dropout 照常);
+#    为什么用 log_softmax 而不是 log(softmax)(很自信的模型上后者得到 -inf)。
+# 2. `dpo_loss`:由四个序列对数概率和 β 算出 DPO 损失。学到:符号、β 的位置、为什么减去参考模型、批内平均;
+#    对数比相差几百时手写的 log σ 会溢出;loss 要对 chosen 和 rejected 两边都有梯度。
+# 3. `dpo_batch_loss`:LoRA 策略上一步 DPO 的损失。学到:参考模型就是关掉适配器的同一个模型(不另存一份、不求梯度、
+#    用完打开);`pad_preference_batch` 前一半是 chosen、后一半是 rejected;传了 reference 时(全参数 DPO)就用它。
 #
-# 评分程序在相同的输入上与 `llmtrain.dpo` 比较(对数概率用一个随机初始化的玩具 Qwen2 和样例偏好对)。它认得常见错误并说明原因:符号反了、没减参考模型、求和而不是平均、loss 断了梯度、把提示的 token 也算进对数概率、没有错开一位。
+# 评分程序认得常见错误并说明原因:符号反了、没减参考模型、求和而不是平均、detach 了一边(值对、梯度错)、
+# 把提示的 token 也算进对数概率、没有错开一位、bf16 里算 log_softmax、参考模型与策略相同(loss 恒为 log 2)、
+# 适配器没有重新打开、chosen/rejected 分错、参考模型有了梯度。做完对照 `code/llmtrain/dpo.py`。
+
+# %% [markdown]
+# ### 练习之后:课程的实现
 #
-# 检查:`make check-exercises EX=6.4`;全部练习:`make check-exercises`。做完对照 `code/llmtrain/dpo.py`。
+# `llmtrain.dpo` 里的三个函数,6.4.3 起用的就是它们:
+
+# %%
+for function in (sequence_logprobs, dpo_loss, dpo_batch_loss):
+    print(inspect.getsource(function))
