@@ -341,7 +341,9 @@ def test_the_hand_written_loop_trains_as_trl_does_on_the_same_samples(tmp_path, 
     assert any(0 < s.reward < 1 + weight for s in ours.logs)   # rewards varied: the policy gradient is exercised
     theirs = train_in_trl_on_these_samples(trainer, ours.samples)
     assert len(theirs) == steps
-    assert [e["loss"] for e in theirs] == pytest.approx([s.loss for s in ours.logs], abs=1e-5)
+    # the same sums in another order: float32 differences of ~1e-7 at step 1 grow with lr 1e-2 (2.3e-5 of 0.21 at
+    # step 4 on a loaded 2-core machine); a wrong loss or gradient is off by far more from step 2 on
+    assert [e["loss"] for e in theirs] == pytest.approx([s.loss for s in ours.logs], rel=1e-3, abs=1e-5)
     logged = [(e["reward"], s.reward) for e, s in zip(theirs, ours.logs) if "reward" in e]   # TRL: per generation
     assert len(logged) == steps // num_iterations and all(a == pytest.approx(b, abs=1e-6) for a, b in logged)
     assert [e["entropy"] for e in theirs] == pytest.approx([s.entropy for s in ours.logs], abs=1e-4)

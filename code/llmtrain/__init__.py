@@ -5,6 +5,7 @@ says whether it is on the scripts' training path or a from-scratch reference the
 """
 
 import logging
+import warnings
 from pathlib import Path
 
 from llmtrain.errors import LlmtrainError
@@ -19,5 +20,9 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # On a CPU with AVX-512 BF16, bitsandbytes asks the `kernels` package (a transformers dependency) for a hub kernel at
 # import; offline, `kernels` warns that it skips the publisher check, then the lookup fails and bitsandbytes falls back.
 logging.getLogger("kernels").setLevel(logging.ERROR)
+# peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 renamed; every get_peft_model then warns
+# about a name only peft uses. Ignored here, once for scripts, notebooks and tests; every other FutureWarning shows.
+PEFT_OLD_ATTRIBUTE_WARNING = "`is_gradient_checkpointing` is deprecated"
+warnings.filterwarnings("ignore", message=PEFT_OLD_ATTRIBUTE_WARNING, category=FutureWarning)
 
-__all__ = ["PROJECT_ROOT", "LlmtrainError"]
+__all__ = ["PEFT_OLD_ATTRIBUTE_WARNING", "PROJECT_ROOT", "LlmtrainError"]

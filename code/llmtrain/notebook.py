@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from llmtrain import PROJECT_ROOT
 from llmtrain.toy_run import require_toy_model
 
-# The warnings the notebooks' libraries raise that say nothing to a learner of the toy runs:
-# (category, start of the message). Anything else still shows, so a new warning is seen and judged.
-QUIET_WARNINGS: list[tuple[type[Warning], str]] = [
-    (FutureWarning, "`is_gradient_checkpointing` is deprecated"),  # peft reads the pre-5 attribute name
-]
-
-
 def setup_notebook(seed: int = 42) -> Path:
-    """Seed every generator, silence progress bars and the warnings in QUIET_WARNINGS; return the figure folder.
+    """Seed every generator, silence progress bars and library logs; return the figure folder.
 
     On a machine without a GPU it also tells DeepSpeed (imported later by Trainer and TRL) to use the CPU
     accelerator, which it otherwise announces at every import.
@@ -43,8 +35,6 @@ def setup_notebook(seed: int = 42) -> Path:
     transformers.utils.logging.set_verbosity_error()
     for name in ("DeepSpeed", "accelerate", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for category, message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
     folder = Path(os.environ.get("COURSE_IMAGES_DIR", PROJECT_ROOT / "output" / "figures"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
