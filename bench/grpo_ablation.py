@@ -10,11 +10,12 @@ first). Every configuration is `make run`'s GRPO (PRESET=toy bash code/grpo.sh: 
   - the loss normalised per reply ("grpo") or by a constant ("dr_grpo") instead of per token ("dapo", TRL's default);
   - no format reward for 6.4's closing sentence;
   - the grader blind to the person (the prompt files without "person": the rule before issue 26).
-Each GRPO model is scored as `make run` scores it (the scorecard's seen, held-out and closing-sentence columns, the RL
-task on new people and on a new phrasing), with the share of RL replies that name another person and a few replies
-of each. Then what RL could not do: the arithmetic task (sums and differences within 20 that SFT never asked), from
-seed 12's DPO model, with the reward and held-out accuracy before and after. About 2.5 minutes a run on 2 idle
-cores; results written after every run with the date, machine and versions (committed, read by notebook 6.5).
+("preset" is the seed's own make-run GRPO, scored again, not retrained.) Each GRPO model is scored as `make run`
+scores it (the scorecard's seen, held-out and closing-sentence columns, the RL task on new people and on a new
+phrasing), with the share of RL replies that name another person and a few replies of each. First, what RL could not
+do: the arithmetic task (sums and differences within 20 that SFT never asked), from seed 12's DPO model, with the
+reward and held-out accuracy before and after. About 2.5 minutes a run on 2 idle cores; results written after every
+run with the date, machine and versions (committed, read by notebook 6.5); --add trains more seeds into them.
 """
 
 from __future__ import annotations
@@ -98,23 +99,53 @@ def arithmetic_prompts(folder: Path, rng: random.Random) -> tuple[Path, Path]:
     return files
 
 
+def arithmetic_run(start: Path, out: Path) -> dict:
+    """What RL could not do: GRPO on sums and differences the SFT data never asked, from `start` (seed 12's DPO
+    model) with make run's settings and no format reward; held-out greedy accuracy before and after."""
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    train, held_out = arithmetic_prompts(out, random.Random(0))
+    adapter = out / "arithmetic"
+    run_bash_script(GRPO_SH, "--overwrite_output_dir", PRESET="toy", SEED="12", MODEL_DIR=str(start),
+                    OUTPUT_DIR=str(adapter), TRAIN_FILES=str(train), EVAL_FILES="none", STYLE_WEIGHT="0")
+    rows = load_prompt_dataset([str(held_out)])
+    before = task_accuracy(AutoModelForCausalLM.from_pretrained(start), tokenizer, rows, 48)
+    after = task_accuracy(load_adapter(AutoModelForCausalLM.from_pretrained(start), str(adapter)), tokenizer, rows, 48)
+    history = [e for e in read_log_history(str(adapter / "trainer_state.json")) if "reward" in e]
+    print(f"arithmetic, seed 12: held-out {before['accuracy']} -> {after['accuracy']}, sampled reward "
+          f"{history[0]['rewards/verifiable/mean']} -> {history[-1]['rewards/verifiable/mean']}", flush=True)
+    return {"seed": 12, "held_out_before": before["accuracy"], "held_out_after": after["accuracy"],
+            "reward": [e["rewards/verifiable/mean"] for e in history], "reward_std": [e["reward_std"] for e in history],
+            "replies_after": after["replies"][:EXAMPLES]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[12, 1, 2])
     parser.add_argument("--seed_dir", default=str(PROJECT_ROOT / "output" / "bench" / "seeds"))
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "grpo_ablation"))
     parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "grpo_ablation.json"))
+    parser.add_argument("--add", action="store_true", help="Keep the runs already in --results (the same toy preset) "
+                        "and its arithmetic run; train only --seeds.")
     args = parser.parse_args()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     blind = blind_prompts(out)
     results = {"date": None, "machine": machine(), "versions": None, "toy_preset": toy_preset(), "configs": {
         name: {"env": env, "flags": flags} for name, (env, flags) in CONFIGS.items()}, "runs": {}, "seconds": {}}
+    if args.add:
+        earlier = json.loads(Path(args.results).read_text(encoding="utf-8"))
+        if earlier["toy_preset"] != results["toy_preset"]:
+            raise SystemExit(f"{args.results} was measured with another toy preset: rerun every seed without --add.")
+        results.update(runs=earlier["runs"], seconds=earlier["seconds"], arithmetic=earlier["arithmetic"])
 
     def save() -> None:
         results["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["versions"] = {n: version(n) for n in ("torch", "transformers", "deepspeed", "peft", "trl")}
         Path(args.results).write_text(json.dumps(results, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    if not args.add:  # first: the seeds' runs below take the longest
+        results["arithmetic"] = arithmetic_run(Path(args.seed_dir) / "seed12" / "dpo-lora" / "merged", out)
+        save()
 
     for seed in args.seeds:
         start = Path(args.seed_dir) / f"seed{seed}" / "dpo-lora" / "merged"
@@ -122,34 +153,17 @@ def main() -> None:
         for name, (env, flags) in CONFIGS.items():
             adapter = out / f"seed{seed}" / name.replace(" ", "_")
             began = time.time()
-            run_bash_script(GRPO_SH, "--overwrite_output_dir", *flags, PRESET="toy", SEED=str(seed),
-                            MODEL_DIR=str(start), OUTPUT_DIR=str(adapter), EVAL_FILES="none",
-                            **{k: v.format(blind=blind) for k, v in env.items()})
-            results["runs"].setdefault(name, {})[seed] = score(start, adapter, tokenizer)
+            if name == "preset":  # make run's GRPO is this very command with this seed: score the seed's own run
+                adapter = Path(args.seed_dir) / f"seed{seed}" / "grpo-lora"
+            else:
+                run_bash_script(GRPO_SH, "--overwrite_output_dir", *flags, PRESET="toy", SEED=str(seed),
+                                MODEL_DIR=str(start), OUTPUT_DIR=str(adapter), EVAL_FILES="none",
+                                **{k: v.format(blind=blind) for k, v in env.items()})
+            results["runs"].setdefault(name, {})[str(seed)] = score(start, adapter, tokenizer)
             results["seconds"][f"{name}, seed {seed}"] = round(time.time() - began)
-            print(f"seed {seed}, {name}: " + ", ".join(f"{k} {v}" for k, v in results["runs"][name][seed].items()
+            print(f"seed {seed}, {name}: " + ", ".join(f"{k} {v}" for k, v in results["runs"][name][str(seed)].items()
                                                        if k != "wrong_replies"), flush=True)
             save()
-
-    # What RL could not do: arithmetic the SFT data never asked, from seed 12's DPO model.
-    seed = args.seeds[0]
-    start = Path(args.seed_dir) / f"seed{seed}" / "dpo-lora" / "merged"
-    tokenizer = AutoTokenizer.from_pretrained(start)
-    train, held_out = arithmetic_prompts(out, random.Random(0))
-    adapter = out / "arithmetic"
-    run_bash_script(GRPO_SH, "--overwrite_output_dir", PRESET="toy", SEED=str(seed), MODEL_DIR=str(start),
-                    OUTPUT_DIR=str(adapter), TRAIN_FILES=str(train), EVAL_FILES="none", STYLE_WEIGHT="0")
-    rows = load_prompt_dataset([str(held_out)])
-    before = task_accuracy(AutoModelForCausalLM.from_pretrained(start), tokenizer, rows, 48)
-    after = task_accuracy(load_adapter(AutoModelForCausalLM.from_pretrained(start), str(adapter)), tokenizer, rows, 48)
-    history = [e for e in read_log_history(str(adapter / "trainer_state.json")) if "reward" in e]
-    results["arithmetic"] = {"seed": seed, "held_out_before": before["accuracy"], "held_out_after": after["accuracy"],
-                             "reward": [e["rewards/verifiable/mean"] for e in history],
-                             "reward_std": [e["reward_std"] for e in history],
-                             "replies_after": after["replies"][:EXAMPLES]}
-    print(f"arithmetic, seed {seed}: held-out {before['accuracy']} -> {after['accuracy']}, sampled reward "
-          f"{history[0]['rewards/verifiable/mean']} -> {history[-1]['rewards/verifiable/mean']}")
-    save()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ after, resume, and the errors (in-process)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -76,6 +77,7 @@ def test_toy_lora_grpo_on_two_processes_evaluates_then_resumes(tmp_path, toy_run
     start = toy_run / "dpo-lora" / "merged"   # the model make run's GRPO starts from
     held_out = tmp_path / "held_out.jsonl"
     write_jsonl(held_out, [json.loads(line) for line in SAMPLE_RL_EVAL.read_text(encoding="utf-8").splitlines()[::30]])
+    shutil.copy(SAMPLE_RL_EVAL.with_name("people.txt"), tmp_path)   # the grader's list of every name, beside the file
     out = tmp_path / "grpo"
     weight = float(toy_preset()["TOY_GRPO_STYLE_WEIGHT"])
     result = run_script(["bash", "code/grpo.sh"], PRESET="toy", MODEL_DIR=str(start), OUTPUT_DIR=str(out),
