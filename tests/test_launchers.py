@@ -26,7 +26,7 @@ def preset_values(preset: str, stage: str, *variants: str, names: str = "", **en
 
 def test_a_value_comes_from_the_most_specific_key_and_the_environment_wins():
     toy = toy_preset()
-    lora = preset_values("toy", "SFT", "LORA")
+    lora = preset_values("toy", "SFT", "LORA", TOY_RUN_DIR="")   # "" as unset: the session pipeline exports its own
     assert float(lora["LR"]) == toy["TOY_SFT_LORA_LR"] != toy["TOY_SFT_LR"]        # <STAGE>_<VARIANT>_<NAME>
     assert lora["BATCH_SIZE"] == str(toy["TOY_SFT_BATCH_SIZE"])                      # <STAGE>_<NAME>
     assert lora["NUM_GPUS"] == "2" and lora["PRECISION"] == "fp32"                 # <NAME>
