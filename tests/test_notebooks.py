@@ -41,13 +41,18 @@ CHECKED = "nbval-check-output"
 
 
 def text_outputs(cell) -> list[str]:
-    """A code cell's outputs as nbval compares them: stream text and the plain-text form of results."""
-    texts = []
+    """A code cell's outputs as nbval compares them: stream text and the plain-text form of results. Consecutive
+    chunks of one stream are joined: where a kernel cuts a print into chunks depends on timing, not on the code."""
+    texts, last_stream = [], None
     for output in cell.get("outputs", []):
-        if output.get("output_type") == "stream":
+        stream = output.get("name") if output.get("output_type") == "stream" else None
+        if stream is not None and stream == last_stream:
+            texts[-1] += output.get("text", "")
+        elif stream is not None:
             texts.append(output.get("text", ""))
         elif "text/plain" in output.get("data", {}):
             texts.append(output["data"]["text/plain"])
+        last_stream = stream
     return texts
 
 

@@ -32,11 +32,13 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
 
 
 def delete_checkpoints(training_args: TrainingArguments) -> None:
-    """6.1.5: --overwrite_output_dir: delete output_dir's checkpoint-* folders (on the main process) to start over."""
-    if not os.path.isdir(training_args.output_dir):
-        return
+    """6.1.5: --overwrite_output_dir: delete output_dir's checkpoint-* folders (on the main process) to start over.
+
+    Every rank enters the barrier whatever it sees on disk: the folder can appear between two ranks' looks (another
+    rank creating it), and a rank that skipped the barrier left the others waiting for ever.
+    """
     with training_args.main_process_first(desc="clearing old checkpoints"):
-        if training_args.process_index == 0:
+        if training_args.process_index == 0 and os.path.isdir(training_args.output_dir):
             for _, path in list_checkpoints(training_args.output_dir):
                 logger.warning("--overwrite_output_dir: deleting %s", path)
                 shutil.rmtree(path)
