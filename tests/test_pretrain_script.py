@@ -3,6 +3,7 @@ overwrite flag, and the session pipeline's 2-process DeepSpeed pretraining."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from conftest import ROOT, SAMPLE_PRETRAIN, run_cli_in_process, run_script, script_env
+from llmtrain.checkpoints import delete_checkpoints
 from llmtrain.launch import STALE_BUILD_LOCK_SECONDS, use_environment_torch_extensions
 from llmtrain.toy import toy_preset
 
@@ -125,6 +127,22 @@ def test_overwrite_output_dir_checks_the_inputs_first_then_starts_over(tmp_path,
     assert "Resuming" not in again.stdout
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_every_rank_enters_the_checkpoint_barrier_even_before_the_output_folder_exists(tmp_path):
+    # A rank that returned early (no folder yet) while another, a moment later, saw the folder and entered the
+    # barrier left that one waiting for ever: a 2-process GRPO run hung. The barrier cannot depend on the disk.
+    args = TrainingArguments(output_dir=str(tmp_path / "not-yet"), report_to="none", use_cpu=True)
+    entered = []
+
+    @contextlib.contextmanager
+    def barrier(desc: str = ""):
+        entered.append(desc)
+        yield
+
+    args.main_process_first = barrier
+    delete_checkpoints(args)
+    assert entered == ["clearing old checkpoints"] and not (tmp_path / "not-yet").exists()
 
 
 @pytest.mark.slow
