@@ -43,13 +43,13 @@ GRPO_SH = PROJECT_ROOT / "code" / "grpo.sh"
 # name: (environment for grpo.sh, extra grpo.py flags); "preset" is make run's GRPO
 CONFIGS: dict[str, tuple[dict[str, str], list[str]]] = {
     "preset": ({}, []),
+    "grader blind to the person": ({"TRAIN_FILES": "{blind}"}, []),   # second: issue 26's question, kept if cut short
     "beta 0": ({"BETA": "0"}, []),
     "beta 0.04": ({"BETA": "0.04"}, []),
     "advantages not divided by std": ({}, ["--scale_rewards", "none"]),
     "loss per reply (grpo)": ({}, ["--loss_type", "grpo"]),
     "loss over a constant (dr_grpo)": ({}, ["--loss_type", "dr_grpo"]),
     "no format reward": ({"STYLE_WEIGHT": "0"}, []),
-    "grader blind to the person": ({"TRAIN_FILES": "{blind}"}, []),
 }
 EXAMPLES = 4  # replies kept per configuration and seed, the first RL replies the grader rejects
 

@@ -26,7 +26,7 @@
 # 3. **自己写出训练循环**,和 `GRPOTrainer` 在同样的样本上逐步对照;一批数据更新两次时,裁剪才真正起作用;
 # 4. `make run` 的 GRPO(TRL + DeepSpeed 2 个进程)的曲线;
 # 5. RL 学到了什么:新的人、新的问法、pass@8 与贪心准确率、答成别人的回答;
-# 6. 一次只改一处(β、优势除不除以标准差、损失怎样平均、格式奖励、判分程序管不管人),每处在三个种子上;
+# 6. 一次只改一处(β、优势除不除以标准差、损失怎样平均、格式奖励、判分程序管不管人),每处在几个种子上;
 # 7. RL 做不到的事。
 #
 # 实现在 `code/llmtrain/grpo.py`(算法)和 `code/llmtrain/grading.py`(判分),脚本是 `code/grpo.py` / `code/grpo.sh`。
@@ -181,13 +181,13 @@ display(pd.DataFrame([{"问的人": person, "回答": reply, "只看值(旧规�
                       for reply, answer, person in examples]))
 
 # %% [markdown]
-# 漏洞被利用了吗?`bench/grpo_ablation.py` 在三个种子上用**旧规则**当奖励训练了同样的 GRPO(提示文件去掉 "person",
+# 漏洞被利用了吗?`bench/grpo_ablation.py` 在几个种子上用**旧规则**当奖励训练了同样的 GRPO(提示文件去掉 "person",
 # 判分程序就只看值),再用新规则判分。下面是 RL 评测(新的人)上,"旧规则算对、新规则不算"的回答占多少,
 # 即说对了值、说错了人的回答:
 
 # %%
 runs = ABLATION["runs"]
-seeds = sorted(runs["preset"], key=int)
+seeds = sorted(runs["grader blind to the person"], key=int)
 rows = []
 for seed in seeds:
     blind, preset = runs["grader blind to the person"][seed], runs["preset"][seed]
@@ -208,7 +208,7 @@ gain_old = [runs["grader blind to the person"][s]["rl_old_rule"] - SEEDS["rows"]
 hacked = [runs["grader blind to the person"][s]["rl_another_person"] - SEEDS["rows"][s]["DPO RL another person"]
           for s in seeds]
 display(Markdown(
-    f"按旧规则看,旧规则训练的 GRPO 在三个种子上比起点多答对 {min(gain_old):.0%}–{max(gain_old):.0%};其中"
+    f"按旧规则看,旧规则训练的 GRPO 在 {len(seeds)} 个种子上比起点多答对 {min(gain_old):.0%}–{max(gain_old):.0%};其中"
     f"{min(hacked):.0%}–{max(hacked):.0%} 是新增的"
     "\"答错了人\"的回答,也就是说,一部分\"进步\"是奖励投机:模型学会了说出一个对的值,却不在乎是谁的。"
     "新规则下这类回答拿不到奖励,训练就不再加强它们(上表最后两列)。"))
@@ -248,7 +248,7 @@ for scale in (True, False):
 #
 # - **除不除以标准差。** 上面第二组(4 条里只有 1 条对)除以标准差后,对的那条优势比第一组的还大:几乎全错(或几乎全对)
 #   的组,标准差小,被除出来的优势反而大,这些组在梯度里的分量被放大了。Dr. GRPO(Liu 等,2025)认为这是一种偏差,
-#   去掉除法(`scale_rewards="none"`)。6.5.9 在三个种子上比较两种做法。
+#   去掉除法(`scale_rewards="none"`)。6.5.9 在几个种子上比较两种做法。
 # - **损失怎样平均。** "grpo"(DeepSeekMath 原文)先在每条回答自己的 token 上平均,再对回答平均:短回答的每个 token
 #   分量更重,答错的长回答受到的惩罚被摊薄;"dapo"(TRL 1.16 的默认,`make run` 用它)对整批 token 一起平均;
 #   "dr_grpo" 除以一个常数(回答数 × 最长长度),完全没有按长度的归一化。
@@ -601,7 +601,7 @@ display(Markdown(
 # ## 6.5.9 一次只改一处
 #
 # `bench/grpo_ablation.py` 从每个种子的 DPO 模型出发,用 `make run` 的 GRPO(2 个进程、120 步、同样的种子)训练,
-# 每次只改一个设置,再按 `make run` 的方式打分。表中每格是三个种子的平均,括号里是最小–最大:
+# 每次只改一个设置,再按 `make run` 的方式打分。表中每格是各个种子的平均,括号里是最小–最大,最后一列是种子数:
 
 # %%
 metrics = {"rl": "RL(新的人)", "rl_new_phrasing": "RL(新问法)", "seen": "seen", "heldout": "heldout", "style": "结尾句",
@@ -611,6 +611,7 @@ for config, per_seed in runs.items():
     table[config] = {label: f"{sum(r[m] for r in per_seed.values()) / len(per_seed):.0%} "
                             f"({min(r[m] for r in per_seed.values()):.0%}–{max(r[m] for r in per_seed.values()):.0%})"
                      for m, label in metrics.items()}
+    table[config]["种子数"] = len(per_seed)
 display(pd.DataFrame(table).T)
 print(f"种子 {', '.join(seeds)};{ABLATION['date']},{ABLATION['machine']}")
 
