@@ -13,7 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from trl import DPOConfig
 
 from conftest import run_cli_in_process, run_script
-from llmtrain import PEFT_OLD_ATTRIBUTE_WARNING
+from llmtrain import LIBRARY_RENAME_WARNING
 from llmtrain.errors import LlmtrainError
 from llmtrain.memory import GIB, card_memory_needed, estimate_training_memory, fits, lora_trainable_params
 from llmtrain.modeling import qwen2_5_1_5b_config
@@ -207,7 +207,8 @@ def test_dpo_py_runs_directly_on_a_cpu_without_precision_or_checkpointing_flags(
     out = tmp_path / "dpo"
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        warnings.filterwarnings("ignore", message=PEFT_OLD_ATTRIBUTE_WARNING, category=FutureWarning)  # peft's, not ours
+        warnings.filterwarnings("ignore", message=LIBRARY_RENAME_WARNING, category=FutureWarning,
+                                module="transformers.modeling_utils")   # peft's and TRL's calls, not ours
         result = run_cli_in_process("dpo.py", ["--model_name_or_path", str(model_dir), "--train_files",
                                                "data/sample/dpo.jsonl", "--output_dir", str(out), "--use_lora",
                                                "--max_steps", "1", "--per_device_train_batch_size", "2",

@@ -20,9 +20,13 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # On a CPU with AVX-512 BF16, bitsandbytes asks the `kernels` package (a transformers dependency) for a hub kernel at
 # import; offline, `kernels` warns that it skips the publisher check, then the lookup fails and bitsandbytes falls back.
 logging.getLogger("kernels").setLevel(logging.ERROR)
-# peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 renamed; every get_peft_model then warns
-# about a name only peft uses. Ignored here, once for scripts, notebooks and tests; every other FutureWarning shows.
-PEFT_OLD_ATTRIBUTE_WARNING = "`is_gradient_checkpointing` is deprecated"
-warnings.filterwarnings("ignore", message=PEFT_OLD_ATTRIBUTE_WARNING, category=FutureWarning)
+# transformers 5 renamed the model's gradient-checkpointing property and methods (`is_gradient_checkpointing`,
+# `gradient_checkpointing_enable`/`_disable` -> `activation_checkpointing...`) and warns on every call of an old name.
+# Only libraries call them here (peft 0.21 in get_peft_model, TRL 1.16 around DPO's reference pass), so they are
+# ignored once for scripts, notebooks and tests. The old *training argument* `--gradient_checkpointing` (warned by
+# TrainingArguments, not by the model) and every other FutureWarning still show.
+LIBRARY_RENAME_WARNING = r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated"
+warnings.filterwarnings("ignore", message=LIBRARY_RENAME_WARNING, category=FutureWarning,
+                        module="transformers.modeling_utils")
 
-__all__ = ["PEFT_OLD_ATTRIBUTE_WARNING", "PROJECT_ROOT", "LlmtrainError"]
+__all__ = ["LIBRARY_RENAME_WARNING", "PROJECT_ROOT", "LlmtrainError"]
