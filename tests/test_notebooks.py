@@ -87,7 +87,8 @@ def test_notebook_runs_once_on_toy_parameters_and_matches_its_committed_outputs(
     if ipynb.stem == "6.1_pretrain":
         assert "60 步" in text
         assert "与手写的两步相同: True" in text and "ArrowInvalid" in text  # the two datasets.map calls by hand
-        assert "--num_gpus 2 code/pretrain.py" in text and "--deepspeed code/ds_config_zero2.json" in text  # the launch command
+        assert re.search(r"--num_gpus 2 \\\n\s+--master_port \d+ code/pretrain\.py", text)   # the launch command, a free port
+        assert "--deepspeed code/ds_config_zero2.json" in text
         assert "100.00% 解码为完整字符" in text  # every token a whole character: no "\ufffd"
         acc_diff = float(re.search(r"5 步后参数的最大差 ([\d.e+-]+)", text).group(1))
         assert acc_diff < 1e-4, "gradient accumulation 4 x 2 should match 1 x 8"
