@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seed_dir", default=str(PROJECT_ROOT / "output" / "bench" / "seeds"))
     parser.add_argument("--output_dir", default=str(PROJECT_ROOT / "output" / "bench" / "grpo_ablation"))
     parser.add_argument("--results", default=str(PROJECT_ROOT / "bench" / "grpo_ablation.json"))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="Train only these configurations (default: all).")
     parser.add_argument("--add", action="store_true", help="Keep the runs already in --results (the same toy preset) "
                         "and its arithmetic run; train only --seeds.")
     args = parser.parse_args()
@@ -150,7 +152,7 @@ def main() -> None:
     for seed in args.seeds:
         start = Path(args.seed_dir) / f"seed{seed}" / "dpo-lora" / "merged"
         tokenizer = AutoTokenizer.from_pretrained(start)
-        for name, (env, flags) in CONFIGS.items():
+        for name, (env, flags) in ((n, CONFIGS[n]) for n in CONFIGS if n in args.configs):
             adapter = out / f"seed{seed}" / name.replace(" ", "_")
             began = time.time()
             if name == "preset":  # make run's GRPO is this very command with this seed: score the seed's own run
