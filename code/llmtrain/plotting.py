@@ -31,7 +31,8 @@ def plot_series(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if series:  # a run shorter than its logging interval logs no curve: an empty plot, no legend warning
+        ax.legend()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=120)
