@@ -41,9 +41,9 @@ BETA = TOY["TOY_GRPO_BETA"]  # KL 惩罚的权重
 STYLE_WEIGHT = TOY["TOY_GRPO_STYLE_WEIGHT"]  # 以 6.4 的结尾句结束的格式奖励
 MAX_COMPLETION = TOY["TOY_GRPO_MAX_COMPLETION"]
 PROMPTS_PER_STEP = TOY["TOY_NUM_GPUS"] * TOY["TOY_GRPO_BATCH_SIZE"] // GROUP  # 和 make run 一样:每步 4 个问题
-LOOP_STEPS = 30  # 6.5.6 手写的训练循环走多少步(TRL 在同样的样本上再走一遍)
+LOOP_STEPS = 20  # 6.5.6 手写的训练循环走多少步(TRL 在同样的样本上再走一遍)
 EVAL_EVERY = 10  # 每隔几步在留出的问题上测一次贪心准确率
-TWO_PASS_STEPS = 8  # 一批数据更新两次(num_iterations=2)的对照走多少步
+TWO_PASS_STEPS = 4  # 一批数据更新两次(num_iterations=2)的对照走多少步
 SEED = 42
 
 # %%
@@ -107,28 +107,19 @@ print("RL 没练过的问法:", "、".join(templates["grpo_eval_new_phrasing.jso
 
 # %% [markdown]
 # DPO 模型(GRPO 的起点)对这些问题答得怎样?`make run` 的成绩单上每一行都有这两列(`code/evaluate.py --rl_eval_file
-# ... --rl_new_phrasing_file ...`,和其他列一样先去掉结尾句再判分)。这里用同样的函数给 DPO 模型和 `make run` 的 GRPO
-# 适配器各打一行成绩单,先看 DPO 模型答错的问题:
+# ... --rl_new_phrasing_file ...`,和其他列一样先去掉结尾句再判分)。`make run` 已经给 DPO 模型和它的 GRPO 适配器各打了一行,
+# 每条回答都存在 `output/toy/scorecard.json` 里;这里直接读出来(重新生成一遍要一分多钟,结果一样),先看 DPO 模型答错的问题:
 
 # %%
 from peft import PeftModel
 
-from llmtrain.evaluation import add_rl_task_column, format_scorecard, scorecard_row
+from llmtrain.evaluation import format_scorecard
+from llmtrain.toy_run import toy_run_dir
 
-EVAL_FILE = str(SAMPLE / "eval.jsonl")
-
-
-def score(model) -> dict:
-    """make run's scorecard row: the scorecard's questions and both RL splits."""
-    row = scorecard_row(model, tokenizer, EVAL_FILE, style_suffix=STYLE)
-    add_rl_task_column(row, model, tokenizer, str(SAMPLE / "grpo_eval.jsonl"), STYLE)
-    return add_rl_task_column(row, model, tokenizer, str(SAMPLE / "grpo_eval_new_phrasing.jsonl"), STYLE,
-                              "rl_new_phrasing")
-
-
+scorecard = json.loads((toy_run_dir() / "scorecard.json").read_text(encoding="utf-8"))
+card = {name: scorecard[name] for name in ("LoRA DPO (6.4)", "LoRA GRPO (6.5)")}
 dpo_model = AutoModelForCausalLM.from_pretrained(DPO_MERGED).eval()
 grpo_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(DPO_MERGED), str(GRPO_DIR)).eval()
-card = {"LoRA DPO (6.4)": score(dpo_model), "LoRA GRPO (6.5)": score(grpo_model)}
 dpo_row, grpo_row = card["LoRA DPO (6.4)"], card["LoRA GRPO (6.5)"]
 wrong = [r for r in dpo_row["rl_heldout_replies"] if not r["correct"]]
 print(f"DPO 模型:用 SFT 的问法,sft_seen {dpo_row['sft_seen']:.0%}、heldout {dpo_row['heldout']:.0%};换成新问法,"
@@ -207,11 +198,15 @@ for r in blind_examples:
 gain_old = [runs["grader blind to the person"][s]["rl_old_rule"] - SEEDS["rows"][s]["DPO RL old rule"] for s in seeds]
 hacked = [runs["grader blind to the person"][s]["rl_another_person"] - SEEDS["rows"][s]["DPO RL another person"]
           for s in seeds]
+exploited = [s for s, h in zip(seeds, hacked) if h >= 0.02]
 display(Markdown(
-    f"按旧规则看,旧规则训练的 GRPO 在 {len(seeds)} 个种子上比起点多答对 {min(gain_old):.0%}–{max(gain_old):.0%};其中"
-    f"{min(hacked):.0%}–{max(hacked):.0%} 是新增的"
-    "\"答错了人\"的回答,也就是说,一部分\"进步\"是奖励投机:模型学会了说出一个对的值,却不在乎是谁的。"
-    "新规则下这类回答拿不到奖励,训练就不再加强它们(上表最后两列)。"))
+    f"按旧规则看,旧规则训练的 GRPO 在 {len(seeds)} 个种子上比起点多答对 {min(gain_old):.0%}–{max(gain_old):.0%};"
+    f"\"答错了人\"的回答比起点多了 {min(hacked):+.0%}–{max(hacked):+.0%}。"
+    + (f"在种子 {'、'.join(exploited)} 上,一部分\"进步\"是奖励投机:模型学会了说出一个对的值,却不在乎是谁的。"
+       + ("别的种子上没有量到这样的增加:漏洞一直在,被不被利用,要看训练碰巧加强了哪些回答。"
+          if len(exploited) < len(seeds) else "")
+       if exploited else "这几个种子上没有量到这样的增加(≥ 2 个百分点):漏洞在,这 120 步里没有被利用。")
+    + "新规则下这类回答拿不到奖励,训练就不会加强它们。"))
 
 # %% [markdown]
 # ## 6.5.3 GRPO 的目标
@@ -274,7 +269,8 @@ for loss_type in ("grpo", "dapo", "dr_grpo"):
 #
 # ## 6.5.4 采样一组回答,打分,算优势
 #
-# 用起点模型(DPO)对两个 RL 问题各采样 `GROUP` 条回答(温度 1.0,和训练时一样),由奖励函数打分。
+# 用起点模型(DPO)对前 16 个 RL 问题各采样 `GROUP` 条回答(温度 1.0,和训练时一样),由奖励函数打分,
+# 下面展示两组:第一个"有对有错"的组,和第一个"得分全相同"的组。
 # 注意一个坑:玩具分词器(以及 Qwen2.5 的基座)的 eos 是 `<|endoftext|>`,而对话以 `<|im_end|>` 结束;
 # TRL 只在 `generation_config.eos_token_id` 处停下,所以脚本先调用 `stop_at_end_of_turn` 把两者都设为结束符,
 # 否则每条回答都会一直生成到长度上限,一条也得不到分。
@@ -286,18 +282,24 @@ from llmtrain.tokenizer import decode_showing_partial_bytes
 
 print("结束符 id:", stop_at_end_of_turn(dpo_model, tokenizer))
 torch.manual_seed(SEED)
-picked = [1, 6]
-groups = sample_groups(dpo_model, tokenizer, list(rl_train.select(picked)["prompt"]), GROUP, max_new_tokens=MAX_COMPLETION)
-completion_ids = [ids[:int(m.sum())] for ids, m in zip(groups["completion_ids"].tolist(), groups["completion_mask"])]
-graded = [c.removesuffix(STYLE) for c in groups["completions"]]  # 和成绩单一样,先去掉结尾句再判分
-group_rewards = torch.tensor(score_replies(graded, rl_train.select([i for i in picked for _ in range(GROUP)]),
-                                           fact_candidates(rl_train)))
+tried = list(range(16))
+sampled = sample_groups(dpo_model, tokenizer, list(rl_train.select(tried)["prompt"]), GROUP, max_new_tokens=MAX_COMPLETION)
+graded = [c.removesuffix(STYLE) for c in sampled["completions"]]  # 和成绩单一样,先去掉结尾句再判分
+all_rewards = torch.tensor(score_replies(graded, rl_train.select([i for i in tried for _ in range(GROUP)]),
+                                         fact_candidates(rl_train))).view(len(tried), GROUP)
+mixed = [i for i in tried if all_rewards[i].std() > 0]
+same = [i for i in tried if all_rewards[i].std() == 0]
+print(f"{len(tried)} 组里,有对有错的 {len(mixed)} 组,{GROUP} 条回答得分全相同的 {len(same)} 组"
+      "(全相同的组优势全是 0,策略梯度从它们那里学不到东西)")
+assert mixed, "no group with both right and wrong replies among these prompts: sample more of them"
+picked = mixed[:1] + same[:1]
+rows_of = [i * GROUP + j for i in picked for j in range(GROUP)]
+completion_ids = [sampled["completion_ids"][k][:int(sampled["completion_mask"][k].sum())].tolist() for k in rows_of]
+group_rewards = all_rewards[picked].reshape(-1)
 group_adv = group_advantages(group_rewards, GROUP)
 shown = [decode_showing_partial_bytes(tokenizer, ids) for ids in completion_ids]  # 半个汉字显示成它的字节
 display(pd.DataFrame({"问题": [rl_train[i]["prompt"][-1]["content"] for i in picked for _ in range(GROUP)],
                       "回答": shown, "奖励": group_rewards.tolist(), "优势": [round(a, 2) for a in group_adv.tolist()]}))
-flat = sum(bool((group_rewards[i * GROUP:(i + 1) * GROUP] == group_rewards[i * GROUP]).all()) for i in range(len(picked)))
-print(f"{len(picked)} 组里有 {flat} 组的 {GROUP} 条回答得分全相同:这些组的优势全是 0,策略梯度从它们那里学不到东西")
 partial = sum("\\x" in r for r in shown)
 print(f"{partial} 条回答里有单独的字节(表中的 \\xNN):温度 1 的采样偶尔挑中半个汉字的 token,"
       "tokenizer.decode 会把它变成 U+FFFD 替换符")
@@ -455,9 +457,10 @@ def side_by_side(name: str, steps: int, num_iterations: int = 1, every: int | No
 loop_start = time.perf_counter()
 ours, theirs, update_diff, moved, greedy = side_by_side("loop", LOOP_STEPS, every=EVAL_EVERY)
 loop_seconds = time.perf_counter() - loop_start
-LOSS_TOLERANCE, UPDATE_TOLERANCE = 1e-5, 1e-3
+LOSS_TOLERANCE, UPDATE_TOLERANCE = 1e-3, 1e-3  # 损失:|差| ≤ 1e-3 × |损失| + 1e-5
 loss_diff = max(abs(o.loss - t["loss"]) for o, t in zip(ours.logs, theirs))
-assert len(theirs) == LOOP_STEPS and loss_diff <= LOSS_TOLERANCE and update_diff <= UPDATE_TOLERANCE
+assert len(theirs) == LOOP_STEPS and update_diff <= UPDATE_TOLERANCE
+assert all(abs(o.loss - t["loss"]) <= LOSS_TOLERANCE * abs(t["loss"]) + 1e-5 for o, t in zip(ours.logs, theirs))
 steps_table = pd.DataFrame({"手写循环 loss": [f"{o.loss:+.6f}" for o in ours.logs],
                             "TRL loss": [f"{t['loss']:+.6f}" for t in theirs],
                             "|差|": [f"{abs(o.loss - t['loss']):.1e}" for o, t in zip(ours.logs, theirs)],
@@ -469,7 +472,8 @@ display(steps_table)
 
 # %%
 display(Markdown(
-    f"{LOOP_STEPS} 步({loop_seconds:.0f} 秒,两边合计),每步损失的差最大 **{loss_diff:.1e}**(容差 {LOSS_TOLERANCE:.0e}),"
+    f"{LOOP_STEPS} 步({loop_seconds:.0f} 秒,两边合计),每步损失的差最大 **{loss_diff:.1e}**(容差是损失的 {LOSS_TOLERANCE:.0e} 倍加 1e-5:"
+    "同样的加法换了顺序,float32 的舍入差在第 1 步约 1e-7,随着更新一步步放大),"
     f"损失本身在 {min(abs(o.loss) for o in ours.logs):.1e}–{max(abs(o.loss) for o in ours.logs):.1e} 之间;"
     f"训练后两边 adapter 之差的范数是 TRL 这几步更新量({moved:.1e})的 **{update_diff:.1e}**(容差 {UPDATE_TOLERANCE:.0e},"
     "为什么按范数比较见 6.4.5)。\n\n"
@@ -489,7 +493,8 @@ display(Markdown(
 two_ours, two_theirs, two_update, _, _ = side_by_side("two-pass", TWO_PASS_STEPS, num_iterations=2)
 two_loss = max(abs(o.loss - t["loss"]) for o, t in zip(two_ours.logs, two_theirs))
 two_clip = max(abs(o.clip_ratio - t["clip_ratio/region_mean"]) for o, t in zip(two_ours.logs, two_theirs))
-assert two_loss <= LOSS_TOLERANCE and two_update <= UPDATE_TOLERANCE and two_clip <= 1e-6
+assert two_update <= UPDATE_TOLERANCE and two_clip <= 1e-6
+assert all(abs(o.loss - t["loss"]) <= LOSS_TOLERANCE * abs(t["loss"]) + 1e-5 for o, t in zip(two_ours.logs, two_theirs))
 display(pd.DataFrame({"第几遍": ["第一遍(新采样)", "第二遍(同一批)"] * (TWO_PASS_STEPS // 2),
                       "裁掉的 token 比例:手写": [f"{o.clip_ratio:.3f}" for o in two_ours.logs],
                       "TRL": [f"{t['clip_ratio/region_mean']:.3f}" for t in two_theirs],
@@ -567,8 +572,8 @@ gain_new = spread["GRPO RL new phrasing"] - spread["DPO RL new phrasing"]
 above_pass = (spread["GRPO RL"] > spread["DPO RL pass@8"]).sum()
 others = {k: (spread[f"GRPO {k}"] - spread[f"DPO {k}"]).abs().max() for k in ("seen", "heldout", "style")}
 display(Markdown(
-    f"每个种子上,新的人的 RL 问题都涨了 {gain.min():.0%}–{gain.max():.0%};没练过的问法涨了 {gain_new.min():.0%}–"
-    f"{gain_new.max():.0%}。成绩单的其他各列在所有种子上变化不超过:seen {others['seen']:.0%}、heldout {others['heldout']:.0%}、"
+    f"每个种子上,新的人的 RL 问题都涨了 {gain.min():.0%}–{gain.max():.0%};没练过的第四种问法在 {(gain_new > 0.02).sum()} / "
+    f"{len(spread)} 个种子上涨了 2 个百分点以上(变化 {gain_new.min():+.0%}–{gain_new.max():+.0%})。成绩单的其他各列在所有种子上变化不超过:seen {others['seen']:.0%}、heldout {others['heldout']:.0%}、"
     f"结尾句 {others['style']:.0%}。\n\n"
     f"GRPO 之后的贪心准确率在 {above_pass} / {len(spread)} 个种子上**超过**了起点模型在同一批留出问题上的 pass@8:"
     "这些问题 RL 一次也没练过,起点模型采样 8 次也多半答不对,训练后却答对了。能迁移过来的,是在**训练**问题上学到的东西。"))
@@ -595,8 +600,8 @@ display(Markdown(
     f"采样答对率与 GRPO 的涨幅的相关系数是 {spread['DPO RL sampled'].corr(gain):+.2f}(只有 {len(spread)} 个种子,仅供参考)。"))
 
 # %% [markdown]
-# GRPO 只用 SFT 问过的那 20 个人练习三种新问法,新的人、甚至没练过的第四种问法也答对得多了:它学到的是"这一类问法问的是哪个属性",
-# 而事实本身早在预训练里就存下了。这和 6.2 的结论一脉相承:预训练存知识,之后的每一步(SFT、RL)教的是怎样把知识取出来。
+# GRPO 只用 SFT 问过的那 20 个人练习三种新问法,新的人也答对得多了:它学到的是"这三种问法问的是哪个属性",
+# 而事实本身早在预训练里就存下了。没练过的第四种问法并不总跟着涨(上面的表):学到的东西贴着练过的问法,离"问法无关"还远。这和 6.2 的结论一脉相承:预训练存知识,之后的每一步(SFT、RL)教的是怎样把知识取出来。
 #
 # ## 6.5.9 一次只改一处
 #
@@ -617,16 +622,25 @@ print(f"种子 {', '.join(seeds)};{ABLATION['date']},{ABLATION['machine']}")
 
 
 # %%
-def mean(config: str, metric: str) -> float:
-    return sum(r[metric] for r in runs[config].values()) / len(runs[config])
+def mean(config: str, metric: str, over: list[str]) -> float:
+    return sum(runs[config][seed][metric] for seed in over) / len(over)
 
 
-collapsed = min(runs, key=lambda c: mean(c, "seen") + mean(c, "heldout") + mean(c, "style"))
-broken = [r for seed in seeds for r in runs[collapsed][seed]["wrong_replies"]][:4]
+versus_preset = {config: {"种子数": len(per_seed), **{label: f"{100 * (mean(config, m, list(per_seed)) - mean('preset', m, list(per_seed))):+.0f}"
+                                                      for m, label in metrics.items()}}
+                 for config, per_seed in runs.items() if config != "preset"}
+print("和预设在同样的种子上比,每一列差多少个百分点(正数:比预设高):")
+display(pd.DataFrame(versus_preset).T)
+changed = [c for c in runs if c != "preset"]
+collapsed = min(changed, key=lambda c: sum(mean(c, m, list(runs[c])) - mean("preset", m, list(runs[c]))
+                                           for m in ("seen", "heldout", "style")))
+over = list(runs[collapsed])
+broken = [r for seed in over for r in runs[collapsed][seed]["wrong_replies"]][:4]
 display(Markdown(
-    f"分数掉得最多的一行是 **{collapsed}**(seen {mean(collapsed, 'seen'):.0%}、heldout {mean(collapsed, 'heldout'):.0%}、"
-    f"结尾句 {mean(collapsed, 'style'):.0%},预设是 {mean('preset', 'seen'):.0%}、{mean('preset', 'heldout'):.0%}、"
-    f"{mean('preset', 'style'):.0%})。它答错的 RL 回答是这样的:"))
+    f"成绩单的其他各列掉得最多的一行是 **{collapsed}**(seen {mean(collapsed, 'seen', over):.0%}、heldout "
+    f"{mean(collapsed, 'heldout', over):.0%}、结尾句 {mean(collapsed, 'style', over):.0%};同样的种子上预设是 "
+    f"{mean('preset', 'seen', over):.0%}、{mean('preset', 'heldout', over):.0%}、{mean('preset', 'style', over):.0%})。"
+    "它答错的 RL 回答是这样的:"))
 for r in broken:
     print(f"  问: {r['prompt']}  答案 {r['answer']}  模型: {r['reply']}")
 
@@ -634,14 +648,15 @@ for r in broken:
 # 怎么读这张表:
 #
 # - **β(KL 的权重)。** 奖励只看 RL 问题答没答对,别的什么也不管。KL 把策略拉在参考模型(DPO 模型)附近,
-#   旧问法(成绩单的 seen、heldout)和结尾句才不被改坏;β 越小,RL 任务自己可以涨得越多,其他各列也越容易掉。
+#   旧问法(成绩单的 seen、heldout)和结尾句才不被改坏;β 越小,策略越能走远,这些列也就越没有保护(上表 β 的两行)。
 #   nanochat 和 DAPO 都不要 KL:它们从一个只会这一类任务的模型出发、只关心这一个任务,并且用很多步、很大的 batch,
 #   策略走远了也无妨;TRL 也因此把默认值改成 0。这门课的 RL 从一个什么都要会的聊天模型出发,又只用 4 个问题一步、
 #   120 步,离参考模型近一点是它留住其他能力的办法,所以保留了 KL。
-# - **除不除以标准差、损失怎样平均。** 在这个任务上它们的影响比 β 小;看表里的区间是否重叠,再下结论。
+# - **除不除以标准差、损失怎样平均。** 改的是每条回答、每个 token 在梯度里占多少分量(6.5.3),步长和方向都跟着变;
+#   在这个任务上差多少,看上面与预设的差值,并看它在各个种子上是否同号,种子数少的行只当作一次观察。
 # - **格式奖励。** 结尾句对判分无益也无害(判分前先去掉),但采样时一句开了头的结尾句常常跑偏,整条回答就拿 0 分;
-#   没有格式奖励,训练就会慢慢把这句话丢掉。0.25 的格式奖励把它留住。
-# - **判分程序管不管人。** 见 6.5.2:不管人时,"答错了人"的回答明显增多,RL 的分数里有一部分是投机。
+#   没有格式奖励,训练不在乎这句话,它留不留得住全凭运气(上表结尾句一列)。0.25 的格式奖励让它有了分量。
+# - **判分程序管不管人。** 见 6.5.2:不管人时,有的种子上"答错了人"的回答变多,RL 的分数里混进了投机;看人的规则把这个漏洞堵上。
 #
 # ## 6.5.10 RL 做不到的事
 #
