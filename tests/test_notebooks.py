@@ -143,7 +143,7 @@ def test_notebook_runs_once_on_toy_parameters_and_matches_its_committed_outputs(
         assert "第一遍裁掉的比例都是 0: True" in text   # two passes per batch: the clipping acts on the second only
         markdown = "\n".join(o.get("data", {}).get("text/markdown", "") for c in out.cells if c.cell_type == "code"
                               for o in c.outputs)
-        assert re.search(r"4 步(\d+ 秒,两边合计),每步损失的差最大 \*\*[\d.e+-]+\*\*", markdown), markdown
+        assert re.search(r"4 步\(\d+ 秒,两边合计\),每步损失的差最大 \*\*[\d.e+-]+\*\*", markdown), markdown
         first, last = map(float, re.search(r"答对的比例:第一次记录 ([\d.]+),\n?最后一次 ([\d.]+)", text).groups())
         assert last > first
         before, after = map(int, re.search(r"留出的 RL 问题\(新的人\):DPO 模型答对 (\d+)%,GRPO 之后 (\d+)%", text).groups())
