@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from llmtrain import PROJECT_ROOT
 from llmtrain.toy_run import require_toy_model
 
+
 def setup_notebook(seed: int = 42) -> Path:
     """Seed every generator, silence progress bars and library logs; return the figure folder.
 
