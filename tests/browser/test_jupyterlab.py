@@ -21,6 +21,7 @@ import pytest
 from chromium_driver import chromium, images_dir, outside_requests, report
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -118,13 +119,25 @@ def lab(toy_run, tmp_path_factory):
         yield driver, url, token, root
 
 
+def idle_kernel_taking_the_offered_one(driver) -> bool:
+    """True once the notebook's kernel is idle. When JupyterLab opens a notebook before its kernel list has loaded it
+    asks which kernel to start ("Select Kernel", Python 3 preselected): press Select, as a person would."""
+    try:
+        for dialog in driver.find_elements(By.CSS_SELECTOR, ".jp-Dialog"):
+            if "Select Kernel" in dialog.find_element(By.CSS_SELECTOR, ".jp-Dialog-header").text:
+                dialog.find_element(By.CSS_SELECTOR, ".jp-Dialog-button.jp-mod-accept").click()
+                return False
+    except (NoSuchElementException, StaleElementReferenceException):  # the dialog closed while being read
+        return False
+    return bool(driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"))
+
+
 def run_all_cells(driver, name: str) -> tuple[list[str], float]:
     """Open the notebook, wait for an idle kernel, Run > Run All Cells, and wait until no cell is queued or
     running. Fails when one cell runs longer than CELL_TIMEOUT. Returns the final prompts and the seconds taken."""
     wait = WebDriverWait(driver, 180)
     wait.until(lambda d: d.execute_script(PROMPTS))
-    wait.until(expected_conditions.presence_of_element_located(
-        (By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")))
+    wait.until(idle_kernel_taking_the_offered_one)
     driver.find_element(By.XPATH, "//li[contains(@class, 'lm-MenuBar-item')][.//*[text()='Run']]").click()
     wait.until(expected_conditions.element_to_be_clickable(
         (By.CSS_SELECTOR, "li[data-command='runmenu:run-all']"))).click()
