@@ -129,7 +129,10 @@ def idle_kernel_taking_the_offered_one(driver) -> bool:
                 return False
     except (NoSuchElementException, StaleElementReferenceException):  # the dialog closed while being read
         return False
-    return bool(driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"))
+    # the status bar names the kernel and its state ("Python 3 (ipykernel) | Idle"; "No Kernel | Initializing" before)
+    status = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.jp-StatusBar-TextItem')).map(e => e.textContent.trim());")
+    return any(text.endswith("| Idle") and not text.startswith("No Kernel") for text in status)
 
 
 def run_all_cells(driver, name: str) -> tuple[list[str], float]:
@@ -151,6 +154,8 @@ def run_all_cells(driver, name: str) -> tuple[list[str], float]:
             break
         if not busy and time.monotonic() - start > 120:
             pytest.fail(f"{name}: Run All Cells did not start any cell in 120 s (prompts {prompts})")
+        if not busy:  # not started yet
+            continue
         if busy[0] != running:
             running, since = busy[0], time.monotonic()
         elif time.monotonic() - since > CELL_TIMEOUT:
