@@ -47,6 +47,15 @@ def toy_tokenizer(toy_dir):
     return AutoTokenizer.from_pretrained(toy_dir)
 
 
+def stop_server(proc: subprocess.Popen, seconds: float) -> None:
+    """Terminate a server the tests started; kill it when it has not exited after `seconds`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def script_env(**extra: str) -> dict[str, str]:
     """The environment scripts run in: offline, the venv first on PATH, one thread per process."""
     env = dict(os.environ)

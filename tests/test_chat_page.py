@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, script_env
+from conftest import ROOT, script_env, stop_server
 from llmtrain.chat_page import Graders
 from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import read_scorecard
@@ -62,11 +62,7 @@ def chat_page_server(args: list[str], toy_run: Path, timeout: float = 180) -> It
             time.sleep(0.2)
         yield url + "/"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, 20)
 
 
 def scorecard_questions() -> list[str]:

@@ -30,7 +30,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_chat_page import free_port
 from test_notebooks import NOTEBOOKS, TOY_PARAMETERS
 
-from conftest import script_env
+from conftest import script_env, stop_server
 
 pytestmark = pytest.mark.slow
 CELL_TIMEOUT = 600  # seconds one cell may run, as nbval's --nbval-cell-timeout in the Makefile
@@ -91,11 +91,7 @@ def jupyterlab(root: Path, toy_run: Path, images: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", token
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc, 30)
 
 
 def shut_down_kernels(url: str, token: str) -> None:
