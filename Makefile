@@ -14,7 +14,10 @@ setup: $(OPS)  ## create .venv and install llmtrain (editable) with the notebook
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[notebooks,tests,eval,chat]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[notebooks,tests,eval,chat]'
+	@# pip compiles the modules it installed one file at a time; compileall does the same on every core (half the
+	@# time on 2). Like pip, it passes over a file written for a newer Python (torch has one): its status is ignored.
+	$(PY) -m compileall -qq -j0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 	touch $@
 
 # DeepSpeed's CPU ops, compiled once per environment (nothing on a GPU box, where DeepSpeed builds its CUDA ops).

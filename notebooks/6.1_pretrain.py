@@ -35,6 +35,7 @@ MAX_STEPS = 100  # 6.1.4 在 notebook 里训练的步数(教材按 epoch 训练)
 LEARNING_RATE = 2e-3  # 小模型能承受更大的学习率(教材 1e-4)
 SEED = 42
 RUN_DEEPSPEED = True  # 6.1.5:用 2 个进程的 DeepSpeed 按 make run 的配方再训练一个基座(CPU 上一两分钟)
+EXPOSURES = 600  # "一个事实要读多少遍?"的小实验里每个事实读几遍(600:约 1 分钟;改成 300 再跑一次试试)
 
 # %%
 import inspect
@@ -919,7 +920,6 @@ display(Markdown(
 # %%
 from llmtrain.toy import biography_ablation
 
-EXPOSURES = 600  # 每个事实读几遍;改成 300 再跑一次试试
 ablation = biography_ablation(distinct_bios=(6, 60), exposures=EXPOSURES, n_people=8, seed=0)
 for distinct, acc in ablation.items():
     print(f"每人 {distinct:2d} 篇不同的传记 × {EXPOSURES // distinct:3d} 遍:补全事实陈述 {acc:.0%}")

@@ -1,7 +1,8 @@
 """Shared fixtures: the toy assets, `make run`'s toy pipeline trained once per session, and ways to run the scripts.
 
 Tests that train, launch or need the session's pipeline carry `@pytest.mark.slow` (explicitly, in their module);
-`make test-fast` deselects them.
+`make test-fast` deselects them. The pipeline trains in the background from the session's first test on, while the
+tests that do not need it run (fast ones first).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -106,28 +109,82 @@ def run_cli_in_process(script: str, argv: list[str], capsys, caplog) -> CliResul
     return CliResult(int(exit_info.value.code or 0), "\n".join((out.out, out.err, logged)))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fast tests first: they run while the session's toy pipeline trains in the background (`toy_pipeline_started`);
+    the slow ones wait for it (`slow_tests_wait_for_the_background_pipeline`)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+@dataclass
+class BackgroundPipeline:
+    """`make run`'s toy pipeline training into `run_dir`, its output in `log`; this process meanwhile computes on
+    one thread (a second OpenMP thread here, spinning beside the pipeline's two ranks on 2 cores, made tests that
+    take 0.4 s alone take 10 s), and on `threads` again once it is done."""
+
+    process: subprocess.Popen
+    run_dir: Path
+    log: Path
+    threads: int
+
+    def wait(self) -> int:
+        returncode = self.process.wait(timeout=3600)
+        torch.set_num_threads(self.threads)
+        return returncode
+
+
+@pytest.fixture(scope="session", autouse=True)
+def toy_pipeline_started(request, tmp_path_factory):
+    """Starts `make run`'s toy pipeline (code/toy_pipeline.sh) in a background process when the session's first test
+    is set up, if any collected test needs it (`toy_run`) and TEST_TOY_RUN_DIR does not name a finished one; the
+    fast tests run meanwhile (`pytest_collection_modifyitems`). Stops it if the session ends first."""
+    if os.environ.get("TEST_TOY_RUN_DIR") or not any("toy_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    request.getfixturevalue("toy_dir")
+    run_dir = tmp_path_factory.mktemp("toy-run")
+    # A build lock as a run killed while compiling DeepSpeed's shm op leaves it: without its removal every
+    # launch would wait forever (test_pretrain_script checks the pipeline's log for the removal).
+    lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    log = run_dir.with_name(f"{run_dir.name}.log")   # beside the folder, which the pipeline empties first
+    with log.open("w") as out:
+        process = subprocess.Popen(["bash", "code/toy_pipeline.sh"], cwd=ROOT, env=script_env(TOY_RUN_DIR=str(run_dir)),
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pipeline = BackgroundPipeline(process, run_dir, log, torch.get_num_threads())
+    torch.set_num_threads(1)
+    yield pipeline
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+
+
+@pytest.fixture(autouse=True)
+def slow_tests_wait_for_the_background_pipeline(request, toy_pipeline_started):
+    """A slow test trains or launches DeepSpeed: it starts only once the session's pipeline is done. Two DeepSpeed
+    runs side by side on 2 cores spin on each other's allreduce: the QLoRA launch took 153 s instead of 19 s."""
+    if toy_pipeline_started is not None and request.node.get_closest_marker("slow"):
+        toy_pipeline_started.wait()
+
+
 @pytest.fixture(scope="session")
-def toy_run(toy_dir, tmp_path_factory) -> Path:
+def toy_run(toy_pipeline_started) -> Path:
     """`make run`'s toy pipeline (code/toy_pipeline.sh: every stage through its launcher, each scored), trained once
-    for the whole session into a temporary folder; TOY_RUN_DIR points there for everything the session starts
-    (notebooks included), so nothing reads or writes the learner's output/toy. About 5 minutes on 2 cores.
+    for the whole session into a temporary folder (started in the background by `toy_pipeline_started`; this waits
+    for it); TOY_RUN_DIR points there for everything the session starts afterwards (notebooks included), so nothing
+    reads or writes the learner's output/toy. About 5 minutes on 2 cores.
 
     TEST_TOY_RUN_DIR=<folder of a finished pipeline> (e.g. output/toy after `make run`) reuses that run instead of
-    training one: for working on the tests; CI always trains its own.
+    training one: for working on the tests, and for the browser tests after `make test` in .ci/run.
     """
     reused = os.environ.get("TEST_TOY_RUN_DIR")
     if reused:
         run_dir = Path(reused).resolve()
         assert (run_dir / "scorecard.json").is_file(), f"TEST_TOY_RUN_DIR={reused}: no finished pipeline there"
     else:
-        run_dir = tmp_path_factory.mktemp("toy-run")
-        # A build lock as a run killed while compiling DeepSpeed's shm op leaves it: without its removal every
-        # launch would wait forever (test_pretrain_script checks the pipeline's log for the removal).
-        lock = Path(sys.prefix) / "torch_extensions" / "deepspeed_shm_comm" / "lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        lock.touch()
-        os.utime(lock, (time.time() - 3600, time.time() - 3600))
-        result = run_script(["bash", "code/toy_pipeline.sh"], timeout=3600, TOY_RUN_DIR=str(run_dir))
-        assert result.returncode == 0, result.stdout[-5000:]
+        pipeline = toy_pipeline_started
+        assert pipeline.wait() == 0, pipeline.log.read_text()[-5000:]
+        run_dir = pipeline.run_dir
     os.environ["TOY_RUN_DIR"] = str(run_dir)
     return run_dir

@@ -2,24 +2,29 @@
 
 That one run is papermill's, on toy parameters and on the session's toy pipeline (TOY_RUN_DIR); the test then
 checks what its outputs say and compares the cells tagged `nbval-check-output` (outputs that do not depend on
-the parameters) with the committed ones, as nbval's lax mode would on a second run.
+the parameters) with the committed ones, as nbval's lax mode would on a second run. The five runs go side by side
+(`notebook_runs`), one core each.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import jupytext
 import nbformat
-import papermill
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Smaller than the notebooks' own defaults, so that the one run stays short.
 TOY_PARAMETERS = {
-    "6.1_pretrain": {"MAX_STEPS": 60, "RUN_DEEPSPEED": False},
+    "6.1_pretrain": {"MAX_STEPS": 60, "RUN_DEEPSPEED": False, "EXPOSURES": 120},
     "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
     "6.3_lora": {"EPOCHS": 2},
     "6.4_dpo": {"SEED": 42},  # its defaults: the style needs all 4 DPO epochs to show (3: ~65% of replies)
@@ -63,16 +68,35 @@ def test_py_pair_is_in_sync(ipynb):
     assert without_version(actual) == without_version(expected), f"{ipynb.name} and its .py differ: run `make sync`"
 
 
+def execute_on_toy_parameters(ipynb: Path, folder: Path) -> nbformat.NotebookNode:
+    """papermill in a process of its own: the kernel on one thread (OMP_NUM_THREADS=1, `script_env`), its figures and
+    outputs in `folder` (not images/ or the learner's output/notebooks), on the session's pipeline (TOY_RUN_DIR)."""
+    executed = folder / ipynb.name
+    result = run_script(
+        [sys.executable, "-m", "papermill", str(ipynb), str(executed), "-y", json.dumps(TOY_PARAMETERS[ipynb.stem]),
+         "--cwd", str(ipynb.parent), "-k", "python3", "--no-progress-bar"],
+        timeout=1200, COURSE_IMAGES_DIR=str(folder / "images"), COURSE_OUTPUT_DIR=str(folder / "output"))
+    assert result.returncode == 0, f"{ipynb.name} failed under papermill:\n{result.stdout[-5000:]}"
+    return nbformat.read(executed, as_version=4)
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(toy_run, tmp_path_factory):
+    """Every notebook started under papermill once the session's pipeline is trained, as many side by side as there
+    are cores (at least 2): on 2 cores the five take about half the time one after the other would. A kernel on one
+    thread gives the same checked outputs as on two (compared by the test below)."""
+    lanes = max(2, min(len(NOTEBOOKS), os.cpu_count() or 1))
+    with ThreadPoolExecutor(lanes) as pool:
+        yield {ipynb.stem: pool.submit(execute_on_toy_parameters, ipynb, tmp_path_factory.mktemp(ipynb.stem))
+               for ipynb in NOTEBOOKS}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ipynb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_once_on_toy_parameters_and_matches_its_committed_outputs(ipynb, tmp_path, monkeypatch,
-                                                                                   toy_run):
-    monkeypatch.setenv("COURSE_IMAGES_DIR", str(tmp_path / "images"))
-    monkeypatch.setenv("COURSE_OUTPUT_DIR", str(tmp_path / "output"))   # not the learner's output/notebooks
-    out = papermill.execute_notebook(
-        str(ipynb), str(tmp_path / ipynb.name), parameters=TOY_PARAMETERS[ipynb.stem],
-        cwd=str(ipynb.parent), kernel_name="python3", progress_bar=False,
-    )
+def test_notebook_runs_once_on_toy_parameters_and_matches_its_committed_outputs(
+        ipynb, notebook_runs: dict[str, Future]):
+    out = notebook_runs[ipynb.stem].result()
+    folder = Path(out.metadata["papermill"]["output_path"]).parent
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in out.cells)
     committed = [c for c in nbformat.read(ipynb, as_version=4).cells if c.cell_type == "code"]
     executed = [c for c in out.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
@@ -148,4 +172,4 @@ def test_notebook_runs_once_on_toy_parameters_and_matches_its_committed_outputs(
         assert last > first
         before, after = map(int, re.search(r"留出的 RL 问题\(新的人\):DPO 模型答对 (\d+)%,GRPO 之后 (\d+)%", text).groups())
         assert after >= before + 10  # +10 points or more on every seed (bench/seed_spread.json)
-    assert list((tmp_path / "images").glob("*.png"))
+    assert list((folder / "images").glob("*.png"))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,18 @@ def test_every_rank_enters_the_checkpoint_barrier_even_before_the_output_folder_
 
 
 @pytest.mark.slow
+def test_no_launch_of_the_pipeline_left_its_shared_memory_allreduce_buffers_behind(toy_run):
+    """Each CPU rank's 66 MB /dev/shm buffer of DeepSpeed's shm allreduce is named after the launch's port; before
+    launch_common.sh removed them, every stage of every `make run` kept 132 MB of RAM until a reboot."""
+    for stage in ("pretrain", "sft", "sft-lora", "dpo-lora", "grpo-lora"):
+        log = (toy_run / f"{stage}.log").read_text()
+        assert log.count("deepspeed_shm_comm_op built successfully") == 2   # both ranks allreduced through /dev/shm
+        port = re.search(r"--master_port (\d+) ", log).group(1)
+        left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+        assert not left, f"{stage}: {left}"
+
+
+@pytest.mark.slow
 def test_toy_deepspeed_pretraining_ran_two_processes_that_split_the_data(toy_run):
     """The session pipeline's `PRESET=toy bash code/pretrain.sh` (the first stage of make run)."""
     log = (toy_run / "pretrain.log").read_text()
@@ -176,7 +189,8 @@ def test_toy_deepspeed_pretraining_ran_two_processes_that_split_the_data(toy_run
 
 def test_build_locks_younger_than_a_compile_are_kept_and_the_directory_is_per_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
-    assert use_environment_torch_extensions() == Path(sys.prefix) / "torch_extensions"
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))   # not this environment's: the session's pipeline
+    assert use_environment_torch_extensions() == tmp_path / "venv" / "torch_extensions"   # may be building there
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     fresh, stale = tmp_path / "fused_adam" / "lock", tmp_path / "deepspeed_shm_comm" / "lock"
     for lock in (fresh, stale):
