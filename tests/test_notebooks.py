@@ -83,8 +83,8 @@ def execute_on_toy_parameters(ipynb: Path, folder: Path) -> nbformat.NotebookNod
 @pytest.fixture(scope="session")
 def notebook_runs(toy_run, tmp_path_factory):
     """Every notebook started under papermill once the session's pipeline is trained, as many side by side as there
-    are cores (at least 2): on 2 cores the five take about half the time one after the other would. A kernel on one
-    thread gives the same checked outputs as on two (compared by the test below)."""
+    are cores (at least 2): on 2 idle cores the five took 155 s instead of 256 s one after the other. A kernel on
+    one thread gives the same checked outputs as the committed ones, made on two (compared by the test below)."""
     lanes = max(2, min(len(NOTEBOOKS), os.cpu_count() or 1))
     with ThreadPoolExecutor(lanes) as pool:
         yield {ipynb.stem: pool.submit(execute_on_toy_parameters, ipynb, tmp_path_factory.mktemp(ipynb.stem))
