@@ -23,6 +23,7 @@ from conftest import ROOT, SAMPLE_PRETRAIN, run_cli_in_process, run_script, scri
 from llmtrain.checkpoints import delete_checkpoints
 from llmtrain.launch import STALE_BUILD_LOCK_SECONDS, use_environment_torch_extensions
 from llmtrain.toy import toy_preset
+from llmtrain.toy_run import TOY_STAGES
 
 
 def pretrain_args(toy_dir, output_dir, *extra: str, train_file=SAMPLE_PRETRAIN) -> list[str]:
@@ -150,7 +151,7 @@ def test_every_rank_enters_the_checkpoint_barrier_even_before_the_output_folder_
 def test_no_launch_of_the_pipeline_left_its_shared_memory_allreduce_buffers_behind(toy_run):
     """Each CPU rank's 66 MB /dev/shm buffer of DeepSpeed's shm allreduce is named after the launch's port; before
     launch_common.sh removed them, every stage of every `make run` kept 132 MB of RAM until a reboot."""
-    for stage in ("pretrain", "sft", "sft-lora", "dpo-lora", "grpo-lora"):
+    for stage in (stage.adapter or stage.model for stage in TOY_STAGES):   # each stage's log is <folder>.log
         log = (toy_run / f"{stage}.log").read_text()
         assert log.count("deepspeed_shm_comm_op built successfully") == 2   # both ranks allreduced through /dev/shm
         port = re.search(r"--master_port (\d+) ", log).group(1)
