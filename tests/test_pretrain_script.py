@@ -189,7 +189,11 @@ def test_toy_deepspeed_pretraining_ran_two_processes_that_split_the_data(toy_run
 
 
 def test_build_locks_younger_than_a_compile_are_kept_and_the_directory_is_per_environment(tmp_path, monkeypatch):
-    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    # set, then deleted: monkeypatch restores the variable's first value even after use_environment_torch_extensions
+    # sets it below (a bare delenv of an unset variable restored nothing, and every later launch of the session
+    # compiled DeepSpeed's ops again into this test's folder: a minute)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "deleted below")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))   # not this environment's: the session's pipeline
     assert use_environment_torch_extensions() == tmp_path / "venv" / "torch_extensions"   # may be building there
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
