@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make run`: the whole toy pipeline, every stage through its own launcher (DeepSpeed, 2 CPU processes each),
-# each scored by code/evaluate.py as soon as it is trained:
+# each scored by code/evaluate.py as soon as it is trained (while the next stage trains, on the CPU time it leaves):
 #   pretraining (6.1) -> full SFT (6.2) -> LoRA SFT (6.3) -> LoRA DPO (6.4) -> LoRA GRPO (6.5) -> scorecard
 #
 #   bash code/toy_pipeline.sh                       into output/toy (what `make run` does)
@@ -32,14 +32,30 @@ train() {
   return "${PIPESTATUS[0]}"
 }
 
-# score NAME MODEL [ADAPTER]: one scorecard row, every reply kept in $RUN_DIR/scorecard.json
+# score NAME MODEL [ADAPTER]: one scorecard row, every reply kept in $RUN_DIR/scorecard.json. It runs in the
+# background at the lowest CPU priority (nice 19) while the next stage trains: on 2 cores the launch's two
+# processes keep their CPUs and the scoring takes what they leave idle (their start-up, loading, saving), so it
+# adds almost nothing to the pipeline's time instead of ~10 s per stage. One at a time (each writes the scorecard).
+SCORING=
 score() {
-  "$PYTHON" "$CODE_DIR/evaluate.py" --name "$1" --model "$RUN_DIR/$2" ${3:+--adapter "$RUN_DIR/$3"} \
+  wait_for_scoring
+  HF_HUB_DISABLE_PROGRESS_BARS=1 nice -n 19 \
+    "$PYTHON" "$CODE_DIR/evaluate.py" --name "$1" --model "$RUN_DIR/$2" ${3:+--adapter "$RUN_DIR/$3"} \
     --eval_file "$SAMPLE/eval.jsonl" --valid_text "$SAMPLE/pretrain_valid.jsonl" \
     --valid_conversations "$SAMPLE/sft_valid.jsonl" --rl_eval_file "$SAMPLE/grpo_eval.jsonl" \
     --rl_new_phrasing_file "$SAMPLE/grpo_eval_new_phrasing.jsonl" \
-    --style_suffix "$TOY_STYLE_SUFFIX" --scorecard "$RUN_DIR/scorecard.json" > /dev/null
+    --style_suffix "$TOY_STYLE_SUFFIX" --scorecard "$RUN_DIR/scorecard.json" > /dev/null &
+  SCORING="$! $1"
 }
+
+# wait_for_scoring: the scoring started last has finished (the pipeline stops if it failed).
+wait_for_scoring() {
+  [ -n "$SCORING" ] || return 0
+  local pid=${SCORING%% *} name=${SCORING#* }
+  SCORING=
+  wait "$pid" || { echo "Scoring the stage \"$name\" failed (code/evaluate.py, its message above)." >&2; exit 1; }
+}
+trap 'wait_for_scoring' EXIT   # a stage that fails still leaves the stage before it scored, and nothing running
 
 train pretrain bash "$CODE_DIR/pretrain.sh"
 score "base (6.1)" pretrain
@@ -51,6 +67,7 @@ train dpo-lora bash "$CODE_DIR/dpo.sh"
 score "LoRA DPO (6.4)" sft dpo-lora
 train grpo-lora EVAL_FILES=none bash "$CODE_DIR/grpo.sh"   # its held-out column is the scorecard's RL task
 score "LoRA GRPO (6.5)" dpo-lora/merged grpo-lora
+wait_for_scoring
 
 echo
 echo "Full SFT vs LoRA SFT (r=8 on every linear layer, TOY_LORA_TARGETS) on the same toy base and data:"
