@@ -108,8 +108,10 @@ lora_flags() {
 use_liger() {
   check_switch USE_LIGER "or leave it unset (on when a GPU and liger-kernel are present)"
   if [ -z "${USE_LIGER:-}" ]; then
-    if "$PYTHON" -c 'import importlib.util, sys, torch
-sys.exit(not (torch.cuda.is_available() and importlib.util.find_spec("liger_kernel")))' 2>/dev/null; then
+    if "$PYTHON" -c 'import importlib.util, sys
+importlib.util.find_spec("liger_kernel") or sys.exit(1)   # without it, no need to start torch (1-2 s)
+import torch
+sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
       USE_LIGER=1
     else
       USE_LIGER=0
