@@ -1,28 +1,42 @@
-"""Shared fixtures: the toy assets, `make run`'s toy pipeline trained once per session, and ways to run the scripts.
+"""Shared fixtures: the toy assets, `make run`'s toy pipeline trained once per session, the notebooks run once per
+session, and ways to run the scripts.
 
 Tests that train, launch or need the session's pipeline carry `@pytest.mark.slow` (explicitly, in their module);
 `make test-fast` deselects them. The pipeline trains in the background from the session's first test on, while the
-tests that do not need it run (fast ones first).
+tests that do not need it run (fast ones first); the notebooks run in the background from the first slow test on,
+on the CPU time the other slow tests leave idle (their checks come last).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 SAMPLE_PRETRAIN = SAMPLE / "pretrain.jsonl"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Smaller than the notebooks' own defaults, so that the one run stays short.
+TOY_PARAMETERS = {
+    "6.1_pretrain": {"MAX_STEPS": 60, "RUN_DEEPSPEED": False, "EXPOSURES": 120},
+    "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
+    "6.3_lora": {"EPOCHS": 2},
+    "6.4_dpo": {"SEED": 42},  # its defaults: the style needs all 4 DPO epochs to show (3: ~65% of replies)
+    "6.5_grpo": {"LOOP_STEPS": 4, "EVAL_EVERY": 2, "TWO_PASS_STEPS": 2},
+}
 
 
 @pytest.fixture(scope="session")
@@ -111,15 +125,17 @@ def run_cli_in_process(script: str, argv: list[str], capsys, caplog) -> CliResul
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fast tests first: they run while the session's toy pipeline trains in the background (`toy_pipeline_started`);
-    the slow ones wait for it (`slow_tests_wait_for_the_background_pipeline`)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    the slow ones wait for it (`slow_tests_wait_for_the_background_pipeline`), and the notebooks' checks come last:
+    the notebooks run in the background meanwhile (`notebook_runs`)."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is not None, "notebook_runs" in item.fixturenames))
 
 
 @dataclass
 class BackgroundPipeline:
     """`make run`'s toy pipeline training into `run_dir`, its output in `log`; this process meanwhile computes on
     one thread (a second OpenMP thread here, spinning beside the pipeline's two ranks on 2 cores, made tests that
-    take 0.4 s alone take 10 s), and on `threads` again once it is done."""
+    take 0.4 s alone take 10 s), and on `threads` again once it is done. This process runs at nice 10 from then on,
+    and what it starts too: the pipeline's ranks keep their cores while the fast tests take what they leave idle."""
 
     process: subprocess.Popen
     run_dir: Path
@@ -154,6 +170,7 @@ def toy_pipeline_started(request, tmp_path_factory):
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     pipeline = BackgroundPipeline(process, run_dir, log, torch.get_num_threads())
     torch.set_num_threads(1)
+    os.nice(10)
     yield pipeline
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -163,9 +180,14 @@ def toy_pipeline_started(request, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def slow_tests_wait_for_the_background_pipeline(request, toy_pipeline_started):
     """A slow test trains or launches DeepSpeed: it starts only once the session's pipeline is done. Two DeepSpeed
-    runs side by side on 2 cores spin on each other's allreduce: the QLoRA launch took 153 s instead of 19 s."""
-    if toy_pipeline_started is not None and request.node.get_closest_marker("slow"):
+    runs side by side on 2 cores spin on each other's allreduce: the QLoRA launch took 153 s instead of 19 s.
+    The first slow test also starts the notebooks (`notebook_runs`) when the session checks them."""
+    if not request.node.get_closest_marker("slow"):
+        return
+    if toy_pipeline_started is not None:
         toy_pipeline_started.wait()
+    if any("notebook_runs" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("notebook_runs")
 
 
 @pytest.fixture(scope="session")
@@ -188,3 +210,31 @@ def toy_run(toy_pipeline_started) -> Path:
         run_dir = pipeline.run_dir
     os.environ["TOY_RUN_DIR"] = str(run_dir)
     return run_dir
+
+
+def execute_on_toy_parameters(ipynb: Path, folder: Path) -> nbformat.NotebookNode:
+    """papermill in a process of its own: the kernel on one thread (OMP_NUM_THREADS=1, `script_env`) under Linux's
+    SCHED_IDLE policy (`chrt --idle`: it runs when nothing else wants the CPU), its figures and outputs in `folder`
+    (not images/ or the learner's output/notebooks), on the session's pipeline (TOY_RUN_DIR)."""
+    executed = folder / ipynb.name
+    result = run_script(
+        ["chrt", "--idle", "0", sys.executable, "-m", "papermill", str(ipynb), str(executed),
+         "-y", json.dumps(TOY_PARAMETERS[ipynb.stem]), "--cwd", str(ipynb.parent), "-k", "python3",
+         "--no-progress-bar"],
+        timeout=1200, COURSE_IMAGES_DIR=str(folder / "images"), COURSE_OUTPUT_DIR=str(folder / "output"))
+    assert result.returncode == 0, f"{ipynb.name} failed under papermill:\n{result.stdout[-5000:]}"
+    return nbformat.read(executed, as_version=4)
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(toy_run, tmp_path_factory):
+    """Every notebook under papermill (`execute_on_toy_parameters`), started in the background by the first slow test
+    once the session's pipeline is trained, as many side by side as there are cores (at least 2); their checks
+    (test_notebooks.py) come last. The kernels take the CPU time the other slow tests leave idle (a quarter of it on
+    2 cores, measured: servers waiting, single-process steps) and the cores once they are done: pytest 9:07 instead
+    of 11:20 on an idle 2-core machine, with the pipeline's scoring in the background too (code/toy_pipeline.sh).
+    A kernel on one thread gives the same checked outputs as the committed ones, made on two (test_notebooks.py)."""
+    lanes = max(2, min(len(NOTEBOOKS), os.cpu_count() or 1))
+    with ThreadPoolExecutor(lanes) as pool:
+        yield {ipynb.stem: pool.submit(execute_on_toy_parameters, ipynb, tmp_path_factory.mktemp(ipynb.stem))
+               for ipynb in NOTEBOOKS}

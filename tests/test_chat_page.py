@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, script_env, stop_server
+from conftest import ROOT, run_cli_in_process, script_env, stop_server
 from llmtrain.chat_page import Graders
 from llmtrain.errors import LlmtrainError
 from llmtrain.evaluation import read_scorecard
@@ -244,11 +244,9 @@ def test_page_grades_every_recorded_reply_as_the_scorecard_did(toy_run):
     assert checked == 5 * (120 + 180 + 60)
 
 
-@pytest.mark.slow  # make run's models, or the page's server
-def test_duplicate_stage_names_are_one_clear_error():
-    from conftest import run_script
-
-    result = run_script([sys.executable, "code/chat_page.py", "--stage", "a=output/x", "--stage", "a=output/y"],
-                        timeout=120)
+def test_duplicate_stage_names_are_one_clear_error(capsys, caplog, monkeypatch):
+    for name, value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)   # what the script sets when imported; restored after
+    result = run_cli_in_process("chat_page.py", ["--stage", "a=output/x", "--stage", "a=output/y"], capsys, caplog)
     assert result.returncode == 1
     assert "Two stages have the same name" in result.stdout and "Traceback" not in result.stdout

@@ -3,34 +3,20 @@
 That one run is papermill's, on toy parameters and on the session's toy pipeline (TOY_RUN_DIR); the test then
 checks what its outputs say and compares the cells tagged `nbval-check-output` (outputs that do not depend on
 the parameters) with the committed ones, as nbval's lax mode would on a second run. The five runs go side by side
-(`notebook_runs`), one core each.
+(`notebook_runs` in conftest.py), one core each, beside the session's other slow tests.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import jupytext
 import nbformat
 import pytest
 
-from conftest import ROOT, run_script
-
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-# Smaller than the notebooks' own defaults, so that the one run stays short.
-TOY_PARAMETERS = {
-    "6.1_pretrain": {"MAX_STEPS": 60, "RUN_DEEPSPEED": False, "EXPOSURES": 120},
-    "6.2_sft": {"EPOCHS": 1, "PAD_ID_STEPS": 10, "BENCH_STEPS": 1},
-    "6.3_lora": {"EPOCHS": 2},
-    "6.4_dpo": {"SEED": 42},  # its defaults: the style needs all 4 DPO epochs to show (3: ~65% of replies)
-    "6.5_grpo": {"LOOP_STEPS": 4, "EVAL_EVERY": 2, "TWO_PASS_STEPS": 2},
-}
-
+from conftest import NOTEBOOKS, ROOT, TOY_PARAMETERS
 
 def without_version(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "jupytext_version" not in line)
@@ -66,29 +52,6 @@ def test_py_pair_is_in_sync(ipynb):
     expected = jupytext.writes(jupytext.read(ipynb), fmt="py:percent")
     actual = ipynb.with_suffix(".py").read_text(encoding="utf-8")
     assert without_version(actual) == without_version(expected), f"{ipynb.name} and its .py differ: run `make sync`"
-
-
-def execute_on_toy_parameters(ipynb: Path, folder: Path) -> nbformat.NotebookNode:
-    """papermill in a process of its own: the kernel on one thread (OMP_NUM_THREADS=1, `script_env`), its figures and
-    outputs in `folder` (not images/ or the learner's output/notebooks), on the session's pipeline (TOY_RUN_DIR)."""
-    executed = folder / ipynb.name
-    result = run_script(
-        [sys.executable, "-m", "papermill", str(ipynb), str(executed), "-y", json.dumps(TOY_PARAMETERS[ipynb.stem]),
-         "--cwd", str(ipynb.parent), "-k", "python3", "--no-progress-bar"],
-        timeout=1200, COURSE_IMAGES_DIR=str(folder / "images"), COURSE_OUTPUT_DIR=str(folder / "output"))
-    assert result.returncode == 0, f"{ipynb.name} failed under papermill:\n{result.stdout[-5000:]}"
-    return nbformat.read(executed, as_version=4)
-
-
-@pytest.fixture(scope="session")
-def notebook_runs(toy_run, tmp_path_factory):
-    """Every notebook started under papermill once the session's pipeline is trained, as many side by side as there
-    are cores (at least 2): on 2 idle cores the five took 155 s instead of 256 s one after the other. A kernel on
-    one thread gives the same checked outputs as the committed ones, made on two (compared by the test below)."""
-    lanes = max(2, min(len(NOTEBOOKS), os.cpu_count() or 1))
-    with ThreadPoolExecutor(lanes) as pool:
-        yield {ipynb.stem: pool.submit(execute_on_toy_parameters, ipynb, tmp_path_factory.mktemp(ipynb.stem))
-               for ipynb in NOTEBOOKS}
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Every notebook in a real JupyterLab, driven through headless Chromium: open it, Run > Run All Cells, wait for
 every cell, and fail on an error output or a cell that does not finish. Notebooks run on the toy parameters of
-tests/test_notebooks.py (injected as papermill does, into a copy) with make run's models ($TOY_RUN_DIR)."""
+tests/conftest.py (injected as papermill does, into a copy) with make run's models ($TOY_RUN_DIR)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from test_chat_page import free_port
-from test_notebooks import NOTEBOOKS, TOY_PARAMETERS
 
-from conftest import script_env, stop_server
+from conftest import NOTEBOOKS, TOY_PARAMETERS, script_env, stop_server
 
 pytestmark = pytest.mark.slow
 CELL_TIMEOUT = 600  # seconds one cell may run, as nbval's --nbval-cell-timeout in the Makefile
