@@ -18,6 +18,7 @@ import pytest
 
 from conftest import NOTEBOOKS, ROOT, TOY_PARAMETERS
 
+
 def without_version(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "jupytext_version" not in line)
 
