@@ -125,9 +125,13 @@ def run_cli_in_process(script: str, argv: list[str], capsys, caplog) -> CliResul
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Fast tests first: they run while the session's toy pipeline trains in the background (`toy_pipeline_started`);
-    the slow ones wait for it (`slow_tests_wait_for_the_background_pipeline`), and the notebooks' checks come last:
-    the notebooks run in the background meanwhile (`notebook_runs`)."""
+    the slow ones wait for it (`slow_tests_wait_for_the_pipeline_and_start_the_notebooks`), and the notebooks' checks
+    come last: the notebooks run in the background meanwhile (`notebook_runs`)."""
     items.sort(key=lambda item: (item.get_closest_marker("slow") is not None, "notebook_runs" in item.fixturenames))
+
+
+def some_collected_test_uses(session: pytest.Session, fixture: str) -> bool:
+    return any(fixture in item.fixturenames for item in session.items)
 
 
 @dataclass
@@ -153,7 +157,7 @@ def toy_pipeline_started(request, tmp_path_factory):
     """Starts `make run`'s toy pipeline (code/toy_pipeline.sh) in a background process when the session's first test
     is set up, if any collected test needs it (`toy_run`) and TEST_TOY_RUN_DIR does not name a finished one; the
     fast tests run meanwhile (`pytest_collection_modifyitems`). Stops it if the session ends first."""
-    if os.environ.get("TEST_TOY_RUN_DIR") or not any("toy_run" in item.fixturenames for item in request.session.items):
+    if os.environ.get("TEST_TOY_RUN_DIR") or not some_collected_test_uses(request.session, "toy_run"):
         yield None
         return
     request.getfixturevalue("toy_dir")
@@ -178,7 +182,7 @@ def toy_pipeline_started(request, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def slow_tests_wait_for_the_background_pipeline(request, toy_pipeline_started):
+def slow_tests_wait_for_the_pipeline_and_start_the_notebooks(request, toy_pipeline_started):
     """A slow test trains or launches DeepSpeed: it starts only once the session's pipeline is done. Two DeepSpeed
     runs side by side on 2 cores spin on each other's allreduce: the QLoRA launch took 153 s instead of 19 s.
     The first slow test also starts the notebooks (`notebook_runs`) when the session checks them."""
@@ -186,7 +190,7 @@ def slow_tests_wait_for_the_background_pipeline(request, toy_pipeline_started):
         return
     if toy_pipeline_started is not None:
         toy_pipeline_started.wait()
-    if any("notebook_runs" in item.fixturenames for item in request.session.items):
+    if some_collected_test_uses(request.session, "notebook_runs"):
         request.getfixturevalue("notebook_runs")
 
 
